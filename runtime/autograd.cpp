@@ -1,0 +1,147 @@
+#include "runtime/autograd.h"
+
+#include <unordered_map>
+
+#include "runtime/backend.h"
+#include "runtime/ops.h"
+
+namespace peft {
+
+static thread_local bool g_grad_enabled = true;
+
+bool is_grad_enabled() { return g_grad_enabled; }
+
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+namespace autograd {
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+static Edge edge_of(const Tensor& t) {
+  Edge e;
+  if (!t.defined() || !t.requires_grad()) return e;
+  if (t.grad_fn())
+    e.node = t.grad_fn();
+  else
+    e.leaf = t.impl_ptr();
+  return e;
+}
+
+void record(const char* name, const std::vector<Tensor>& inputs, Tensor& out, BackwardFn fn) {
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->next.reserve(inputs.size());
+  for (const Tensor& t : inputs) node->next.push_back(edge_of(t));
+  node->out_shape = out.shape();
+  node->out_dtype = out.dtype();
+  node->backward = std::move(fn);
+  out.impl().grad_fn = std::move(node);
+  out.impl().requires_grad = true;
+}
+
+static void accumulate(Tensor& slot, const Tensor& g) {
+  if (!slot.defined())
+    slot = g;
+  else
+    slot = add(slot, g);
+}
+
+static void accumulate_leaf(TensorImpl& leaf, Tensor g) {
+  if (g.dtype() != leaf.dtype) g = g.to(leaf.dtype);
+  if (g.shape() != leaf.shape)
+    fail("[backward] gradient ", g.desc(), " does not match leaf tensor shape ",
+         shape_str(leaf.shape));
+  if (!leaf.grad) {
+    // A fresh copy: the incoming gradient may alias a saved tensor or another
+    // leaf's gradient, and optimizers / clipping modify .grad in place.
+    leaf.grad = g.clone().impl_ptr();
+  } else {
+    Tensor cur(leaf.grad);
+    leaf.grad = add(cur, g).impl_ptr();
+  }
+}
+
+void run_backward(const Tensor& root, const Tensor& grad_in) {
+  if (!root.requires_grad())
+    fail("backward: tensor ", root.desc(),
+         " does not require grad and has no grad_fn (did you call it under no_grad, or on a "
+         "frozen model?)");
+  Tensor grad = grad_in;
+  if (!grad.defined()) {
+    if (root.numel() != 1)
+      fail("backward: grad can be implicitly created only for scalar outputs, got ", root.desc());
+    grad = ones(root.shape(), root.dtype(), root.device());
+  } else if (grad.shape() != root.shape()) {
+    fail("backward: gradient ", grad.desc(), " does not match output ", root.desc());
+  }
+  NoGradGuard ng;
+  if (!root.grad_fn()) {
+    accumulate_leaf(root.impl(), grad);
+    return;
+  }
+  // Count, for every node reachable from the root, how many edges point at it.
+  std::unordered_map<Node*, int> deps;
+  std::vector<Node*> stack{root.grad_fn().get()};
+  deps[root.grad_fn().get()] = 0;
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const Edge& e : n->next) {
+      if (!e.node) continue;
+      auto it = deps.find(e.node.get());
+      if (it == deps.end()) {
+        deps[e.node.get()] = 1;
+        stack.push_back(e.node.get());
+      } else {
+        ++it->second;
+      }
+    }
+  }
+  std::unordered_map<Node*, Tensor> pending;
+  pending[root.grad_fn().get()] = grad;
+  std::vector<std::shared_ptr<Node>> ready{root.grad_fn()};
+  while (!ready.empty()) {
+    std::shared_ptr<Node> n = ready.back();
+    ready.pop_back();
+    Tensor g;
+    if (auto it = pending.find(n.get()); it != pending.end()) {
+      g = std::move(it->second);
+      pending.erase(it);
+    }
+    std::vector<Tensor> grads;
+    if (g.defined()) {
+      grads = n->backward(g);
+      if (grads.size() != n->next.size())
+        fail("[backward] internal: node ", n->name, " returned ", grads.size(),
+             " gradients for ", n->next.size(), " inputs");
+    } else {
+      grads.resize(n->next.size());  // nothing flows through this node
+    }
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const Edge& e = n->next[i];
+      if (e.leaf) {
+        if (grads[i].defined()) accumulate_leaf(*e.leaf, grads[i]);
+      } else if (e.node) {
+        Node* child = e.node.get();
+        if (grads[i].defined()) accumulate(pending[child], grads[i]);
+        if (--deps[child] == 0) ready.push_back(e.node);
+      }
+    }
+  }
+}
+
+}  // namespace autograd
+}  // namespace peft

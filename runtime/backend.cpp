@@ -1,0 +1,63 @@
+#include "runtime/backend.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+
+#include "runtime/op_list.h"
+
+namespace peft {
+
+Backend& backend(Device dev) {
+  switch (dev) {
+    case Device::cpu: return cpu_backend();
+    case Device::cuda: return cuda_backend();
+    case Device::meta: break;
+  }
+  fail("internal: no kernels for device ", device_name(dev));
+}
+
+const char* op_name(Op op) {
+  static const char* names[] = {
+#define PEFT_OP_NAME(name) #name,
+      PEFT_OP_LIST(PEFT_OP_NAME)
+#undef PEFT_OP_NAME
+  };
+  static_assert(sizeof(names) / sizeof(names[0]) == size_t(Op::count_),
+                "op name table out of sync with PEFT_OP_LIST");
+  return names[int(op)];
+}
+
+Tensor convert_raw(const Tensor& t, DType dt) {
+  if (t.dtype() == dt) return t;
+  Tensor out = make_tensor(t.shape(), dt, t.device());
+  if (!t.is_meta()) backend(t.device()).copy(t, out);
+  return out;
+}
+
+Tensor contiguous_raw(const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  Tensor out = make_tensor(t.shape(), t.dtype(), t.device());
+  if (!t.is_meta()) backend(t.device()).copy(t, out);
+  return out;
+}
+
+namespace {
+struct ThreadInit {
+  ThreadInit() {
+    if (const char* s = std::getenv("PEFT_NUM_THREADS")) {
+      int n = std::atoi(s);
+      if (n > 0) omp_set_num_threads(n);
+    }
+  }
+} thread_init;
+}  // namespace
+
+void set_num_threads(int n) {
+  if (n <= 0) fail("set_num_threads: thread count must be positive, got ", n);
+  omp_set_num_threads(n);
+}
+
+int get_num_threads() { return omp_get_max_threads(); }
+
+}  // namespace peft

@@ -1,0 +1,38 @@
+// The one list of the runtime's ops. Grepping an op's name finds its entry
+// here, its definition (runtime/ops_*.cpp), its kernels (runtime/cpu/,
+// runtime/cuda/) and its tests.
+#pragma once
+#include <cstddef>
+
+#define PEFT_OP_LIST(X)                                                                      \
+  /* memory / layout */                                                                      \
+  X(copy) X(to_dtype) X(to_device) X(contiguous) X(clone) X(view) X(reshape) X(transpose)   \
+  X(permute) X(narrow) X(slice) X(select) X(unsqueeze) X(squeeze) X(expand)                  \
+  X(cat) X(stack) X(index_select) X(index_add) X(gather) X(scatter_add) X(masked_fill)       \
+  X(where)                                                                                   \
+  /* elementwise binary */                                                                   \
+  X(add) X(sub) X(mul) X(div) X(pow) X(maximum)                                              \
+  X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
+  /* elementwise unary (scalar variants included) */                                         \
+  X(add_scalar) X(mul_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \
+  X(log) X(sqrt) X(rsqrt) X(abs) X(sign) X(erf) X(relu) X(gelu) X(silu) X(tanh) X(sigmoid)   \
+  X(clamp) X(isfinite) X(logical_not)                                                        \
+  /* linear algebra */                                                                       \
+  X(matmul) X(linear)                                                                        \
+  /* reductions */                                                                           \
+  X(sum) X(mean) X(amax) X(argmax) X(norm) X(softmax) X(log_softmax)                         \
+  /* nn */                                                                                   \
+  X(embedding) X(dropout) X(mse_loss) X(cross_entropy) X(layer_norm)
+
+namespace peft {
+
+enum class Op : int {
+#define PEFT_OP_ENUM(name) name,
+  PEFT_OP_LIST(PEFT_OP_ENUM)
+#undef PEFT_OP_ENUM
+      count_
+};
+
+const char* op_name(Op op);
+
+}  // namespace peft

@@ -1,0 +1,117 @@
+// The runtime's differentiable ops. Every op checks shapes/dtypes once (same
+// error on every device, free on meta), then dispatches to the device's kernel,
+// then records its backward (written with these same ops) when a gradient is needed.
+// The canonical list of op names is runtime/op_list.h.
+#pragma once
+#include <optional>
+#include <vector>
+
+#include "runtime/tensor.h"
+
+namespace peft {
+
+class Generator;
+
+// ---- elementwise, broadcasting ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, double s);
+Tensor sub(const Tensor& a, double s);
+Tensor rsub(const Tensor& a, double s);  // s - a
+Tensor mul(const Tensor& a, double s);
+Tensor div(const Tensor& a, double s);
+Tensor rdiv(const Tensor& a, double s);  // s / a
+Tensor pow(const Tensor& a, double exponent);
+Tensor neg(const Tensor& a);
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor rsqrt(const Tensor& a);
+Tensor abs(const Tensor& a);
+Tensor sign(const Tensor& a);
+Tensor erf(const Tensor& a);
+Tensor relu(const Tensor& a);
+Tensor gelu(const Tensor& a);  // exact (erf) form, PyTorch's default
+Tensor silu(const Tensor& a);
+Tensor tanh(const Tensor& a);
+Tensor sigmoid(const Tensor& a);
+Tensor clamp(const Tensor& a, double lo, double hi);
+
+// comparisons -> bool tensors (not differentiable)
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor eq(const Tensor& a, double s);
+Tensor ne(const Tensor& a, double s);
+Tensor gt(const Tensor& a, double s);
+Tensor lt(const Tensor& a, double s);
+Tensor ge(const Tensor& a, double s);
+Tensor le(const Tensor& a, double s);
+Tensor isfinite(const Tensor& a);
+Tensor logical_not(const Tensor& a);
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor masked_fill(const Tensor& a, const Tensor& mask, double value);
+
+// ---- linear algebra ----
+// 1-D, 2-D and batched (broadcast batch dims) as torch.matmul.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x·Wᵀ + b with W [out, in]; x [..., in].
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// ---- reductions (dims may be negative; empty dims = all) ----
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor amax(const Tensor& a, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor max(const Tensor& a);  // over everything
+Tensor max(const Tensor& a, int64_t dim, bool keepdim = false);  // values
+Tensor argmax(const Tensor& a, int64_t dim, bool keepdim = false);  // int64
+Tensor norm(const Tensor& a, const std::vector<int64_t>& dims = {}, bool keepdim = false);  // L2
+// Reduces a broadcast gradient back to `shape` (sums over broadcast dims).
+Tensor sum_to(const Tensor& a, const Shape& shape);
+
+Tensor softmax(const Tensor& a, int64_t dim);
+Tensor log_softmax(const Tensor& a, int64_t dim);
+
+// ---- indexing ----
+Tensor index_select(const Tensor& a, int64_t dim, const Tensor& index);
+// Adds rows of `src` into a copy of `a` at `index` along `dim` (out-of-place).
+Tensor index_add(const Tensor& a, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor gather(const Tensor& a, int64_t dim, const Tensor& index);
+Tensor scatter_add(const Tensor& a, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
+Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);
+
+// ---- nn functional ----
+// weight [num, dim]; ids int64 of any shape -> [..., dim]. Rows at padding_idx get no gradient.
+Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t> padding_idx = {});
+Tensor dropout(const Tensor& a, double p, bool training, Generator& gen);
+Tensor mse_loss(const Tensor& input, const Tensor& target);  // mean reduction
+// logits [N, C] (or [C]), target int64 [N]; mean over non-ignored rows.
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100);
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                  const Tensor& bias, double eps = 1e-5);
+
+// ---- operators ----
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator+(const Tensor& a, double s) { return add(a, s); }
+inline Tensor operator-(const Tensor& a, double s) { return sub(a, s); }
+inline Tensor operator*(const Tensor& a, double s) { return mul(a, s); }
+inline Tensor operator/(const Tensor& a, double s) { return div(a, s); }
+inline Tensor operator+(double s, const Tensor& a) { return add(a, s); }
+inline Tensor operator-(double s, const Tensor& a) { return rsub(a, s); }
+inline Tensor operator*(double s, const Tensor& a) { return mul(a, s); }
+inline Tensor operator/(double s, const Tensor& a) { return rdiv(a, s); }
+inline Tensor operator-(const Tensor& a) { return neg(a); }
+
+}  // namespace peft

@@ -1,0 +1,139 @@
+// matmul and linear. The CPU kernel takes strided operands (transposed views
+// are passed to sgemm as transpose flags, not copied).
+#include "runtime/ops_common.h"
+
+namespace peft {
+
+using namespace detail;
+using autograd::needs_grad;
+using autograd::record;
+using Grads = std::vector<Tensor>;
+
+namespace {
+
+void check_float_pair(const char* op, const Tensor& a, const Tensor& b) {
+  check_defined(op, a);
+  check_defined(op, b);
+  if (!is_floating(a.dtype()) || a.dtype() != b.dtype())
+    fail("[", op, "] expects two floating-point tensors of the same dtype, got ", a.desc(), " and ",
+         b.desc());
+  if (a.device() != b.device())
+    fail("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
+}
+
+// a [M,K] or [B,M,K]; b [K,N] or [B,K,N] with equal B. No autograd.
+Tensor mm_raw(const Tensor& a, const Tensor& b) {
+  const bool batched = a.dim() == 3;
+  Shape sh = batched ? Shape{a.size(0), a.size(1), b.size(2)} : Shape{a.size(0), b.size(1)};
+  DType cd = compute_dtype(a.dtype());
+  Tensor out = make_tensor(sh, cd, a.device());
+  if (!out.is_meta()) backend(a.device()).gemm(convert_raw(a, cd), convert_raw(b, cd), out, 1.0, 0.0);
+  return convert_raw(out, a.dtype());
+}
+
+// The differentiable core: 2-D·2-D or 3-D·3-D (same batch).
+Tensor mm(const Tensor& a, const Tensor& b) {
+  Tensor out = mm_raw(a, b);
+  if (needs_grad({&a, &b})) {
+    Tensor ad = a.detach(), bd = b.detach();
+    bool ga = a.requires_grad(), gb = b.requires_grad();
+    record("matmul", {a, b}, out, [=](const Tensor& g) {
+      return Grads{ga ? mm(g, bd.transpose(-1, -2)) : Tensor(),
+                   gb ? mm(ad.transpose(-1, -2), g) : Tensor()};
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  check_float_pair("matmul", a, b);
+  const int64_t ra = a.dim(), rb = b.dim();
+  if (ra == 0 || rb == 0)
+    fail("[matmul] both arguments need at least 1 dimension, got ", a.desc(), " and ", b.desc());
+  const int64_t ka = a.size(-1), kb = rb == 1 ? b.size(0) : b.size(-2);
+  if (ka != kb)
+    fail("[matmul] shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+         " cannot be multiplied (", ka, " != ", kb, ")");
+  if (ra == 1 && rb == 1) return mm(a.unsqueeze(0), b.unsqueeze(1)).reshape({});
+  if (ra == 2 && rb == 1) return mm(a, b.unsqueeze(1)).squeeze(1);
+  if (ra == 1 && rb == 2) return mm(a.unsqueeze(0), b).squeeze(0);
+  if (ra == 2 && rb == 2) return mm(a, b);
+  if (rb == 1) return matmul(a, b.unsqueeze(1)).squeeze(-1);
+  if (ra == 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
+  // batched: broadcast batch dims
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  const int64_t M = a.size(-2), N = b.size(-1);
+  if (rb == 2) {
+    // fold batch into rows: [..., M, K] -> [B*M, K]
+    Tensor out = mm(a.reshape({-1, ka}), b);
+    Shape sh = ba;
+    sh.push_back(M);
+    sh.push_back(N);
+    return out.reshape(sh);
+  }
+  Shape batch = broadcast_shapes("matmul", ba, bb);
+  int64_t B = shape_numel(batch);
+  Shape sa = batch, sb = batch;
+  sa.push_back(M);
+  sa.push_back(ka);
+  sb.push_back(kb);
+  sb.push_back(N);
+  Tensor a3 = a.expand(sa).reshape({B, M, ka});
+  Tensor b3 = b.expand(sb).reshape({B, kb, N});
+  Shape so = batch;
+  so.push_back(M);
+  so.push_back(N);
+  return mm(a3, b3).reshape(so);
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_float_pair("linear", x, weight);
+  if (weight.dim() != 2) fail("[linear] weight must be 2-D [out, in], got ", weight.desc());
+  if (x.dim() == 0) fail("[linear] input must have at least 1 dimension, got ", x.desc());
+  const int64_t in = weight.size(1), outf = weight.size(0);
+  if (x.size(-1) != in)
+    fail("[linear] input ", x.desc(), " has ", x.size(-1), " features but weight ", weight.desc(),
+         " expects ", in);
+  if (bias.defined()) {
+    check_float_pair("linear", x, bias);
+    if (bias.dim() != 1 || bias.size(0) != outf)
+      fail("[linear] bias ", bias.desc(), " must be [", outf, "] for weight ", weight.desc());
+  }
+  Shape osh = x.shape();
+  osh.back() = outf;
+  const int64_t M = x.numel() / std::max<int64_t>(in, 1);
+  DType cd = compute_dtype(x.dtype());
+  Tensor out2 = make_tensor({M, outf}, cd, x.device());
+  if (!out2.is_meta()) {
+    Backend& be = backend(x.device());
+    Tensor x2 = reshape_raw(convert_raw(x, cd), {M, in});
+    Tensor w = convert_raw(weight, cd);
+    double beta = 0.0;
+    if (bias.defined()) {
+      be.copy(expand_raw(convert_raw(bias, cd), {M, outf}), out2);
+      beta = 1.0;
+    }
+    be.gemm(x2, w.t(), out2, 1.0, beta);
+  }
+  Tensor out = make_view(out2, osh, contiguous_strides(osh), 0);
+  out = convert_raw(out, x.dtype());
+  if (needs_grad({&x, &weight, &bias})) {
+    Tensor xd = x.detach(), wd = weight.detach();
+    bool gx = x.requires_grad(), gw = weight.requires_grad(),
+         gb = bias.defined() && bias.requires_grad();
+    std::vector<Tensor> inputs{x, weight};
+    if (bias.defined()) inputs.push_back(bias);
+    bool has_bias = bias.defined();
+    record("linear", inputs, out, [=](const Tensor& g) {
+      Tensor g2 = g.reshape({M, outf});
+      Grads r{gx ? matmul(g, wd) : Tensor(), gw ? matmul(g2.t(), xd.reshape({M, in})) : Tensor()};
+      if (has_bias) r.push_back(gb ? sum(g2, {0}) : Tensor());
+      return r;
+    });
+  }
+  return out;
+}
+
+}  // namespace peft
