@@ -1,23 +1,53 @@
 #include <cstdio>
-#include <string>
+#include <cstring>
+#include <exception>
 
-#include "runtime/generator.h"
-#include "runtime/ops.h"
+#include "runtime/error.h"
+#include "tools/cli.h"
 
-using namespace peft;
+namespace peft::cli {
+
+static std::vector<Command>& registry() {
+  static std::vector<Command> r;
+  return r;
+}
+void register_command(const Command& c) { registry().push_back(c); }
+const std::vector<Command>& commands() { return registry(); }
+
+}  // namespace peft::cli
+
+static void print_usage(FILE* f) {
+  std::fprintf(f, "usage: peft <command> [options]\n\ncommands:\n");
+  for (const auto& c : peft::cli::commands()) std::fprintf(f, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(f, "\nRun 'peft <command> --help' for a command's options.\n");
+}
 
 int main(int argc, char** argv) {
-  std::string cmd = argc > 1 ? argv[1] : "demo";
-  if (cmd == "demo") {
-    Generator g(0);
-    Tensor w = randn({4, 3}, g).requires_grad_(true);
-    Tensor x = randn({2, 3}, g);
-    Tensor y = linear(x, w);
-    Tensor loss = mean(mul(y, y));
-    loss.backward();
-    std::printf("loss %.6f, grad norm %.6f\n", loss.item(), norm(w.grad()).item());
+  if (argc < 2) {
+    print_usage(stderr);
+    return 2;
+  }
+  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    print_usage(stdout);
     return 0;
   }
-  std::fprintf(stderr, "unknown command %s\n", cmd.c_str());
+  for (const auto& c : peft::cli::commands()) {
+    if (c.name != std::string(argv[1])) continue;
+    std::vector<std::string> args(argv + 2, argv + argc);
+    try {
+      return c.run(args);
+    } catch (const peft::cli::UsageError& e) {
+      std::fprintf(stderr, "peft %s: %s\n(see 'peft %s --help')\n", c.name, e.message.c_str(), c.name);
+      return 2;
+    } catch (const peft::Error& e) {
+      std::fprintf(stderr, "peft %s: error: %s\n", c.name, e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "peft %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "peft: unknown command '%s'\n\n", argv[1]);
+  print_usage(stderr);
   return 2;
 }
