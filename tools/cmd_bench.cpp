@@ -1,0 +1,2 @@
+// `peft bench ...` (filled by the benchmark work)
+#include "tools/cli.h"

@@ -1,0 +1,2 @@
+// `peft parity ...` (filled by the LoRA work)
+#include "tools/cli.h"

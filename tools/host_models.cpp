@@ -1,0 +1,1 @@
+#include "tools/host_models.h"
