@@ -7,6 +7,11 @@
 
 namespace peft::nn {
 
+// Python's repr() of a float ("0.1", "0.0", "1e-05"), for extra_repr texts.
+std::string py_float_repr(double v);
+// torch.typename of a tensor: "torch.FloatTensor", "torch.cuda.FloatTensor", ...
+std::string torch_typename(const Tensor& t);
+
 // y = x·Wᵀ + b; weight [out, in] kaiming-uniform(a=√5) = U(±1/√in), bias U(±1/√in).
 class Linear : public Module {
  public:
@@ -97,6 +102,8 @@ class ModuleList : public Module {
   Module& operator[](size_t i) const;
   size_t size() const { return children().size(); }
   std::shared_ptr<Module> clone() const override;
+  // Folds runs of identical entries: "(0-1): 2 x Block(" (torch.nn.ModuleList).
+  std::string repr() const override;
 };
 
 class ModuleDict : public Module {

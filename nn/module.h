@@ -48,12 +48,15 @@ class Module : public std::enable_shared_from_this<Module> {
   void register_child(const std::string& name, std::shared_ptr<Module> m);
   // Removes a direct parameter / child (returns false when absent).
   bool remove_parameter(const std::string& name);
+  bool remove_buffer(const std::string& name);
   bool remove_child(const std::string& name);
 
   // Direct lookups (throw peft::Error naming the module and the key).
   Tensor& param(const std::string& name);
   const Tensor& param(const std::string& name) const;
   bool has_param(const std::string& name) const;
+  Tensor& buffer(const std::string& name);
+  bool has_buffer(const std::string& name) const;
   Module& child(const std::string& name) const;
   std::shared_ptr<Module> child_ptr(const std::string& name) const;
   bool has_child(const std::string& name) const;
@@ -61,7 +64,8 @@ class Module : public std::enable_shared_from_this<Module> {
   // Traversal with dotted names, registration order, depth first (PyTorch).
   std::vector<std::pair<std::string, Tensor>> named_parameters(bool recurse = true) const;
   std::vector<std::pair<std::string, Tensor>> named_buffers(bool recurse = true) const;
-  // Includes the root as "" first.
+  // Includes the root as "" first (its pointer is null when the root is not
+  // owned by a shared_ptr). A module reachable twice is listed once (PyTorch).
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_modules() const;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_children() const;
   std::vector<Tensor> parameters(bool recurse = true) const;
@@ -80,13 +84,23 @@ class Module : public std::enable_shared_from_this<Module> {
   void requires_grad_(bool on);
   void zero_grad();
 
+  // PyTorch order: per module (depth first, no de-duplication) its own
+  // parameters then its own buffers. Values are detached handles sharing the
+  // parameters' storage (PyTorch's keep_vars=False).
   StateDict state_dict() const;
   // strict: throws listing missing/unexpected keys. A shape mismatch always
-  // throws naming the key and both shapes. assign: tensors are taken over
-  // (meta tensors become real) instead of copied into.
+  // throws naming the key and both shapes. Everything is validated before
+  // anything is written (a failed load leaves the module unchanged).
+  // assign=false: values are copied into the existing storage (dtype converted);
+  //   a meta parameter is first materialised on the source's device (PyTorch
+  //   would warn and skip it).
+  // assign=true: the parameter's TensorImpl takes over the source's storage,
+  //   dtype and device in place (zero-copy; requires_grad kept, grad dropped),
+  //   so handles held elsewhere stay valid.
   LoadResult load_state_dict(const StateDict& sd, bool strict = true, bool assign = false);
 
-  std::string repr() const;
+  // nn.Module.__repr__ (ModuleList overrides it to fold repeated entries).
+  virtual std::string repr() const;
 
   // Ordered storage, exposed read-only for traversal helpers.
   const std::vector<std::pair<std::string, Tensor>>& own_parameters() const { return params_; }
@@ -97,9 +111,14 @@ class Module : public std::enable_shared_from_this<Module> {
 
  protected:
   void set_type_name(std::string n) { type_name_ = std::move(n); }
+  // Replaces dst's parameters, buffers and children by deep copies of this
+  // module's (values cloned, requires_grad kept, children via clone()) and
+  // copies the training flag: the helper for clone() overrides.
+  void copy_state_to(Module& dst) const;
   bool training_ = true;
 
  private:
+  void check_new_name(const std::string& name, const char* what) const;
   std::string type_name_;
   std::vector<std::pair<std::string, Tensor>> params_;
   std::vector<std::pair<std::string, Tensor>> buffers_;

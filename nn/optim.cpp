@@ -1,0 +1,265 @@
+#include "nn/optim.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/autograd.h"
+#include "runtime/ops.h"
+
+namespace peft::nn {
+
+namespace {
+
+NamedTensors number(const std::vector<Tensor>& ps) {
+  NamedTensors out;
+  for (size_t i = 0; i < ps.size(); ++i) out.emplace_back(std::to_string(i), ps[i]);
+  return out;
+}
+
+// The gradient as a tensor matching the parameter's dtype/device/shape.
+Tensor grad_for(const std::string& name, const Tensor& p, const char* opt) {
+  Tensor g = p.grad();
+  if (!g.defined()) return g;
+  if (g.shape() != p.shape())
+    fail("[", opt, "] gradient of '", name, "' is ", g.desc(), " but the parameter is ", p.desc());
+  g = g.detach();
+  if (g.device() != p.device()) g = g.to(p.device());
+  if (g.dtype() != p.dtype()) g = g.to(p.dtype());
+  return g;
+}
+
+bool cpu_loop_ok(const Tensor& p, bool use_ops) {
+  return !use_ops && p.device() == Device::cpu && p.is_contiguous() &&
+         (p.dtype() == DType::float32 || p.dtype() == DType::float64);
+}
+
+// State tensor matching p (created zero, or re-homed after the parameter moved).
+Tensor& state_like(Tensor& s, const Tensor& p) {
+  if (!s.defined() || s.shape() != p.shape()) {
+    s = zeros(p.shape(), p.dtype(), p.device());
+  } else if (s.dtype() != p.dtype() || s.device() != p.device()) {
+    s = s.to(p.device()).to(p.dtype()).contiguous();
+  }
+  return s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+Optimizer::Optimizer(NamedTensors params, double lr, const char* name)
+    : params_(std::move(params)), lr_(lr), name_(name) {
+  if (!(lr >= 0)) fail("[", name_, "] invalid learning rate: ", lr);
+  for (const auto& [n, p] : params_) {
+    if (!p.defined()) fail("[", name_, "] parameter '", n, "' is undefined");
+    if (!is_floating(p.dtype())) fail("[", name_, "] parameter '", n, "' is ", p.desc(), ", not floating");
+    if (!p.is_leaf()) fail("[", name_, "] can't optimize a non-leaf tensor ('", n, "', ", p.desc(), ")");
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& kv : params_) kv.second.zero_grad();
+}
+
+void Optimizer::set_lr(double lr) {
+  if (!(lr >= 0)) fail("[", name_, "] invalid learning rate: ", lr);
+  lr_ = lr;
+}
+
+// ---------------------------------------------------------------------------
+// SGD
+
+SGD::SGD(NamedTensors params, SGDOptions o) : Optimizer(std::move(params), o.lr, "SGD"), opts_(o) {
+  if (!(o.momentum >= 0)) fail("[SGD] invalid momentum value: ", o.momentum);
+  if (!(o.weight_decay >= 0)) fail("[SGD] invalid weight_decay value: ", o.weight_decay);
+  if (o.nesterov && (o.momentum <= 0 || o.dampening != 0))
+    fail("[SGD] Nesterov momentum requires a momentum and zero dampening (momentum=", o.momentum,
+         ", dampening=", o.dampening, ")");
+  bufs_.resize(params_.size());
+}
+
+SGD::SGD(const std::vector<Tensor>& params, SGDOptions o) : SGD(number(params), o) {}
+
+namespace {
+template <class T>
+void sgd_loop(T* p, const T* g, T* buf, bool first, int64_t n, const SGDOptions& o, double lr) {
+  const T wd = T(o.weight_decay), mom = T(o.momentum), damp1 = T(1 - o.dampening), mlr = T(-lr);
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = o.maximize ? -g[i] : g[i];
+    if (o.weight_decay != 0) gi = gi + wd * p[i];
+    if (o.momentum != 0) {
+      T b = first ? gi : buf[i] * mom + damp1 * gi;
+      buf[i] = b;
+      gi = o.nesterov ? gi + mom * b : b;
+    }
+    p[i] = p[i] + mlr * gi;
+  }
+}
+}  // namespace
+
+void SGD::step() {
+  NoGradGuard ng;
+  ++steps_;
+  const SGDOptions& o = opts_;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    Tensor& p = params_[k].second;
+    Tensor g = grad_for(params_[k].first, p, "SGD");
+    if (!g.defined()) continue;
+    if (p.is_meta()) continue;  // nothing to update
+    bool first = !bufs_[k].defined();
+    if (cpu_loop_ok(p, o.use_ops)) {
+      g = g.contiguous();
+      if (o.momentum != 0) state_like(bufs_[k], p);
+      if (p.dtype() == DType::float32)
+        sgd_loop<float>(p.data_ptr<float>(), g.data_ptr<float>(),
+                        o.momentum != 0 ? bufs_[k].data_ptr<float>() : nullptr, first, p.numel(), o, lr_);
+      else
+        sgd_loop<double>(p.data_ptr<double>(), g.data_ptr<double>(),
+                         o.momentum != 0 ? bufs_[k].data_ptr<double>() : nullptr, first, p.numel(), o, lr_);
+      continue;
+    }
+    // Generic path with runtime ops (any device / dtype).
+    Tensor pd = p.detach();
+    if (o.maximize) g = neg(g);
+    if (o.weight_decay != 0) g = add(g, mul(pd, o.weight_decay));
+    if (o.momentum != 0) {
+      if (first) {
+        bufs_[k] = g.clone();
+      } else {
+        state_like(bufs_[k], p);
+        bufs_[k].copy_(add(mul(bufs_[k], o.momentum), mul(g, 1 - o.dampening)));
+      }
+      g = o.nesterov ? add(g, mul(bufs_[k], o.momentum)) : bufs_[k];
+    }
+    p.copy_(add(pd, mul(g, -lr_)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// AdamW
+
+AdamW::AdamW(NamedTensors params, AdamWOptions o) : Optimizer(std::move(params), o.lr, "AdamW"), opts_(o) {
+  if (!(o.eps >= 0)) fail("[AdamW] invalid epsilon value: ", o.eps);
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) fail("[AdamW] invalid beta parameter at index 0: ", o.beta1);
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) fail("[AdamW] invalid beta parameter at index 1: ", o.beta2);
+  if (!(o.weight_decay >= 0)) fail("[AdamW] invalid weight_decay value: ", o.weight_decay);
+  m_.resize(params_.size());
+  v_.resize(params_.size());
+  t_.assign(params_.size(), 0);
+}
+
+AdamW::AdamW(const std::vector<Tensor>& params, AdamWOptions o) : AdamW(number(params), o) {}
+
+namespace {
+template <class T>
+void adamw_loop(T* p, const T* g, T* m, T* v, int64_t n, const AdamWOptions& o, double lr, int64_t t) {
+  const T decay = T(1 - lr * o.weight_decay);
+  const T w1 = T(1 - o.beta1);  // lerp weight
+  const T b2 = T(o.beta2), w2 = T(1 - o.beta2);
+  const double bc1 = 1 - std::pow(o.beta1, double(t));
+  const double bc2 = 1 - std::pow(o.beta2, double(t));
+  const T step_size = T(lr / bc1);
+  const T bc2_sqrt = T(std::sqrt(bc2));
+  const T eps = T(o.eps);
+  const bool lerp_lo = w1 < T(0.5);
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = o.maximize ? -g[i] : g[i];
+    T pi = p[i] * decay;
+    // torch.lerp: weight < 0.5 ? self + w*(end-self) : end - (end-self)*(1-w)
+    T mi = lerp_lo ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (T(1) - w1);
+    T vi = v[i] * b2 + gi * gi * w2;
+    m[i] = mi;
+    v[i] = vi;
+    T denom = std::sqrt(vi) / bc2_sqrt + eps;
+    p[i] = pi - step_size * (mi / denom);
+  }
+}
+}  // namespace
+
+void AdamW::step() {
+  NoGradGuard ng;
+  ++steps_;
+  const AdamWOptions& o = opts_;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    Tensor& p = params_[k].second;
+    Tensor g = grad_for(params_[k].first, p, "AdamW");
+    if (!g.defined()) continue;
+    if (p.is_meta()) continue;
+    state_like(m_[k], p);
+    state_like(v_[k], p);
+    int64_t t = ++t_[k];
+    if (cpu_loop_ok(p, o.use_ops)) {
+      g = g.contiguous();
+      if (p.dtype() == DType::float32)
+        adamw_loop<float>(p.data_ptr<float>(), g.data_ptr<float>(), m_[k].data_ptr<float>(),
+                          v_[k].data_ptr<float>(), p.numel(), o, lr_, t);
+      else
+        adamw_loop<double>(p.data_ptr<double>(), g.data_ptr<double>(), m_[k].data_ptr<double>(),
+                           v_[k].data_ptr<double>(), p.numel(), o, lr_, t);
+      continue;
+    }
+    Tensor pd = p.detach();
+    if (o.maximize) g = neg(g);
+    Tensor pn = mul(pd, 1 - lr_ * o.weight_decay);
+    Tensor m = add(m_[k], mul(sub(g, m_[k]), 1 - o.beta1));
+    Tensor v = add(mul(v_[k], o.beta2), mul(mul(g, g), 1 - o.beta2));
+    m_[k].copy_(m);
+    v_[k].copy_(v);
+    double bc1 = 1 - std::pow(o.beta1, double(t));
+    double bc2 = 1 - std::pow(o.beta2, double(t));
+    Tensor denom = add(div(sqrt(v_[k]), std::sqrt(bc2)), o.eps);
+    p.copy_(sub(pn, mul(div(m_[k], denom), lr_ / bc1)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// clipping and schedules
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
+  NoGradGuard ng;
+  double sq = 0;
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined() || g.is_meta()) continue;
+    grads.push_back(g);
+    double n = norm(g.to(DType::float64)).item();
+    sq += n * n;
+  }
+  double total = std::sqrt(sq);
+  double coef = std::min(max_norm / (total + 1e-6), 1.0);
+  for (Tensor& g : grads) g.mul_(coef);
+  return total;
+}
+
+double clip_grad_norm_(const NamedTensors& params, double max_norm) {
+  std::vector<Tensor> ps;
+  for (const auto& kv : params) ps.push_back(kv.second);
+  return clip_grad_norm_(ps, max_norm);
+}
+
+double warmup_cosine_multiplier(int64_t step, int64_t warmup, int64_t total, double min_ratio) {
+  if (warmup < 0 || total < 0) fail("[warmup_cosine] warmup_steps and total_steps must be >= 0");
+  if (step < warmup) return double(step) / double(std::max<int64_t>(1, warmup));
+  double progress = double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
+  progress = std::clamp(progress, 0.0, 1.0);
+  const double pi = 3.14159265358979323846;
+  return std::max(min_ratio, 0.5 * (1.0 + std::cos(pi * progress)));
+}
+
+WarmupCosineSchedule::WarmupCosineSchedule(Optimizer& opt, int64_t warmup, int64_t total, double min_ratio)
+    : opt_(opt), base_lr_(opt.lr()), warmup_(warmup), total_(total), min_ratio_(min_ratio) {
+  apply(0);
+}
+
+double WarmupCosineSchedule::lr_at(int64_t step) const {
+  return base_lr_ * warmup_cosine_multiplier(step, warmup_, total_, min_ratio_);
+}
+
+double WarmupCosineSchedule::apply(int64_t step) {
+  double lr = lr_at(step);
+  opt_.set_lr(lr);
+  return lr;
+}
+
+}  // namespace peft::nn
