@@ -10,7 +10,7 @@ namespace peft {
 
 enum class UnaryKind {
   neg, exp, log, sqrt, rsqrt, abs, sign, erf, relu, gelu, silu, tanh, sigmoid,
-  add_scalar, mul_scalar, rsub_scalar, rdiv_scalar, pow_scalar, clamp,
+  add_scalar, mul_scalar, div_scalar, rsub_scalar, rdiv_scalar, pow_scalar, clamp,
   // results are bool:
   isfinite, logical_not, eq_scalar, ne_scalar, gt_scalar, lt_scalar, ge_scalar, le_scalar
 };

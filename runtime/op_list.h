@@ -14,7 +14,7 @@
   X(add) X(sub) X(mul) X(div) X(pow) X(maximum)                                              \
   X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
   /* elementwise unary (scalar variants included) */                                         \
-  X(add_scalar) X(mul_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \
+  X(add_scalar) X(mul_scalar) X(div_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \
   X(log) X(sqrt) X(rsqrt) X(abs) X(sign) X(erf) X(relu) X(gelu) X(silu) X(tanh) X(sigmoid)   \
   X(clamp) X(isfinite) X(logical_not)                                                        \
   /* linear algebra */                                                                       \

@@ -175,8 +175,13 @@ Tensor logical_not(const Tensor& a) { return unary_forward("logical_not", UnaryK
 
 // ---- scalar variants ----
 
+// An integer tensor combined with a fractional scalar gives a float result (as torch).
+static bool fractional(const Tensor& a, double s) {
+  return !is_floating(a.dtype()) && s != std::floor(s);
+}
+
 Tensor add(const Tensor& a, double s) {
-  Tensor out = unary_forward("add_scalar", UnaryKind::add_scalar, a, s);
+  Tensor out = unary_forward("add_scalar", UnaryKind::add_scalar, a, s, 0, fractional(a, s));
   if (needs_grad({&a})) record("add_scalar", {a}, out, [](const Tensor& g) { return Grads{g}; });
   return out;
 }
@@ -184,19 +189,23 @@ Tensor add(const Tensor& a, double s) {
 Tensor sub(const Tensor& a, double s) { return add(a, -s); }
 
 Tensor rsub(const Tensor& a, double s) {
-  Tensor out = unary_forward("rsub_scalar", UnaryKind::rsub_scalar, a, s);
+  Tensor out = unary_forward("rsub_scalar", UnaryKind::rsub_scalar, a, s, 0, fractional(a, s));
   if (needs_grad({&a})) record("rsub_scalar", {a}, out, [](const Tensor& g) { return Grads{neg(g)}; });
   return out;
 }
 
 Tensor mul(const Tensor& a, double s) {
-  Tensor out = unary_forward("mul_scalar", UnaryKind::mul_scalar, a, s,
-                             0, !is_floating(a.dtype()) && s != std::floor(s));
+  Tensor out = unary_forward("mul_scalar", UnaryKind::mul_scalar, a, s, 0, fractional(a, s));
   if (needs_grad({&a})) record("mul_scalar", {a}, out, [s](const Tensor& g) { return Grads{mul(g, s)}; });
   return out;
 }
 
-Tensor div(const Tensor& a, double s) { return mul(a, 1.0 / s); }
+// True division by the scalar (not multiplication by 1/s, which rounds twice).
+Tensor div(const Tensor& a, double s) {
+  Tensor out = unary_forward("div_scalar", UnaryKind::div_scalar, a, s, 0, true);
+  if (needs_grad({&a})) record("div_scalar", {a}, out, [s](const Tensor& g) { return Grads{div(g, s)}; });
+  return out;
+}
 
 Tensor rdiv(const Tensor& a, double s) {
   Tensor out = unary_forward("rdiv_scalar", UnaryKind::rdiv_scalar, a, s, 0, true);

@@ -498,9 +498,19 @@ static void check_gather_shapes(const char* op, const Tensor& a, int64_t dim, co
   if (index.dim() != a.dim())
     fail("[", op, "] index ", index.desc(), " must have the rank of input ", a.desc());
   for (int64_t d = 0; d < a.dim(); ++d)
-    if (d != dim && index.size(d) != a.size(d))
-      fail("[", op, "] index ", index.desc(), " must match input ", a.desc(),
-           " in every dimension but ", dim);
+    if (d != dim && index.size(d) > a.size(d))
+      fail("[", op, "] index ", index.desc(), " is larger than input ", a.desc(), " in dimension ",
+           d, " (index.size(d) <= input.size(d) is required for every d != ", dim, ")");
+}
+
+// `t` narrowed to `index`'s sizes in every dimension but `dim` (a view, no autograd), so
+// the kernels see operands whose shapes differ only along `dim`.
+static Tensor narrow_to_index(const Tensor& t, int64_t dim, const Tensor& index) {
+  Shape sh = t.shape();
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (d != dim) sh[size_t(d)] = index.size(d);
+  if (sh == t.shape()) return t;
+  return make_view(t, sh, t.strides(), t.offset());
 }
 
 Tensor gather(const Tensor& a, int64_t dim, const Tensor& index) {
@@ -510,7 +520,8 @@ Tensor gather(const Tensor& a, int64_t dim, const Tensor& index) {
   check_gather_shapes("gather", a, dim, index);
   Tensor out = make_tensor(index.shape(), a.dtype(), a.device());
   if (!out.is_meta())
-    backend(a.device()).gather(contiguous_raw(a), dim, contiguous_raw(index), out);
+    backend(a.device()).gather(contiguous_raw(narrow_to_index(a, dim, index)), dim,
+                               contiguous_raw(index), out);
   if (autograd::needs_grad({&a})) {
     Shape in = a.shape();
     autograd::record("gather", {a}, out, [in, dim, index](const Tensor& g) {
@@ -530,9 +541,12 @@ Tensor scatter_add(const Tensor& a, int64_t dim, const Tensor& index, const Tens
   DType cd = compute_dtype(a.dtype());
   Tensor out = make_tensor(a.shape(), cd, a.device());
   if (!out.is_meta()) {
-    backend(a.device()).copy(a, out);
-    backend(a.device()).scatter_add(out, dim, contiguous_raw(index),
-                                    contiguous_raw(convert_raw(src, cd)));
+    Backend& be = backend(a.device());
+    be.copy(a, out);
+    Tensor part = narrow_to_index(out, dim, index);
+    Tensor dst = contiguous_raw(part);  // `out` itself unless narrowed
+    be.scatter_add(dst, dim, contiguous_raw(index), contiguous_raw(convert_raw(src, cd)));
+    if (!dst.same_storage(part)) be.copy(dst, part);
   }
   out = convert_raw(out, a.dtype());
   if (autograd::needs_grad({&a, &src})) {

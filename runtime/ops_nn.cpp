@@ -17,7 +17,18 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t>
   if (ids.dtype() != DType::int64) fail("[embedding] ids must be int64, got ", ids.desc());
   if (weight.dim() != 2) fail("[embedding] weight must be 2-D [num, dim], got ", weight.desc());
   const int64_t num = weight.size(0), dim = weight.size(1);
+  if (padding_idx && (*padding_idx >= num || *padding_idx < -num))
+    fail("[embedding] padding_idx ", *padding_idx, " is out of range for ", num,
+         " embeddings (weight ", weight.desc(), ")");
   Tensor flat = ids.reshape({-1});
+  if (!flat.is_meta()) {
+    Tensor host = flat.device() == Device::cpu ? contiguous_raw(flat) : flat.to(Device::cpu);
+    const int64_t* p = host.data_ptr<int64_t>();
+    for (int64_t i = 0; i < host.numel(); ++i)
+      if (p[i] < 0 || p[i] >= num)
+        fail("[embedding] index ", p[i], " is out of range for ", num, " embeddings (weight ",
+             weight.desc(), ", ids ", ids.desc(), ")");
+  }
   Tensor rows;
   {
     NoGradGuard ng;
@@ -102,6 +113,12 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     if (x.size(x.dim() - k + i) != normalized_shape[size_t(i)])
       fail("[layer_norm] input ", x.desc(), " does not end with normalized_shape ",
            shape_str(normalized_shape));
+  if (weight.defined() && weight.shape() != normalized_shape)
+    fail("[layer_norm] weight ", weight.desc(), " must have normalized_shape ",
+         shape_str(normalized_shape));
+  if (bias.defined() && bias.shape() != normalized_shape)
+    fail("[layer_norm] bias ", bias.desc(), " must have normalized_shape ",
+         shape_str(normalized_shape));
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < k; ++i) dims.push_back(x.dim() - k + i);
   Tensor mu = mean(x, dims, true);

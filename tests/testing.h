@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/autograd.h"
+#include "runtime/generator.h"
 #include "runtime/ops.h"
 #include "runtime/tensor.h"
 
@@ -44,6 +45,20 @@ inline std::string allclose_report(const Tensor& a, const Tensor& b, double rtol
   head << bad << " of " << va.size() << " elements differ (max abs diff " << worst << ", rtol "
        << rtol << ", atol " << atol << "):\n";
   return head.str() + os.str();
+}
+
+// The message of the peft::Error that `f` throws; "<no exception>" or
+// "<other exception: ...>" otherwise. Use: CHECK(error_of([&]{ op(); }).find("[op]") != npos).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<other exception: ") + e.what() + ">";
+  }
+  return "<no exception>";
 }
 
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
@@ -106,8 +121,9 @@ inline std::string gradcheck(const std::function<Tensor(const std::vector<Tensor
     CHECK_MESSAGE(peft_report_.empty(), peft_report_);                                \
   } while (0)
 
-#define CHECK_GRADCHECK(f, inputs)                                                 \
+// CHECK_GRADCHECK(f, inputs[, eps, tol]); variadic so lambdas with commas need no parentheses.
+#define CHECK_GRADCHECK(...)                                                       \
   do {                                                                             \
-    std::string peft_report_ = ::peft::testing::gradcheck((f), (inputs));          \
+    std::string peft_report_ = ::peft::testing::gradcheck(__VA_ARGS__);            \
     CHECK_MESSAGE(peft_report_.empty(), peft_report_);                             \
   } while (0)

@@ -134,6 +134,7 @@ inline T unary_value(UnaryKind k, T x, double s0, double s1) {
       case UnaryKind::relu: return x > 0 ? x : T(0);
       case UnaryKind::add_scalar: return x + a;
       case UnaryKind::mul_scalar: return x * a;
+      case UnaryKind::div_scalar: return x / a;
       case UnaryKind::rsub_scalar: return a - x;
       case UnaryKind::clamp: return x < a ? a : (x > T(s1) ? T(s1) : x);
       default: break;
@@ -370,6 +371,11 @@ class CpuBackend final : public Backend {
             case UnaryKind::add_scalar: {
               const T c = T(s0);
               for (int64_t i = 0; i < n; ++i) o[i] = a[i] + c;
+              return;
+            }
+            case UnaryKind::div_scalar: {
+              const T c = T(s0);
+              for (int64_t i = 0; i < n; ++i) o[i] = a[i] / c;
               return;
             }
             case UnaryKind::relu:

@@ -71,6 +71,8 @@ void run_plan(const LoopPlan<N>& p, std::array<char*, N> base, F&& inner) {
     inner(base, zero, int64_t(1));
     return;
   }
+  for (int d = 0; d < p.ndim; ++d)
+    if (p.size[size_t(d)] == 0) return;  // empty tensor: nothing to do
   const int last = p.ndim - 1;
   const int64_t n_inner = p.size[size_t(last)];
   int64_t n_outer = 1;
