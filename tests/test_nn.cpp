@@ -278,3 +278,477 @@ TEST_CASE("ModuleList repr folds identical entries") {
   CHECK(&(*list)[2] == list->child_ptr("2").get());
   CHECK_THROWS_AS((*list)[5], Error);
 }
+
+// ---------------------------------------------------------------------------
+TEST_CASE("state_dict round trip, strict and non-strict loads") {
+  Generator g1(1), g2(2);
+  auto a = std::make_shared<Module>("Net");
+  a->register_module("linear", std::make_shared<Linear>(3, 2, true, &g1));
+  a->register_buffer("count", full({1}, 7.0, DType::int64));
+  auto b = std::make_shared<Module>("Net");
+  b->register_module("linear", std::make_shared<Linear>(3, 2, true, &g2));
+  b->register_buffer("count", zeros({1}, DType::int64));
+
+  StateDict sd = a->state_dict();
+  CHECK(sd.keys() == std::vector<std::string>{"count", "linear.weight", "linear.bias"});
+  CHECK(!sd.at("linear.weight").requires_grad());
+  CHECK(sd.at("linear.weight").same_storage(a->get_submodule("linear")->param("weight")));
+
+  Tensor wb = b->get_submodule("linear")->param("weight");  // handle kept across the load
+  LoadResult r = b->load_state_dict(sd);
+  CHECK(r.missing_keys.empty());
+  CHECK(r.unexpected_keys.empty());
+  CHECK_ALLCLOSE(wb, a->get_submodule("linear")->param("weight"), 0, 0);
+  CHECK(!wb.same_storage(sd.at("linear.weight")));  // copied, not taken over
+  CHECK(wb.requires_grad());
+  CHECK(b->buffer("count").at({0}) == 7.0);
+
+  // non-strict: missing and unexpected reported, present keys loaded
+  StateDict partial;
+  partial.set("linear.bias", full({2}, 0.5));
+  partial.set("extra.thing", zeros({1}));
+  r = b->load_state_dict(partial, false);
+  CHECK(r.missing_keys == std::vector<std::string>{"count", "linear.weight"});
+  CHECK(r.unexpected_keys == std::vector<std::string>{"extra.thing"});
+  CHECK(b->get_submodule("linear")->param("bias").at({1}) == 0.5);
+
+  // strict: throws listing them, PyTorch's wording, and changes nothing
+  partial.set("linear.bias", full({2}, 9.0));
+  std::string e = error_of([&] { b->load_state_dict(partial); });
+  CHECK(contains(e, "Error(s) in loading state_dict for Net:"));
+  CHECK(contains(e, "Unexpected key(s) in state_dict: \"extra.thing\"."));
+  CHECK(contains(e, "Missing key(s) in state_dict: \"count\", \"linear.weight\"."));
+  CHECK(b->get_submodule("linear")->param("bias").at({1}) == 0.5);
+
+  // dtype converted on copy
+  StateDict d64;
+  d64.set("linear.bias", full({2}, 0.25, DType::float64));
+  b->load_state_dict(d64, false);
+  CHECK(b->get_submodule("linear")->param("bias").dtype() == DType::float32);
+  CHECK(b->get_submodule("linear")->param("bias").at({0}) == 0.25);
+}
+
+TEST_CASE("load_state_dict: size mismatch always throws with both shapes") {
+  auto m = std::make_shared<Module>("Model");
+  m->register_module("linear", std::make_shared<Linear>(10, 10));
+  StateDict sd;
+  sd.set("linear.weight", zeros({3, 3}));
+  for (bool strict : {true, false}) {
+    std::string e = error_of([&] { m->load_state_dict(sd, strict); });
+    CHECK(contains(e, "size mismatch for linear.weight: copying a param with shape [3, 3] from checkpoint, "
+                      "the shape in current model is [10, 10]."));
+  }
+}
+
+TEST_CASE("load_state_dict onto meta: assign takes over, copy materialises") {
+  Generator g(5);
+  Linear src(4, 3, true, &g);
+  Linear dst(4, 3, true, nullptr, DType::float32, Device::meta);
+  CHECK(dst.weight().is_meta());
+  Tensor handle = dst.weight();
+
+  StateDict sd = src.state_dict();
+  dst.load_state_dict(sd, true, /*assign=*/true);
+  CHECK(!handle.is_meta());
+  CHECK(handle.same_storage(src.weight()));  // zero-copy
+  CHECK(handle.requires_grad());
+  CHECK_ALLCLOSE(dst(ones({2, 4})), src(ones({2, 4})), 1e-6, 1e-6);
+
+  Linear dst2(4, 3, true, nullptr, DType::float32, Device::meta);
+  Tensor h2 = dst2.bias();
+  dst2.load_state_dict(sd);  // no assign: materialise + copy
+  CHECK(!h2.is_meta());
+  CHECK(!h2.same_storage(src.bias()));
+  CHECK_ALLCLOSE(h2, src.bias(), 0, 0);
+
+  // assign takes the source dtype (PyTorch)
+  Linear dst3(4, 3);
+  StateDict d64;
+  d64.set("weight", src.weight().detach().to(DType::float64));
+  d64.set("bias", src.bias().detach().to(DType::float64));
+  Tensor h3 = dst3.weight();
+  dst3.load_state_dict(d64, true, true);
+  CHECK(h3.dtype() == DType::float64);
+}
+
+TEST_CASE("to(dtype) converts in place and keeps handles") {
+  Generator g(3);
+  auto m = std::make_shared<Module>("M");
+  m->register_module("l", std::make_shared<Linear>(3, 2, true, &g));
+  m->register_buffer("ids", arange(0, 3));
+  Tensor w = m->get_submodule("l")->param("weight");
+  std::vector<double> before = w.to_vector<double>();
+  Tensor x = from_vector(std::vector<double>{1, 2, 3}, {1, 3});
+  Tensor y32 = (*m->get_submodule("l"))(x.to(DType::float32));
+  m->to(DType::float64);
+  CHECK(w.dtype() == DType::float64);
+  CHECK(w.requires_grad());
+  CHECK(m->buffer("ids").dtype() == DType::int64);  // not floating: untouched
+  CHECK(w.to_vector<double>() == before);
+  Tensor y64 = (*m->get_submodule("l"))(x);
+  CHECK(y64.dtype() == DType::float64);
+  CHECK_ALLCLOSE(y64, y32.to(DType::float64), 1e-6, 1e-6);
+  m->to(DType::bfloat16);
+  CHECK(w.dtype() == DType::bfloat16);
+  m->to(Device::cpu);  // no-op
+  CHECK(w.device() == Device::cpu);
+  CHECK_THROWS_AS(m->to(DType::int64), Error);
+
+  Linear meta(2, 2, true, nullptr, DType::float32, Device::meta);
+  CHECK(contains(error_of([&] { meta.to(Device::cpu); }), "meta"));
+  meta.to(DType::float64);  // dtype change on meta is fine
+  CHECK(meta.weight().dtype() == DType::float64);
+}
+
+TEST_CASE("Linear / Embedding init: bounds, determinism, meta draws nothing") {
+  Generator g(42);
+  Linear l(64, 32, true, &g);
+  CHECK(l.weight().shape() == Shape{32, 64});
+  CHECK(l.bias().shape() == Shape{32});
+  double bound = 1.0 / std::sqrt(64.0);
+  auto w = l.weight().to_vector<double>();
+  double mx = 0, mean = 0, var = 0;
+  for (double v : w) {
+    mx = std::max(mx, std::fabs(v));
+    mean += v;
+  }
+  mean /= double(w.size());
+  for (double v : w) var += (v - mean) * (v - mean);
+  var /= double(w.size());
+  CHECK(mx <= bound);
+  CHECK(mx > 0.9 * bound);
+  CHECK(std::fabs(mean) < 0.01);
+  CHECK(var == doctest::Approx(bound * bound / 3).epsilon(0.1));  // U(-b, b) variance b²/3
+  for (double v : l.bias().to_vector<double>()) CHECK(std::fabs(v) <= bound);
+
+  Generator ga(7), gb(7);
+  Linear la(5, 4, true, &ga), lb(5, 4, true, &gb);
+  CHECK(la.weight().to_vector<double>() == lb.weight().to_vector<double>());
+  CHECK(la.bias().to_vector<double>() == lb.bias().to_vector<double>());
+
+  Generator gm(9);
+  uint64_t c0 = gm.counter();
+  Linear lm(100, 100, true, &gm, DType::float32, Device::meta);
+  Embedding em(100, 10, 0, &gm, DType::float32, Device::meta);
+  CHECK(gm.counter() == c0);
+  CHECK(lm.weight().is_meta());
+  CHECK(em.weight().is_meta());
+  CHECK(lm.repr() == "Linear(in_features=100, out_features=100, bias=True)");
+
+  // default_generator is used when none is passed
+  manual_seed(11);
+  Linear d1(3, 3);
+  manual_seed(11);
+  Linear d2(3, 3);
+  CHECK(d1.weight().to_vector<double>() == d2.weight().to_vector<double>());
+
+  Generator ge(1);
+  Embedding e(50, 40, 3, &ge);
+  auto ev = e.weight().to_vector<double>();
+  double m2 = 0, s2 = 0;
+  for (double v : ev) {
+    m2 += v;
+    s2 += v * v;
+  }
+  m2 /= double(ev.size());
+  s2 = s2 / double(ev.size()) - m2 * m2;
+  CHECK(std::fabs(m2) < 0.1);
+  CHECK(s2 == doctest::Approx(1.0).epsilon(0.1));
+  for (int64_t j = 0; j < 40; ++j) CHECK(e.weight().at({3, j}) == 0.0);
+  // padding row gets no gradient
+  Tensor out = e(from_vector(std::vector<int64_t>{3, 4, 3}, {3}));
+  sum(out).backward();
+  CHECK(e.weight().grad().at({3, 0}) == 0.0);
+  CHECK(e.weight().grad().at({4, 0}) == 1.0);
+
+  CHECK_THROWS_AS(Embedding(5, 2, 5), Error);
+  CHECK_THROWS_AS(Dropout(1.5), Error);
+  CHECK_THROWS_AS(Linear(-1, 2), Error);
+}
+
+TEST_CASE("layers forward") {
+  Generator g(4);
+  Linear l(3, 2, true, &g);
+  Tensor x = from_vector(std::vector<float>{1, 2, 3, -1, 0, 1}, {2, 3});
+  Tensor y = l(x);
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t o = 0; o < 2; ++o) {
+      double acc = l.bias().at({o});
+      for (int64_t k = 0; k < 3; ++k) acc += x.at({i, k}) * l.weight().at({o, k});
+      CHECK(y.at({i, o}) == doctest::Approx(acc).epsilon(1e-6));
+    }
+  Dropout d(0.5, &g);
+  Tensor big = ones({1000});
+  Tensor yd = d(big);
+  auto v = yd.to_vector<double>();
+  int zeros_n = 0;
+  for (double e : v) {
+    CHECK((e == 0.0 || e == 2.0));
+    zeros_n += e == 0.0;
+  }
+  CHECK(zeros_n > 400);
+  CHECK(zeros_n < 600);
+  d.eval();
+  CHECK_ALLCLOSE(d(big), big, 0, 0);
+
+  LayerNorm ln({3});
+  Tensor z = ln(from_vector(std::vector<float>{1, 2, 3}, {1, 3}));
+  CHECK(z.at({0, 0}) == doctest::Approx(-1.2247357).epsilon(1e-5));
+  CHECK(z.at({0, 1}) == doctest::Approx(0.0).epsilon(1e-6));
+  CHECK(keys_of(ln.named_parameters()) == std::vector<std::string>{"weight", "bias"});
+
+  Sequential s;
+  s.push_back(std::make_shared<Linear>(3, 4, true, &g));
+  s.push_back(std::make_shared<ReLU>());
+  s.push_back(std::make_shared<Tanh>());
+  Tensor sy = s(x);
+  CHECK(sy.shape() == Shape{2, 4});
+  for (double e : sy.to_vector<double>()) CHECK(e >= 0);
+  CHECK(SiLU()(zeros({1})).at({0}) == 0.0);
+  CHECK(GELU()(ones({1})).at({0}) == doctest::Approx(0.8413447).epsilon(1e-5));
+}
+
+TEST_CASE("clone deep-copies values, keeps type and requires_grad") {
+  Generator g(8);
+  auto m = std::make_shared<Module>("W");
+  m->register_module("l", std::make_shared<Linear>(3, 2, true, &g));
+  auto pd = m->register_module("pd", std::make_shared<ParameterDict>());
+  pd->insert("default", ones({2}), false);
+  m->eval();
+  auto c = m->clone();
+  CHECK(c->repr() == m->repr());
+  CHECK(!c->is_training());
+  auto cl = std::dynamic_pointer_cast<Linear>(c->child_ptr("l"));
+  REQUIRE(cl);
+  auto ol = std::dynamic_pointer_cast<Linear>(m->child_ptr("l"));
+  CHECK_ALLCLOSE(cl->weight(), ol->weight(), 0, 0);
+  CHECK(!cl->weight().same_storage(ol->weight()));
+  CHECK(cl->weight().requires_grad());
+  CHECK(!c->get_submodule("pd")->param("default").requires_grad());
+  cl->weight().fill_(0.0);
+  CHECK(ol->weight().at({0, 0}) != 0.0);
+  CHECK(ParameterDict().clone()->type_name() == "ParameterDict");
+  CHECK(std::dynamic_pointer_cast<ModuleDict>(ModuleDict().clone()));
+}
+
+// ---------------------------------------------------------------------------
+// Optimizers. Expected values computed independently in plain Python from the
+// published torch.optim update rules (see the comments), not from this code.
+
+namespace {
+// loss = sum((p - t)^2), grad = 2 (p - t)
+void set_quadratic_grad(Tensor& p) {
+  Tensor t = from_vector(std::vector<double>{0.5, 0.25, -1.0}, {3}, p.dtype());
+  p.zero_grad();
+  Tensor d = sub(p, t);
+  sum(mul(d, d)).backward();
+}
+
+Tensor start_param(DType dt) {
+  Tensor p = from_vector(std::vector<double>{1.0, -2.0, 0.5}, {3}, dt);
+  p.requires_grad_(true);
+  return p;
+}
+}  // namespace
+
+TEST_CASE("SGD matches torch.optim.SGD's update rule") {
+  struct Case {
+    SGDOptions o;
+    int steps;
+    std::vector<double> expected;
+  };
+  std::vector<Case> cases;
+  {
+    SGDOptions o;
+    o.lr = 0.1;
+    o.momentum = 0.9;
+    o.weight_decay = 0.01;
+    o.nesterov = true;
+    cases.push_back({o, 3, {0.44140915164100003, 0.4998323114680001, -1.1619460389295}});
+  }
+  {
+    SGDOptions o;
+    o.lr = 0.05;
+    o.momentum = 0.8;
+    o.dampening = 0.1;
+    cases.push_back({o, 4, {0.6692549499999999, -0.511647275, -0.4922351500000002}});
+  }
+  {
+    SGDOptions o;
+    o.lr = 0.1;
+    cases.push_back({o, 2, {0.8200000000000001, -1.19, -0.040000000000000036}});
+  }
+  for (const auto& c : cases)
+    for (DType dt : {DType::float64, DType::float32})
+      for (bool use_ops : {false, true}) {
+        Tensor p = start_param(dt);
+        SGDOptions o = c.o;
+        o.use_ops = use_ops;
+        SGD opt({{"p", p}}, o);
+        Tensor handle = p;
+        for (int s = 0; s < c.steps; ++s) {
+          set_quadratic_grad(p);
+          opt.step();
+        }
+        double tol = dt == DType::float64 ? 1e-12 : 1e-6;
+        CHECK_ALLCLOSE(handle.to(DType::float64), from_vector(c.expected, {3}), tol, tol);
+        CHECK(opt.step_count() == c.steps);
+      }
+  // first momentum step: buf = grad
+  Tensor p = start_param(DType::float64);
+  SGDOptions o;
+  o.momentum = 0.9;
+  o.dampening = 0.5;
+  SGD opt(std::vector<Tensor>{p}, o);
+  set_quadratic_grad(p);
+  opt.step();
+  CHECK_ALLCLOSE(opt.momentum_buffer(0), from_vector(std::vector<double>{1.0, -4.5, 3.0}, {3}), 0, 1e-15);
+
+  SGDOptions bad;
+  bad.nesterov = true;
+  CHECK(contains(error_of([&] { SGD s(std::vector<Tensor>{p}, bad); }), "Nesterov momentum requires"));
+}
+
+TEST_CASE("AdamW matches torch.optim.AdamW's update rule") {
+  // lr 0.05, betas (0.9, 0.999), eps 1e-8, weight_decay 0.1, 5 steps
+  std::vector<double> expected{0.7323253671325198, -1.703661134998053, 0.2410458077512425};
+  for (DType dt : {DType::float64, DType::float32})
+    for (bool use_ops : {false, true}) {
+      Tensor p = start_param(dt);
+      Tensor frozen = start_param(dt);  // no grad: skipped
+      AdamWOptions o;
+      o.lr = 0.05;
+      o.weight_decay = 0.1;
+      o.use_ops = use_ops;
+      AdamW opt({{"p", p}, {"frozen", frozen}}, o);
+      for (int s = 0; s < 5; ++s) {
+        set_quadratic_grad(p);
+        opt.step();
+      }
+      double tol = dt == DType::float64 ? 1e-12 : 2e-6;
+      CHECK_ALLCLOSE(p.to(DType::float64), from_vector(expected, {3}), tol, tol);
+      CHECK(frozen.to_vector<double>() == std::vector<double>{1.0, -2.0, 0.5});
+      opt.zero_grad();
+      CHECK(!p.grad().defined());
+    }
+  CHECK(AdamWOptions().weight_decay == 0.01);
+  CHECK(AdamWOptions().eps == 1e-8);
+}
+
+TEST_CASE("clip_grad_norm_ and warmup-cosine schedule") {
+  Tensor a = zeros({2}, DType::float64).requires_grad_(true);
+  Tensor b = zeros({1}, DType::float64).requires_grad_(true);
+  Tensor c = zeros({1}, DType::float64).requires_grad_(true);  // no grad
+  a.set_grad(from_vector(std::vector<double>{3, 4}, {2}));
+  b.set_grad(from_vector(std::vector<double>{12}, {1}));
+  double total = clip_grad_norm_(std::vector<Tensor>{a, b, c}, 5.0);
+  CHECK(total == doctest::Approx(13.0).epsilon(1e-12));
+  CHECK_ALLCLOSE(a.grad(), from_vector(std::vector<double>{1.1538460650887643, 1.5384614201183524}, {2}), 1e-12, 0);
+  CHECK_ALLCLOSE(b.grad(), from_vector(std::vector<double>{4.615384260355057}, {1}), 1e-12, 0);
+  // below the limit: unchanged (coefficient clamped to 1)
+  double t2 = clip_grad_norm_(std::vector<Tensor>{a, b}, 100.0);
+  CHECK(t2 == doctest::Approx(5.0).epsilon(1e-6));
+  CHECK(b.grad().at({0}) == doctest::Approx(4.615384260355057).epsilon(1e-12));
+
+  // warmup 5, total 20 (transformers' get_cosine_schedule_with_warmup)
+  std::vector<std::pair<int, double>> ref{{0, 0.0}, {1, 0.2}, {2, 0.4}, {5, 1.0}, {6, 0.9890738003669028},
+                                          {10, 0.75}, {15, 0.2500000000000001}, {20, 0.0}, {25, 0.0}};
+  for (auto [s, m] : ref) CHECK(warmup_cosine_multiplier(s, 5, 20) == doctest::Approx(m).epsilon(1e-12));
+  CHECK(warmup_cosine_multiplier(20, 5, 20, 0.1) == doctest::Approx(0.1));
+  Tensor p = start_param(DType::float32);
+  SGDOptions o;
+  o.lr = 0.5;
+  SGD opt(std::vector<Tensor>{p}, o);
+  WarmupCosineSchedule sched(opt, 5, 20);
+  CHECK(opt.lr() == 0.0);
+  sched.apply(10);
+  CHECK(opt.lr() == doctest::Approx(0.375));
+}
+
+// ---------------------------------------------------------------------------
+// Golden host models: build from case.json, load base.safetensors, compare the
+// base forward with PyTorch's output_base.
+
+TEST_CASE("golden host models reproduce output_base") {
+  namespace fs = std::filesystem;
+  const fs::path root = "tests/data/peft";
+  REQUIRE(fs::exists(root));
+  int n = 0, n_fwd = 0;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (!entry.is_directory()) continue;
+    fs::path dir = entry.path();
+    if (!fs::exists(dir / "case.json")) continue;
+    CAPTURE(dir.string());
+    std::ifstream f(dir / "case.json");
+    nlohmann::json c = nlohmann::json::parse(f);
+    auto model = tools::build_host_model(c.at("arch").get<std::string>(), c.at("arch_spec"));
+    StateDict base = io::load_safetensors((dir / "base.safetensors").string());
+    LoadResult r = model->load_state_dict(base);  // strict
+    CHECK(r.missing_keys.empty());
+    model->eval();
+    ++n;
+    StateDict io_t = io::load_safetensors((dir / "io.safetensors").string());
+    if (!io_t.contains("output_base")) continue;  // training cases record x/y/losses only
+    ++n_fwd;
+    Tensor y = model->forward(io_t.at("input"));
+    Tensor ref = io_t.at("output_base");
+    double scale = 0;
+    for (double v : ref.to_vector<double>()) scale = std::max(scale, std::fabs(v));
+    CHECK_ALLCLOSE(y, ref, 0, 1e-5 + 1e-4 * scale);
+    // repr of the host (first line and the untouched children) as in the golden
+    if (c.contains("repr")) {
+      std::string rep = c["repr"].get<std::string>();
+      CHECK(rep.substr(0, rep.find('\n')) == model->repr().substr(0, model->repr().find('\n')));
+    }
+  }
+  CHECK(n >= 16);
+  CHECK(n_fwd >= 12);
+}
+
+TEST_CASE("host models: names, reprs, injection through replace_module") {
+  auto deep = tools::build_host_model("deep", {{"V", 32}, {"D", 16}, {"F", 32}, {"L", 2}});
+  const char* deep_repr = R"(Deep(
+  (emb): Embedding(32, 16)
+  (layers): ModuleList(
+    (0-1): 2 x Block(
+      (attn): Attn(
+        (q_proj): Linear(in_features=16, out_features=16, bias=True)
+        (k_proj): Linear(in_features=16, out_features=16, bias=True)
+        (v_proj): Linear(in_features=16, out_features=16, bias=True)
+        (o_proj): Linear(in_features=16, out_features=16, bias=False)
+      )
+      (mlp): FF(
+        (up_proj): Linear(in_features=16, out_features=32, bias=True)
+        (down_proj): Linear(in_features=32, out_features=16, bias=True)
+      )
+    )
+  )
+  (lm_head): Linear(in_features=16, out_features=32, bias=False)
+))";
+  CHECK(deep->repr() == deep_repr);
+  auto mlp = tools::build_host_model("mlp", {{"in", 10}, {"hidden", 20}, {"out", 2}});
+  CHECK(keys_of(mlp->named_children()) == std::vector<std::string>{"lin0", "relu", "drop", "lin1", "lin2"});
+  CHECK(keys_of(mlp->named_parameters()) ==
+        std::vector<std::string>{"lin0.weight", "lin0.bias", "lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias"});
+  CHECK(contains(error_of([] { tools::build_host_model("mlp", nlohmann::json::parse(R"({"in": 10})")); }), "'hidden'"));
+  CHECK(contains(error_of([] { tools::build_host_model("cnn", nlohmann::json::object()); }), "unknown arch"));
+
+  // a replaced child is used by the next forward
+  auto dummy = tools::build_host_model("dummy", {{"V", 10}, {"D", 10}});
+  Tensor ids = from_vector(std::vector<int64_t>{1, 2, 3}, {1, 3});
+  Tensor y0 = dummy->forward(ids);
+  struct Zero : Module {
+    Zero() : Module("Zero") {}
+    Tensor forward(const Tensor& x) override { return mul(x, 0.0); }
+  };
+  dummy->replace_module("linear", std::make_shared<Zero>());
+  Tensor y1 = dummy->forward(ids);
+  auto bias = dummy->get_submodule("lm_head")->param("bias");
+  CHECK_ALLCLOSE(y1, bias.detach().unsqueeze(0).unsqueeze(0).expand({1, 3, 10}).contiguous(), 1e-6, 1e-6);
+  CHECK(y0.shape() == y1.shape());
+
+  // clone keeps the class (forward still works)
+  auto dc = deep->clone();
+  Tensor ids2 = from_vector(std::vector<int64_t>{0, 5, 31}, {1, 3});
+  CHECK_ALLCLOSE(dc->forward(ids2), deep->forward(ids2), 0, 0);
+}
