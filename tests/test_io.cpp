@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -704,4 +705,64 @@ TEST_CASE("atomic writes: failures throw, leave the old file intact and no tempo
   CHECK(fs::is_symlink(dir / "link.safetensors"));
   CHECK(read_bytes(target) == before);
   CHECK(dir.entries() == std::vector<std::string>{"adapter.safetensors", "link.safetensors", "sub"});
+}
+
+// ===========================================================================
+TEST_CASE("mutated files never crash the reader: they load or throw peft::Error") {
+  // Deterministic mutations of real files (bit flips in the header, truncation, a random header
+  // length, digit edits in the JSON); every accepted file must also read all its tensors.
+  TempDir dir;
+  std::mt19937_64 rng(20240607);
+  int rejected = 0, accepted = 0;
+  const std::vector<std::string> seeds = {
+      read_bytes("tests/data/peft/lora_seed_example/io.safetensors"),
+      read_bytes("tests/data/peft/lora_seed_example/peft/adapter_model.safetensors"),
+      read_bytes("tests/data/peft/lora_seed_example/merged_default_bfloat16.safetensors")};
+  std::string p = dir / "fuzz.safetensors";
+  for (int iter = 0; iter < 1500; ++iter) {
+    std::string b = seeds[size_t(iter) % seeds.size()];
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | uint8_t(b[size_t(i)]);
+    switch (rng() % 5) {
+      case 0:  // flip bits in the header
+        for (int k = 0, n = int(1 + rng() % 4); k < n; ++k)
+          b[8 + size_t(rng() % hlen)] ^= char(1u << (rng() % 8));
+        break;
+      case 1:  // truncate
+        b.resize(size_t(rng() % b.size()));
+        break;
+      case 2:  // random header length
+        for (int i = 0; i < 8; ++i) b[size_t(i)] = char(i < 2 || rng() % 4 == 0 ? rng() : 0);
+        break;
+      case 3: {  // change a digit in the JSON
+        for (int tries = 0; tries < 50; ++tries) {
+          size_t at = 8 + size_t(rng() % hlen);
+          if (b[at] >= '0' && b[at] <= '9') {
+            b[at] = char('0' + rng() % 10);
+            if (rng() % 3 == 0) b.insert(at, 1, char('0' + rng() % 10));
+            break;
+          }
+        }
+        break;
+      }
+      default:  // swap two header bytes
+        std::swap(b[8 + size_t(rng() % hlen)], b[8 + size_t(rng() % hlen)]);
+        break;
+    }
+    write_bytes(p, b);
+    try {
+      auto f = SafetensorsFile::open(p);
+      for (const TensorInfo& ti : f->tensors()) {
+        Tensor t = f->get(ti.name);
+        CHECK(t.shape() == ti.shape);
+        CHECK(raw_bytes(t).size() == t.nbytes());  // every byte readable
+        (void)f->get_meta(ti.name);
+      }
+      ++accepted;
+    } catch (const Error&) {
+      ++rejected;
+    }
+  }
+  MESSAGE("mutated files: " << accepted << " accepted, " << rejected << " rejected");
+  CHECK(rejected > 0);
 }
