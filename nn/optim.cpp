@@ -167,7 +167,7 @@ void adamw_loop(T* p, const T* g, T* m, T* v, int64_t n, const AdamWOptions& o, 
     T pi = p[i] * decay;
     // torch.lerp: weight < 0.5 ? self + w*(end-self) : end - (end-self)*(1-w)
     T mi = lerp_lo ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (T(1) - w1);
-    T vi = v[i] * b2 + gi * gi * w2;
+    T vi = v[i] * b2 + w2 * gi * gi;  // mul_(b2).addcmul_(g, g, value=1-b2)
     m[i] = mi;
     v[i] = vi;
     T denom = std::sqrt(vi) / bc2_sqrt + eps;
