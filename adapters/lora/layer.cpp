@@ -1,0 +1,434 @@
+// LoRA layers. Forward (§2.4): y = base(x) + s·B(A(dropout(x))) per active
+// adapter, computed as two thin matmuls (ΔW is never materialised).
+// Merge (§2.5): W += s·B·A (DoRA: W = m/‖W+ΔW‖·(W+ΔW)); unmerge subtracts.
+#include "adapters/lora/layer.h"
+
+#include <cmath>
+
+#include "runtime/autograd.h"
+#include "runtime/ops.h"
+
+namespace peft::lora {
+
+namespace {
+
+bool all_finite(const Tensor& t) {
+  for (double v : t.to(DType::float64).to_vector<double>())
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+Tensor weight_of(const nn::Module& m) { return m.param("weight"); }
+
+Tensor maybe_t(const Tensor& t, bool transpose) { return transpose ? t.t() : t; }
+
+}  // namespace
+
+// --------------------------------------------------------------- DoRA --
+
+DoraLinearLayer::DoraLinearLayer(bool fifo) : nn::Module("lora.dora.DoraLinearLayer"), fan_in_fan_out(fifo) {}
+
+Tensor DoraLinearLayer::get_weight_norm(const Tensor& weight, const Tensor& lora_weight, double scaling) const {
+  Tensor w = maybe_t(weight, fan_in_fan_out);
+  w = add(w, mul(lora_weight, scaling));
+  return norm(w, {1}).to(w.dtype());
+}
+
+void DoraLinearLayer::init_magnitude(const Tensor& base_weight, const Tensor& lora_A, const Tensor& lora_B,
+                                     double scaling, bool on_meta) {
+  int64_t out = fan_in_fan_out ? base_weight.size(1) : base_weight.size(0);
+  if (has_param("weight")) remove_parameter("weight");
+  if (on_meta || base_weight.is_meta() || lora_A.is_meta() || lora_B.is_meta()) {
+    register_parameter("weight", empty({out}, base_weight.dtype(), Device::meta), true);
+    return;
+  }
+  NoGradGuard ng;
+  Tensor A = lora_A, B = lora_B;
+  bool fp16 = A.dtype() == DType::float16;
+  if (fp16) {
+    A = A.to(DType::float32);
+    B = B.to(DType::float32);
+  }
+  Tensor lw = matmul(B, A);
+  if (fp16) lw = lw.to(DType::float16);
+  Tensor n = get_weight_norm(base_weight, lw, scaling).contiguous().clone();
+  register_parameter("weight", n, true);
+}
+
+std::shared_ptr<nn::Module> DoraLinearLayer::clone() const {
+  auto m = std::make_shared<DoraLinearLayer>(fan_in_fan_out);
+  if (has_param("weight")) {
+    const Tensor& w = param("weight");
+    m->register_parameter("weight", w.is_meta() ? w : w.detach().clone(), w.requires_grad());
+  }
+  return m;
+}
+
+// ------------------------------------------------------------ LoraLayer --
+
+LoraLayer::LoraLayer(std::string type_name, nn::ModulePtr base, int64_t in, int64_t out)
+    : TunerLayer(std::move(type_name), std::move(base)), in_features(in), out_features(out) {
+  register_child("lora_dropout", std::make_shared<nn::ModuleDict>());
+  register_child("lora_A", std::make_shared<nn::ModuleDict>());
+  register_child("lora_B", std::make_shared<nn::ModuleDict>());
+  register_child("lora_embedding_A", std::make_shared<nn::ParameterDict>());
+  register_child("lora_embedding_B", std::make_shared<nn::ParameterDict>());
+  register_child("lora_magnitude_vector", std::make_shared<nn::ModuleDict>());
+}
+
+nn::ModuleDict& LoraLayer::lora_dropout() const { return static_cast<nn::ModuleDict&>(child("lora_dropout")); }
+nn::ModuleDict& LoraLayer::lora_A() const { return static_cast<nn::ModuleDict&>(child("lora_A")); }
+nn::ModuleDict& LoraLayer::lora_B() const { return static_cast<nn::ModuleDict&>(child("lora_B")); }
+nn::ParameterDict& LoraLayer::lora_embedding_A() const {
+  return static_cast<nn::ParameterDict&>(child("lora_embedding_A"));
+}
+nn::ParameterDict& LoraLayer::lora_embedding_B() const {
+  return static_cast<nn::ParameterDict&>(child("lora_embedding_B"));
+}
+nn::ModuleDict& LoraLayer::lora_magnitude_vector() const {
+  return static_cast<nn::ModuleDict&>(child("lora_magnitude_vector"));
+}
+
+void LoraLayer::common_update(const std::string& adapter, const AdapterArgs& a) {
+  if (a.r <= 0) fail("`r` should be a positive integer value but the value passed is ", a.r);
+  r[adapter] = a.r;
+  lora_alpha[adapter] = a.lora_alpha;
+  use_rslora[adapter] = a.use_rslora;
+  nn::ModulePtr drop;
+  if (a.lora_dropout > 0.0) drop = std::make_shared<nn::Dropout>(a.lora_dropout);
+  else drop = std::make_shared<nn::Identity>();
+  lora_dropout().erase(adapter);
+  lora_dropout().insert(adapter, drop);
+  scaling[adapter] = a.use_rslora ? a.lora_alpha / std::sqrt(double(a.r)) : a.lora_alpha / double(a.r);
+}
+
+void LoraLayer::erase_adapter_state(const std::string& name) {
+  r.erase(name);
+  lora_alpha.erase(name);
+  scaling.erase(name);
+  use_dora.erase(name);
+  lora_bias.erase(name);
+  use_rslora.erase(name);
+}
+
+void LoraLayer::set_scale(const std::string& adapter, double factor) {
+  if (!scaling.count(adapter)) return;
+  double rr = double(r.at(adapter));
+  scaling[adapter] = factor * lora_alpha.at(adapter) / (use_rslora.at(adapter) ? std::sqrt(rr) : rr);
+}
+
+void LoraLayer::scale_layer(double factor) {
+  if (factor == 1) return;
+  for (const auto& a : active_adapters_)
+    if (scaling.count(a)) scaling[a] *= factor;
+}
+
+void LoraLayer::unscale_layer(std::optional<double> factor) {
+  for (const auto& a : active_adapters_) {
+    if (!scaling.count(a)) continue;
+    if (!factor) set_scale(a, 1.0);
+    else scaling[a] /= *factor;
+  }
+}
+
+// --------------------------------------------------------------- Linear --
+
+namespace {
+const nn::Linear& as_linear(const nn::Module& m) {
+  auto* l = dynamic_cast<const nn::Linear*>(&m);
+  if (!l) fail("lora.Linear: base layer ", m.type_name(), " is not a Linear");
+  return *l;
+}
+}  // namespace
+
+Linear::Linear(nn::ModulePtr base, const std::string& adapter, const AdapterArgs& args, bool fifo)
+    : LoraLayer("lora.Linear", base, 0, 0), fan_in_fan_out(fifo) {
+  const nn::Linear& l = as_linear(get_base_layer());
+  in_features = l.in_features;
+  out_features = l.out_features;
+  active_adapters_ = {adapter};
+  update_layer(adapter, args);
+}
+
+void Linear::update_layer(const std::string& adapter, const AdapterArgs& a) {
+  common_update(adapter, a);
+  Device dev = a.low_cpu_mem_usage ? Device::meta : Device::cpu;
+  auto A = std::make_shared<nn::Linear>(in_features, a.r, false, nullptr, DType::float32, dev);
+  auto B = std::make_shared<nn::Linear>(a.r, out_features, a.lora_bias, nullptr, DType::float32, dev);
+  lora_A().erase(adapter);
+  lora_B().erase(adapter);
+  lora_A().insert(adapter, A);
+  lora_B().insert(adapter, B);
+  lora_bias[adapter] = a.lora_bias;
+  if (!a.low_cpu_mem_usage) reset_lora_parameters(adapter, a.init_lora_weights);
+  move_adapter_to_base_device(adapter);
+  lora_magnitude_vector().erase(adapter);
+  if (a.use_dora) {
+    auto mag = std::make_shared<DoraLinearLayer>(fan_in_fan_out);
+    mag->init_magnitude(weight_of(get_base_layer()), A->weight(), B->weight(), scaling[adapter], a.low_cpu_mem_usage);
+    lora_magnitude_vector().insert(adapter, mag);
+    use_dora[adapter] = true;
+  } else {
+    use_dora[adapter] = false;
+  }
+  set_adapter(active_adapters_, a.inference_mode);
+}
+
+void Linear::reset_lora_parameters(const std::string& adapter, const InitLoraWeights& init) {
+  if (!init.truthy() || !lora_A().contains(adapter)) return;
+  NoGradGuard ng;
+  auto& A = static_cast<nn::Linear&>(lora_A()[adapter]);
+  auto& B = static_cast<nn::Linear&>(lora_B()[adapter]);
+  Generator& gen = default_generator();
+  if (init.is_bool()) {
+    // kaiming_uniform_(a=√5): bound = gain·√(3/fan_in) = 1/√in
+    double bound = 1.0 / std::sqrt(double(in_features));
+    A.weight().uniform_(-bound, bound, gen);
+  } else if (init.as_string() == "gaussian") {
+    A.weight().normal_(0.0, 1.0 / double(r.at(adapter)), gen);
+  } else {
+    fail("Unknown initialization init_lora_weights=", init.as_string(), " (supported: true, false, \"gaussian\")");
+  }
+  B.weight().zero_();
+  if (B.has_bias()) B.param("bias").zero_();
+}
+
+Tensor Linear::get_delta_weight(const std::string& adapter) {
+  PEFT_CHECK(lora_A().contains(adapter), "[lora.Linear] no adapter '", adapter, "'");
+  check_adapter_materialized(adapter);
+  Tensor A = weight_of(lora_A()[adapter]), B = weight_of(lora_B()[adapter]);
+  DType dt = B.dtype();
+  bool cast = B.device() == Device::cpu && (dt == DType::float16 || dt == DType::bfloat16);
+  if (cast) {
+    A = A.to(DType::float32);
+    B = B.to(DType::float32);
+  }
+  Tensor d = mul(maybe_t(matmul(B, A), fan_in_fan_out), scaling.at(adapter));
+  if (cast) d = d.to(dt);
+  return d;
+}
+
+Tensor Linear::forward(const Tensor& x) {
+  if (disable_adapters_) {
+    if (merged()) unmerge();
+    return base_layer().forward(x);
+  }
+  if (merged()) return base_layer().forward(x);
+  Tensor result = base_layer().forward(x);
+  const DType result_dtype = result.dtype();
+  Tensor xin = x;
+  for (const auto& a : active_adapters_) {
+    if (!lora_A().contains(a)) continue;
+    if (!x.is_meta()) check_adapter_materialized(a);
+    nn::Module& A = lora_A()[a];
+    nn::Module& B = lora_B()[a];
+    nn::Module& drop = lora_dropout()[a];
+    const double s = scaling.at(a);
+    DType adt = weight_of(A).dtype();
+    if (is_floating(xin.dtype()) && xin.dtype() != adt) xin = xin.to(adt);
+    if (!use_dora.at(a)) {
+      result = add(result, mul(B.forward(A.forward(drop.forward(xin))), s));
+      continue;
+    }
+    // DoRA (§2.4): the norm is detached; base_result is the current result minus bias.
+    auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
+    Tensor xd = xin;
+    Tensor base_result;
+    bool identity = dynamic_cast<nn::Identity*>(&drop) != nullptr || !is_training();
+    if (identity) base_result = result;
+    else xd = drop.forward(xin);
+    Tensor lora_result = B.forward(A.forward(xd));
+    nn::Module& base = get_base_layer();
+    Tensor W = weight_of(base);
+    if (W.dtype() != xd.dtype() && is_floating(xd.dtype())) W = W.to(xd.dtype());
+    Tensor weight_norm;
+    {
+      NoGradGuard ng;
+      Tensor lw = matmul(weight_of(B), weight_of(A));
+      weight_norm = mag.get_weight_norm(W.detach(), lw, s).detach();
+    }
+    Tensor scale = div(mag.param("weight"), weight_norm).view({1, -1});
+    if (base_result.defined()) {
+      if (base.has_param("bias") && base.param("bias").defined()) base_result = sub(base_result, base.param("bias"));
+    } else {
+      base_result = linear(xd, maybe_t(W, fan_in_fan_out));
+    }
+    Tensor dora = add(mul(sub(scale, 1.0), base_result), mul(mul(scale, lora_result), s));
+    result = add(result, dora);
+  }
+  if (result.dtype() != result_dtype) result = result.to(result_dtype);
+  return result;
+}
+
+void Linear::merge(bool safe_merge, std::vector<std::string> names) {
+  names = adapters_to_merge(std::move(names));
+  if (names.empty()) return;
+  NoGradGuard ng;
+  nn::Module& base = get_base_layer();
+  Tensor W = weight_of(base);
+  for (const auto& a : names) {
+    if (!lora_A().contains(a)) continue;
+    Tensor delta = get_delta_weight(a);
+    Tensor new_w;
+    if (!use_dora.at(a)) {
+      new_w = add(W, delta.to(W.dtype()));
+    } else {
+      auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
+      Tensor wn = mag.get_weight_norm(W, maybe_t(delta, fan_in_fan_out), 1.0).detach();
+      dora_weight_norm_cache_[a] = wn;
+      Tensor factor = maybe_t(div(mag.param("weight"), wn).view({-1, 1}), fan_in_fan_out);
+      new_w = mul(factor, add(W, delta)).to(W.dtype());
+    }
+    if (safe_merge && !all_finite(new_w))
+      fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
+    Tensor bias_delta;
+    if (lora_bias.at(a)) {
+      if (!base.has_param("bias") || !base.param("bias").defined())
+        fail("Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.");
+      bias_delta = mul(lora_B()[a].param("bias"), scaling.at(a));
+      if (safe_merge && !all_finite(add(base.param("bias"), bias_delta)))
+        fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
+    }
+    W.copy_(new_w);
+    if (bias_delta.defined()) base.param("bias").add_(bias_delta);
+    merged_adapters_.push_back(a);
+  }
+}
+
+void Linear::unmerge() {
+  if (!merged()) {
+    warn("Already unmerged. Nothing to do.");
+    return;
+  }
+  NoGradGuard ng;
+  nn::Module& base = get_base_layer();
+  Tensor W = weight_of(base);
+  while (!merged_adapters_.empty()) {
+    std::string a = merged_adapters_.back();
+    merged_adapters_.pop_back();
+    if (!lora_A().contains(a)) continue;
+    Tensor delta = get_delta_weight(a);
+    if (!use_dora.at(a)) {
+      W.add_(delta.to(W.dtype()), -1.0);
+    } else {
+      auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
+      Tensor wn = dora_weight_norm_cache_.at(a);
+      dora_weight_norm_cache_.erase(a);
+      Tensor factor = div(mag.param("weight"), wn).view({-1, 1});
+      W.copy_(sub(div(W, maybe_t(factor, fan_in_fan_out)), delta));
+    }
+    if (lora_bias.at(a)) base.param("bias").add_(mul(lora_B()[a].param("bias"), scaling.at(a)), -1.0);
+  }
+}
+
+// ------------------------------------------------------------ Embedding --
+
+namespace {
+const nn::Embedding& as_embedding(const nn::Module& m) {
+  auto* e = dynamic_cast<const nn::Embedding*>(&m);
+  if (!e) fail("lora.Embedding: base layer ", m.type_name(), " is not an Embedding");
+  return *e;
+}
+}  // namespace
+
+Embedding::Embedding(nn::ModulePtr base, const std::string& adapter, const AdapterArgs& args)
+    : LoraLayer("lora.Embedding", base, 0, 0) {
+  const nn::Embedding& e = as_embedding(get_base_layer());
+  in_features = e.num_embeddings;
+  out_features = e.embedding_dim;
+  active_adapters_ = {adapter};
+  update_layer(adapter, args);
+}
+
+void Embedding::update_layer(const std::string& adapter, const AdapterArgs& a) {
+  if (a.lora_bias) fail("lora_bias=True is not supported for Embedding.");
+  if (a.use_dora) fail("DoRA (use_dora=True) on an Embedding is not supported by peft.cpp yet");
+  common_update(adapter, a);
+  Generator& gen = default_generator();
+  // PEFT draws randn(r, num) and randn(dim, r) explicitly (also under low_cpu_mem_usage).
+  Tensor A = randn({a.r, in_features}, gen);
+  Tensor B = randn({out_features, a.r}, gen);
+  if (a.low_cpu_mem_usage) {
+    A = empty({a.r, in_features}, DType::float32, Device::meta);
+    B = empty({out_features, a.r}, DType::float32, Device::meta);
+  } else if (a.init_lora_weights.truthy()) {
+    A.zero_();
+    B.normal_(0.0, 1.0, gen);
+  }
+  lora_embedding_A().erase(adapter);
+  lora_embedding_B().erase(adapter);
+  lora_embedding_A().insert(adapter, A, true);
+  lora_embedding_B().insert(adapter, B, true);
+  lora_bias[adapter] = false;
+  use_dora[adapter] = false;
+  move_adapter_to_base_device(adapter);
+  set_adapter(active_adapters_, a.inference_mode);
+}
+
+Tensor Embedding::get_delta_weight(const std::string& adapter) {
+  PEFT_CHECK(lora_embedding_A().contains(adapter), "[lora.Embedding] no adapter '", adapter, "'");
+  check_adapter_materialized(adapter);
+  Tensor A = lora_embedding_A()[adapter], B = lora_embedding_B()[adapter];
+  DType dt = B.dtype();
+  bool cast = B.device() == Device::cpu && (dt == DType::float16 || dt == DType::bfloat16);
+  if (cast) {
+    A = A.to(DType::float32);
+    B = B.to(DType::float32);
+  }
+  Tensor d = mul(matmul(B, A).t(), scaling.at(adapter));
+  if (cast) d = d.to(dt);
+  return d;
+}
+
+Tensor Embedding::forward(const Tensor& x) {
+  if (disable_adapters_) {
+    if (merged()) unmerge();
+    return base_layer().forward(x);
+  }
+  if (merged()) return base_layer().forward(x);
+  Tensor result = base_layer().forward(x);
+  const DType result_dtype = result.dtype();
+  const nn::Embedding& base = as_embedding(get_base_layer());
+  for (const auto& a : active_adapters_) {
+    if (!lora_embedding_A().contains(a)) continue;
+    if (!x.is_meta()) check_adapter_materialized(a);
+    Tensor At = lora_embedding_A()[a].t().contiguous();  // (num, r)
+    Tensor Bt = lora_embedding_B()[a].t();               // (r, dim)
+    Tensor after_A = embedding(x, At, base.padding_idx);
+    result = add(result, mul(matmul(after_A, Bt), scaling.at(a)));
+  }
+  if (result.dtype() != result_dtype) result = result.to(result_dtype);
+  return result;
+}
+
+void Embedding::merge(bool safe_merge, std::vector<std::string> names) {
+  names = adapters_to_merge(std::move(names));
+  if (names.empty()) return;
+  NoGradGuard ng;
+  Tensor W = weight_of(get_base_layer());
+  for (const auto& a : names) {
+    if (!lora_embedding_A().contains(a)) continue;
+    Tensor new_w = add(W, get_delta_weight(a).to(W.dtype()));
+    if (safe_merge && !all_finite(new_w))
+      fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
+    W.copy_(new_w);
+    merged_adapters_.push_back(a);
+  }
+}
+
+void Embedding::unmerge() {
+  if (!merged()) {
+    warn("Already unmerged. Nothing to do.");
+    return;
+  }
+  NoGradGuard ng;
+  Tensor W = weight_of(get_base_layer());
+  while (!merged_adapters_.empty()) {
+    std::string a = merged_adapters_.back();
+    merged_adapters_.pop_back();
+    if (!lora_embedding_A().contains(a)) continue;
+    W.add_(get_delta_weight(a).to(W.dtype()), -1.0);
+  }
+}
+
+}  // namespace peft::lora

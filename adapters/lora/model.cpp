@@ -1,0 +1,77 @@
+#include "adapters/lora/model.h"
+
+namespace peft::lora {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+const char* const kUnsupported =
+    " is not supported. Currently, only the following modules are supported: `torch.nn.Linear`, "
+    "`torch.nn.Embedding`, `torch.nn.Conv1d`, `torch.nn.Conv2d`, `torch.nn.Conv3d`, "
+    "`transformers.pytorch_utils.Conv1D`, `torch.nn.MultiheadAttention.`.";
+
+}  // namespace
+
+nn::ModulePtr create_and_replace(const LoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
+                                 const std::string& key, bool low_cpu_mem_usage) {
+  AdapterArgs args;
+  args.r = cfg.rank_for(key);
+  args.lora_alpha = cfg.alpha_for(key);
+  args.lora_dropout = cfg.lora_dropout;
+  args.init_lora_weights = cfg.init_lora_weights;
+  args.use_rslora = cfg.use_rslora;
+  args.use_dora = cfg.use_dora;
+  args.lora_bias = cfg.lora_bias;
+  args.low_cpu_mem_usage = low_cpu_mem_usage;
+  args.inference_mode = cfg.inference_mode;
+
+  if (auto existing = std::dynamic_pointer_cast<LoraLayer>(target)) {
+    existing->update_layer(adapter, args);
+    return nullptr;
+  }
+  nn::Module* base = target.get();
+  while (auto* t = dynamic_cast<TunerLayer*>(base)) base = &t->base_layer();
+  if (dynamic_cast<nn::Embedding*>(base)) return std::make_shared<Embedding>(target, adapter, args);
+  if (dynamic_cast<nn::Linear*>(base)) {
+    if (cfg.fan_in_fan_out)
+      warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to "
+           "False.");
+    return std::make_shared<Linear>(target, adapter, args, /*fan_in_fan_out=*/false);
+  }
+  fail("Target module ", target->repr(), kUnsupported);
+}
+
+void register_lora_method() {
+  TunerMethod m;
+  m.peft_type = "LORA";
+  m.prefix = "lora_";
+  m.model_class = "LoraModel";
+  m.parse_config = [](const ordered_json& j) -> PeftConfigPtr { return LoraConfig::from_json(j); };
+  m.prepare_config = [](PeftConfig& c) {
+    if (c.target_modules.is_none())
+      fail("Please specify `target_modules` or `target_parameters`in `peft_config`");
+  };
+  m.check_new_adapter_config = [](const PeftState& state, const PeftConfig& c) {
+    if (state.configs.size() > 1 && c.bias_mode() != "none")
+      fail("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all "
+           "adapters.");
+  };
+  m.create_and_replace = [](const PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
+                            const std::string& key, bool low_cpu) -> nn::ModulePtr {
+    const auto* lc = dynamic_cast<const LoraConfig*>(&c);
+    if (!lc) fail("LoRA injection needs a LoraConfig (peft_type LORA)");
+    return create_and_replace(*lc, adapter, target, key, low_cpu);
+  };
+  // DoRA: "<layer>.lora_magnitude_vector.<adapter>.weight" is saved without ".weight".
+  m.to_checkpoint_key = [](const std::string& key, const std::string& adapter) {
+    const std::string tail = "lora_magnitude_vector." + adapter + ".weight";
+    if (key == tail || ends_with(key, "." + tail)) return key.substr(0, key.size() - std::string(".weight").size());
+    return key;
+  };
+  register_method(std::move(m));
+}
+
+}  // namespace peft::lora

@@ -1,0 +1,13 @@
+#include "adapters/peft.h"
+
+namespace peft {
+
+void register_builtin_methods() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  // One line per method.
+  lora::register_lora_method();
+}
+
+}  // namespace peft

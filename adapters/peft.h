@@ -1,0 +1,24 @@
+// peft.cpp's public adapter API: PEFT's low-level API (inject_adapter_in_model,
+// get_peft_model_state_dict, set_peft_model_state_dict) and the model-level
+// helpers (set_adapter, enable_adapters, merge/unmerge, delete_adapter).
+//
+//   auto model = std::make_shared<MyModel>();
+//   peft::LoraConfig cfg;
+//   cfg.r = 64; cfg.lora_alpha = 16; cfg.lora_dropout = 0.1;
+//   cfg.target_modules = {"linear"};
+//   peft::inject_adapter_in_model(cfg, *model);
+//   peft::StateDict sd = peft::get_peft_model_state_dict(*model);
+#pragma once
+
+#include "adapters/lora/config.h"
+#include "adapters/lora/layer.h"
+#include "adapters/lora/model.h"
+#include "adapters/tuner.h"
+
+namespace peft {
+
+// Registers the built-in methods (LORA, ...). Called by the core before any
+// lookup; safe to call more than once.
+void register_builtin_methods();
+
+}  // namespace peft

@@ -1,0 +1,291 @@
+// The shared tuner core (PEFT's tuners_utils.py): configs common to every
+// injection method, target matching, the injection loop, freezing, the
+// per-model adapter state, tuner layers (set/enable/merge/unmerge/delete),
+// modules_to_save wrappers and the method registry. LoRA, AdaLoRA and IA3 are
+// built on this: a method is a config, a layer and one registry entry.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/state_dict.h"
+#include "nn/layers.h"
+#include "nn/module.h"
+
+namespace peft {
+
+using ordered_json = nlohmann::ordered_json;
+
+// target_modules / exclude_modules: None, a regex string (re.fullmatch against
+// the full dotted name), or a list of names (exact or dot-boundary suffix).
+struct TargetModules {
+  enum class Kind : uint8_t { none, regex, list };
+  Kind kind = Kind::none;
+  std::string pattern;             // Kind::regex
+  std::vector<std::string> names;  // Kind::list
+
+  TargetModules() = default;
+  TargetModules(const char* regex) : kind(Kind::regex), pattern(regex) {}  // NOLINT
+  TargetModules(std::string regex) : kind(Kind::regex), pattern(std::move(regex)) {}  // NOLINT
+  TargetModules(std::initializer_list<std::string> l) : kind(Kind::list), names(l) {}
+  TargetModules(std::vector<std::string> l) : kind(Kind::list), names(std::move(l)) {}  // NOLINT
+  static TargetModules list(std::vector<std::string> l) { return TargetModules(std::move(l)); }
+  static TargetModules regex(std::string r) { return TargetModules(std::move(r)); }
+
+  bool is_none() const { return kind == Kind::none; }
+  bool is_regex() const { return kind == Kind::regex; }
+  bool is_list() const { return kind == Kind::list; }
+  // Truthiness as Python: None, "" and an empty list are false.
+  bool truthy() const;
+  // Python str() of the value as PEFT prints it in messages: {'a', 'b'} / regex bare / None.
+  std::string py_str() const;
+  ordered_json to_json() const;
+  static TargetModules from_json(const ordered_json& j, const char* field);
+};
+
+// Common configuration of every injection method (PeftConfig + the tuner fields).
+struct PeftConfig {
+  virtual ~PeftConfig() = default;
+
+  std::string peft_type;  // "LORA", "ADALORA", "IA3"
+  std::optional<std::string> task_type;
+  std::optional<std::string> peft_version = std::string("0.21.0");
+  std::optional<std::string> base_model_name_or_path;
+  std::optional<std::string> revision;
+  bool inference_mode = false;
+  ordered_json auto_mapping = nullptr;
+
+  TargetModules target_modules;
+  TargetModules exclude_modules;
+  // int or list[int]; an int is stored as a one-element list with the flag set.
+  std::optional<std::vector<int64_t>> layers_to_transform;
+  bool layers_to_transform_is_int = false;
+  // str or list[str]
+  std::optional<std::vector<std::string>> layers_pattern;
+  bool layers_pattern_is_str = false;
+  std::optional<std::vector<std::string>> modules_to_save;
+
+  // Fields of adapter_config.json this version does not know, kept verbatim.
+  ordered_json extra = ordered_json::object();
+
+  void set_layers_to_transform(int64_t i) {
+    layers_to_transform = std::vector<int64_t>{i};
+    layers_to_transform_is_int = true;
+  }
+  void set_layers_to_transform(std::vector<int64_t> v) {
+    layers_to_transform = std::move(v);
+    layers_to_transform_is_int = false;
+  }
+  void set_layers_pattern(std::string p) {
+    layers_pattern = std::vector<std::string>{std::move(p)};
+    layers_pattern_is_str = true;
+  }
+  void set_layers_pattern(std::vector<std::string> v) {
+    layers_pattern = std::move(v);
+    layers_pattern_is_str = false;
+  }
+
+  virtual std::shared_ptr<PeftConfig> clone() const = 0;
+  // "none" | "all" | "lora_only" (methods without a bias option: "none").
+  virtual std::string bias_mode() const { return "none"; }
+  // Checks PEFT's __post_init__ rules; throws peft::Error with PEFT's messages.
+  virtual void validate() const;
+  // Every field, as PEFT's to_dict() (unknown fields included).
+  virtual ordered_json to_json() const;
+  // adapter_config.json text: keys sorted, 2-space indent (json.dumps(..., indent=2, sort_keys=True)).
+  std::string to_json_string() const;
+
+ protected:
+  // Reads the common fields; `consumed` collects the keys it used.
+  void read_common(const ordered_json& j, std::vector<std::string>& consumed);
+  void keep_unknown(const ordered_json& j, const std::vector<std::string>& consumed);
+};
+using PeftConfigPtr = std::shared_ptr<PeftConfig>;
+
+// Parses adapter_config.json text, choosing the config class by "peft_type".
+PeftConfigPtr config_from_json(const std::string& text);
+PeftConfigPtr config_from_json(const ordered_json& j);
+
+// Python-style formatting used in messages.
+std::string py_repr(const std::string& s);  // 'text'
+std::string py_list(const std::vector<std::string>& v);  // ['a', 'b']
+std::string py_int_list(const std::vector<int64_t>& v);  // [0, 1]
+
+// ---------------------------------------------------------------- matching --
+
+enum class TargetMatch { unmatched, matched, excluded };
+
+// PEFT's check_target_module_exists (§1.2): exclude, modules_to_save guard,
+// regex full match or exact / suffix match, layers_to_transform filter.
+TargetMatch check_target_module_exists(const PeftConfig& cfg, const std::string& key);
+// The layer index PEFT extracts from `key` (nullopt when none).
+std::optional<int64_t> layer_index_of(const std::string& key,
+                                      const std::optional<std::vector<std::string>>& layers_pattern);
+// rank_pattern / alpha_pattern lookup: the first pattern p (in order) with
+// re.match(r"(.*\.)?(p)$", key), else nullopt.
+std::optional<std::string> get_pattern_key(const std::vector<std::string>& patterns,
+                                           const std::string& key);
+
+// ---------------------------------------------------------------- layers --
+
+// Base of every adapter wrapper (PEFT's BaseTunerLayer): child "base_layer" is
+// the original module object; per-adapter state lives in dict children.
+class TunerLayer : public nn::Module {
+ public:
+  TunerLayer(std::string type_name, nn::ModulePtr base_layer);
+
+  nn::Module& base_layer() const { return child("base_layer"); }
+  nn::ModulePtr base_layer_ptr() const { return child_ptr("base_layer"); }
+  // The innermost non-tuner module (unwraps nested tuner layers).
+  nn::Module& get_base_layer() const;
+
+  // Direct children holding per-adapter trainable state ("lora_A", ...).
+  virtual std::vector<std::string> adapter_layer_names() const = 0;
+  // Direct children holding per-adapter non-trainable state ("lora_dropout").
+  virtual std::vector<std::string> other_layer_names() const { return {}; }
+  // Method prefix of the state-dict keys ("lora_", "ia3_").
+  virtual std::string prefix() const = 0;
+
+  const std::vector<std::string>& active_adapters() const { return active_adapters_; }
+  bool adapters_disabled() const { return disable_adapters_; }
+  bool merged() const { return !merged_adapters_.empty(); }
+  const std::vector<std::string>& merged_adapters() const { return merged_adapters_; }
+  // Every adapter name held by this layer, in order of first appearance.
+  std::vector<std::string> adapter_names() const;
+  bool has_adapter(const std::string& name) const;
+
+  // Makes `names` the active adapters; their parameters trainable (unless
+  // inference_mode), every other adapter's parameters frozen.
+  virtual void set_adapter(const std::vector<std::string>& names, bool inference_mode = false);
+  // enabled=false: the layer behaves as its base layer (unmerging first in forward).
+  virtual void enable_adapters(bool enabled);
+  // Adds the delta of `adapter_names` (default: the active adapters) to the base weights.
+  virtual void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) = 0;
+  // Subtracts every merged delta, last merged first.
+  virtual void unmerge() = 0;
+  virtual Tensor get_delta_weight(const std::string& adapter) = 0;
+  // Removes the adapter's state; the active set follows PEFT's rules.
+  virtual void delete_adapter(const std::string& name);
+  // Moves the adapter's tensors to the device and floating dtype of the base
+  // layer (meta tensors stay on meta).
+  virtual void move_adapter_to_base_device(const std::string& adapter);
+  // Throws when a tensor of an active adapter is still on the meta device.
+  void check_adapter_materialized(const std::string& adapter) const;
+
+ protected:
+  // Removes method-specific bookkeeping of an adapter (scaling, r, ...).
+  virtual void erase_adapter_state(const std::string& name) { (void)name; }
+  // Tensors of one adapter in this layer, addressed "dict.entry[.param]".
+  std::vector<std::pair<std::string, Tensor>> adapter_tensors(const std::string& adapter) const;
+  // Merge-time validation of adapter names (PEFT's check_adapters_to_merge).
+  std::vector<std::string> adapters_to_merge(std::vector<std::string> names) const;
+
+  std::vector<std::string> active_adapters_;
+  std::vector<std::string> merged_adapters_;
+  bool disable_adapters_ = false;
+};
+
+// modules_to_save: the original (frozen) and one trainable deep copy per adapter.
+class ModulesToSaveWrapper : public nn::Module {
+ public:
+  ModulesToSaveWrapper(nn::ModulePtr original, const std::string& adapter_name);
+  Tensor forward(const Tensor& x) override;
+  void update(const std::string& adapter_name);
+  void set_adapter(const std::vector<std::string>& names, bool inference_mode = false);
+  void enable_adapters(bool enabled);
+  void delete_adapter(const std::string& name);
+  nn::Module& original_module() const { return child("original_module"); }
+  nn::ModuleDict& modules_to_save() const;
+  const std::optional<std::string>& active_adapter() const { return active_adapter_; }
+
+ private:
+  std::optional<std::string> active_adapter_;
+  bool disable_adapters_ = false;
+};
+
+// ---------------------------------------------------------------- per-model state --
+
+// What PEFT keeps on the model object (`model.peft_config`) plus the tuner's
+// active adapter.
+struct PeftState {
+  std::vector<std::pair<std::string, PeftConfigPtr>> configs;  // in injection order
+  std::vector<std::string> active_adapters;
+  PeftConfigPtr find(const std::string& adapter) const;
+  std::vector<std::string> adapter_names() const;
+};
+
+// The state attached to `model` (nullptr when nothing was injected).
+PeftState* peft_state(const nn::Module& model);
+PeftState& peft_state_or_create(nn::Module& model);
+void forget_peft_state(const nn::Module& model);
+// model.peft_config[adapter] (throws when absent).
+PeftConfigPtr peft_config(const nn::Module& model, const std::string& adapter = "default");
+
+// Every tuner layer / modules_to_save wrapper with its dotted name, in tree order.
+std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> tuner_layers(const nn::Module& model);
+std::vector<std::pair<std::string, std::shared_ptr<ModulesToSaveWrapper>>> modules_to_save_wrappers(
+    const nn::Module& model);
+
+// ---------------------------------------------------------------- methods --
+
+// One entry per injection method. The core calls these hooks; everything else
+// (matching, loop, freezing, state dicts) is shared.
+struct TunerMethod {
+  std::string peft_type;    // "LORA"
+  std::string prefix;       // "lora_"
+  std::string model_class;  // "LoraModel" (used in messages)
+  std::function<PeftConfigPtr(const ordered_json&)> parse_config;
+  // Mutates the stored config before injection (e.g. target_modules None -> error).
+  std::function<void(PeftConfig&)> prepare_config;
+  // Checks the new config against the model's existing adapters.
+  std::function<void(const PeftState&, const PeftConfig&)> check_new_adapter_config;
+  // Wraps `target` (a new module is returned and put in its place) or adds the
+  // adapter to an existing tuner layer of this method (nullptr returned).
+  std::function<nn::ModulePtr(const PeftConfig&, const std::string& adapter, const nn::ModulePtr& target,
+                              const std::string& key, bool low_cpu_mem_usage)>
+      create_and_replace;
+  // Renames one saved key (adapter name still present); default: unchanged.
+  std::function<std::string(const std::string& key, const std::string& adapter)> to_checkpoint_key;
+};
+
+void register_method(TunerMethod m);
+const TunerMethod& method_for(const std::string& peft_type);
+const TunerMethod* find_method(const std::string& peft_type);
+
+// Warnings PEFT emits with warnings.warn: printed to stderr unless a handler is set.
+using WarningHandler = std::function<void(const std::string&)>;
+WarningHandler set_warning_handler(WarningHandler h);
+void warn(const std::string& msg);
+
+// ---------------------------------------------------------------- core API --
+
+// Injects `config` as adapter `adapter_name` into `model` in place (§1).
+// Returns `model`.
+nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
+                                    const std::string& adapter_name = "default",
+                                    bool low_cpu_mem_usage = false);
+
+// The adapter's tensors under PEFT's checkpoint names (§5).
+StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name = "default");
+
+// Loads an adapter checkpoint (§6). missing/unexpected keys are unfiltered, as PEFT.
+nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& state_dict,
+                                         const std::string& adapter_name = "default",
+                                         bool low_cpu_mem_usage = false);
+
+// Model-level helpers over every tuner layer (PEFT's peft.functional + BaseTuner methods).
+void set_adapter(nn::Module& model, const std::vector<std::string>& adapter_names,
+                 bool inference_mode = false);
+void set_adapter(nn::Module& model, const std::string& adapter_name, bool inference_mode = false);
+void enable_adapters(nn::Module& model, bool enabled);
+void merge_adapters(nn::Module& model, bool safe_merge = false, const std::vector<std::string>& adapter_names = {});
+void unmerge_adapters(nn::Module& model);
+void delete_adapter(nn::Module& model, const std::string& adapter_name);
+// Names of trainable parameters (requires_grad), in named_parameters order.
+std::vector<std::string> trainable_parameter_names(const nn::Module& model);
+
+}  // namespace peft

@@ -1,0 +1,659 @@
+// Parity checks against the PEFT 0.21 goldens. See tools/parity.h.
+#include "tools/parity.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "adapters/peft.h"
+#include "io/safetensors.h"
+#include "nn/optim.h"
+#include "runtime/autograd.h"
+#include "runtime/ops.h"
+#include "tools/host_models.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::tools {
+
+void ParityReport::add(ParityCheck c) {
+  switch (c.status) {
+    case ParityCheck::Status::pass: ++passed; break;
+    case ParityCheck::Status::fail: ++failed; break;
+    case ParityCheck::Status::skip: ++skipped; break;
+  }
+  checks.push_back(std::move(c));
+}
+
+std::string format_check(const ParityCheck& c) {
+  char err[64];
+  std::snprintf(err, sizeof err, "%.3g", c.max_abs_err);
+  switch (c.status) {
+    case ParityCheck::Status::pass: return "PASS " + c.case_name + " " + c.check + " " + err;
+    case ParityCheck::Status::fail:
+      return "FAIL " + c.case_name + " " + c.check + " " + err + (c.detail.empty() ? "" : " (" + c.detail + ")");
+    case ParityCheck::Status::skip: return "SKIP " + c.case_name + " " + c.check + " (" + c.detail + ")";
+  }
+  return "";
+}
+
+namespace {
+
+using Status = ParityCheck::Status;
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) fail("cannot read ", p.string());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+  return s;
+}
+
+// Describes the first difference between two string lists.
+std::string list_diff(const std::vector<std::string>& got, const std::vector<std::string>& want) {
+  std::set<std::string> g(got.begin(), got.end()), w(want.begin(), want.end());
+  std::vector<std::string> extra, missing;
+  for (const auto& x : got)
+    if (!w.count(x)) extra.push_back(x);
+  for (const auto& x : want)
+    if (!g.count(x)) missing.push_back(x);
+  if (extra.empty() && missing.empty()) {
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i)
+      if (got[i] != want[i]) return "order differs at " + std::to_string(i) + ": got " + got[i] + ", want " + want[i];
+    return "lengths differ";
+  }
+  std::string s;
+  if (!extra.empty()) s += "unexpected [" + join(extra) + "]";
+  if (!missing.empty()) s += std::string(s.empty() ? "" : "; ") + "missing [" + join(missing) + "]";
+  return s;
+}
+
+std::vector<std::string> str_list(const ordered_json& j) {
+  std::vector<std::string> v;
+  for (const auto& e : j) v.push_back(e.get<std::string>());
+  return v;
+}
+
+struct Compare {
+  double err = 0;
+  bool ok = true;
+  std::string detail;
+};
+
+Compare compare(const Tensor& got, const Tensor& want, const ParityTolerance& tol, const std::string& what) {
+  Compare c;
+  if (!got.defined()) {
+    c.ok = false;
+    c.err = INFINITY;
+    c.detail = what + ": not computed";
+    return c;
+  }
+  if (got.shape() != want.shape()) {
+    c.ok = false;
+    c.err = INFINITY;
+    c.detail = what + ": shape " + shape_str(got.shape()) + " vs expected " + shape_str(want.shape());
+    return c;
+  }
+  if (got.is_meta()) {
+    c.ok = false;
+    c.err = INFINITY;
+    c.detail = what + ": tensor is on meta";
+    return c;
+  }
+  std::vector<double> a = got.to(DType::float64).to_vector<double>(), b = want.to(DType::float64).to_vector<double>();
+  double maxb = 0, err = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    maxb = std::max(maxb, std::fabs(b[i]));
+    double d = std::fabs(a[i] - b[i]);
+    if (std::isnan(d)) d = INFINITY;
+    err = std::max(err, d);
+  }
+  c.err = err;
+  c.ok = err <= tol.atol + tol.rtol * maxb;
+  if (!c.ok) c.detail = what;
+  return c;
+}
+
+// Accumulates several tensor comparisons into one check.
+struct Accum {
+  double err = 0;
+  bool ok = true;
+  std::vector<std::string> bad;
+  void add(const Compare& c) {
+    err = std::max(err, c.err);
+    if (!c.ok) {
+      ok = false;
+      if (bad.size() < 3) bad.push_back(c.detail);
+    }
+  }
+  void fail_with(const std::string& d) {
+    ok = false;
+    err = INFINITY;
+    if (bad.size() < 3) bad.push_back(d);
+  }
+};
+
+class CaseRunner {
+ public:
+  CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol)
+      : dir_(dir), cb_(cb), tol_(tol) {}
+
+  ParityReport run() {
+    name_ = fs::path(dir_).filename().string();
+    if (name_.empty()) name_ = fs::path(dir_).parent_path().filename().string();
+    try {
+      meta_ = ordered_json::parse(read_text(fs::path(dir_) / "case.json"));
+    } catch (const std::exception& e) {
+      emit("case.json", Status::fail, INFINITY, e.what());
+      return report_;
+    }
+    if (meta_.contains("name") && meta_["name"].is_string()) name_ = meta_["name"].get<std::string>();
+    std::string why;
+    if (!supported(why)) {
+      emit("case", Status::skip, 0, why);
+      return report_;
+    }
+    guarded("setup", [&] { setup(); });
+    if (!ready_) return report_;
+    guarded("repr", [&] { check_repr(); });
+    guarded("state_dict_keys_after_inject", [&] { check_keys(); });
+    guarded("trainable", [&] { check_trainable(); });
+    guarded("init_zero_keys", [&] { check_init_zero(); });
+    guarded("adapter_keys", [&] { check_adapter_keys(); });
+    if (meta_.contains("devices_before_load")) {
+      guarded("low_cpu_mem_usage", [&] { check_low_cpu(); });
+      return report_;
+    }
+    if (meta_.contains("losses") || name_ == "lora_training_adamw" || meta_.contains("steps")) {
+      guarded("training", [&] { check_training(); });
+      return report_;
+    }
+    guarded("load", [&] { load_adapters(*model_, false, true); });
+    if (!loaded_) return report_;
+    guarded("outputs", [&] { check_outputs(); });
+    guarded("merge", [&] { check_merge(); });
+    guarded("peft_dir", [&] { check_peft_dirs(); });
+    return report_;
+  }
+
+ private:
+  // ------------------------------------------------------------ plumbing --
+  void emit(const std::string& check, Status st, double err, const std::string& detail = "") {
+    ParityCheck c;
+    c.case_name = name_;
+    c.check = check;
+    c.status = st;
+    c.max_abs_err = err;
+    c.detail = detail;
+    if (cb_) cb_(c);
+    report_.add(std::move(c));
+  }
+  void emit_accum(const std::string& check, const Accum& a) {
+    emit(check, a.ok ? Status::pass : Status::fail, a.err, join(a.bad, "; "));
+  }
+  void emit_bool(const std::string& check, bool ok, const std::string& detail) {
+    emit(check, ok ? Status::pass : Status::fail, ok ? 0.0 : INFINITY, ok ? "" : detail);
+  }
+  template <class F>
+  void guarded(const std::string& what, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      emit(what, Status::fail, INFINITY, std::string("error: ") + e.what());
+    }
+  }
+
+  bool supported(std::string& why) {
+    if (name_.rfind("ia3_", 0) == 0) return why = "IA3 is not implemented yet", false;
+    if (name_.rfind("adalora_", 0) == 0) return why = "AdaLoRA is not implemented yet", false;
+    if (name_ == "lora_mixed_batch" || meta_.contains("adapter_names"))
+      return why = "mixed-batch forward (adapter_names) is not implemented", false;
+    if (!meta_.contains("adapters")) return why = "case.json has no adapters", false;
+    for (const auto& a : meta_["adapters"]) {
+      std::string t = a["config"].value("peft_type", "");
+      if (!find_method(t)) return why = "peft_type " + t + " is not implemented", false;
+    }
+    return true;
+  }
+
+  std::shared_ptr<nn::Module> host() {
+    nlohmann::json spec = nlohmann::json::parse(meta_["arch_spec"].dump());
+    auto m = build_host_model(meta_["arch"].get<std::string>(), spec);
+    StateDict base = io::load_safetensors((fs::path(dir_) / "base.safetensors").string());
+    m->load_state_dict(base, /*strict=*/true);
+    return m;
+  }
+
+  std::vector<std::string> adapter_names() const {
+    std::vector<std::string> v;
+    for (const auto& a : meta_["adapters"]) v.push_back(a["name"].get<std::string>());
+    return v;
+  }
+
+  std::shared_ptr<nn::Module> injected(bool low_cpu) {
+    auto m = host();
+    for (const auto& a : meta_["adapters"]) {
+      PeftConfigPtr cfg = config_from_json(a["config"]);
+      inject_adapter_in_model(*cfg, *m, a["name"].get<std::string>(), low_cpu);
+    }
+    return m;
+  }
+
+  void setup() {
+    auto old = set_warning_handler([](const std::string&) {});
+    model_ = injected(false);
+    set_warning_handler(old);
+    ready_ = true;
+  }
+
+  // Loads adapter_<name>.safetensors for every adapter.
+  void load_adapters(nn::Module& m, bool low_cpu, bool report) {
+    Accum a;
+    for (const auto& n : adapter_names()) {
+      StateDict sd = io::load_safetensors((fs::path(dir_) / ("adapter_" + n + ".safetensors")).string());
+      nn::LoadResult r = set_peft_model_state_dict(m, sd, n, low_cpu);
+      if (!r.unexpected_keys.empty()) a.fail_with(n + ": unexpected keys [" + join(r.unexpected_keys) + "]");
+      for (const auto& k : r.missing_keys)
+        if (k.find("lora_") != std::string::npos && k.find("." + n + ".") != std::string::npos)
+          a.fail_with(n + ": missing adapter key " + k);
+    }
+    if (report) emit_accum("load_adapter", a);
+    loaded_ = a.ok;
+  }
+
+  Tensor input(const StateDict& io) const {
+    if (io.contains("input")) return io.at("input");
+    return io.at("x");
+  }
+
+  // ---------------------------------------------------------------- checks --
+  void check_repr() {
+    if (!meta_.contains("repr")) return;
+    std::string want = meta_["repr"].get<std::string>(), got = model_->repr();
+    if (got == want) return emit("repr", Status::pass, 0);
+    std::istringstream a(got), b(want);
+    std::string la, lb;
+    int line = 0;
+    while (true) {
+      ++line;
+      bool ea = !std::getline(a, la), eb = !std::getline(b, lb);
+      if (ea && eb) break;
+      if (ea || eb || la != lb) {
+        emit("repr", Status::fail, INFINITY, "line " + std::to_string(line) + ": got '" + la + "', want '" + lb + "'");
+        return;
+      }
+    }
+    emit("repr", Status::fail, INFINITY, "texts differ");
+  }
+
+  void check_keys() {
+    if (!meta_.contains("state_dict_keys_after_inject")) return;
+    auto want = str_list(meta_["state_dict_keys_after_inject"]);
+    auto got = model_->state_dict().keys();
+    emit_bool("state_dict_keys_after_inject", got == want, list_diff(got, want));
+  }
+
+  void check_trainable() {
+    if (!meta_.contains("trainable")) return;
+    const auto& t = meta_["trainable"];
+    if (t.is_array()) {
+      auto got = trainable_parameter_names(*model_);
+      auto want = str_list(t);
+      emit_bool("trainable", got == want, list_diff(got, want));
+      return;
+    }
+    for (auto it = t.begin(); it != t.end(); ++it) {
+      set_adapter(*model_, it.key());
+      auto got = trainable_parameter_names(*model_);
+      auto want = str_list(it.value());
+      emit_bool("trainable." + it.key(), got == want, list_diff(got, want));
+    }
+  }
+
+  void check_init_zero() {
+    if (!meta_.contains("init_zero_keys")) return;
+    const auto& z = meta_["init_zero_keys"];
+    for (auto it = z.begin(); it != z.end(); ++it) {
+      StateDict sd = get_peft_model_state_dict(*model_, it.key());
+      std::vector<std::string> zero;
+      for (const auto& [k, v] : sd) {
+        auto vals = v.to(DType::float64).to_vector<double>();
+        if (std::all_of(vals.begin(), vals.end(), [](double x) { return x == 0.0; })) zero.push_back(k);
+      }
+      auto want = str_list(it.value());
+      std::set<std::string> gs(zero.begin(), zero.end()), ws(want.begin(), want.end());
+      emit_bool("init_zero_keys." + it.key(), gs == ws, list_diff(zero, want));
+    }
+  }
+
+  void check_adapter_keys() {
+    if (!meta_.contains("adapter_keys")) return;
+    const auto& z = meta_["adapter_keys"];
+    for (auto it = z.begin(); it != z.end(); ++it) {
+      auto got = get_peft_model_state_dict(*model_, it.key()).keys();
+      auto want = str_list(it.value());
+      emit_bool("adapter_keys." + it.key(), got == want, list_diff(got, want));
+    }
+  }
+
+  // Output and gradients of sum(output * grad_seed) with each adapter active.
+  void check_outputs() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    Tensor x = input(io);
+    model_->eval();
+    if (io.contains("output_base")) {
+      auto quiet = set_warning_handler([](const std::string&) {});  // bias != none warns here
+      enable_adapters(*model_, false);
+      set_warning_handler(quiet);
+      Tensor out;
+      {
+        NoGradGuard ng;
+        out = model_->forward(x);
+      }
+      enable_adapters(*model_, true);
+      Accum a;
+      a.add(compare(out, io.at("output_base"), tol_, "output_base"));
+      emit_accum("output_base", a);
+    }
+    for (const auto& n : adapter_names()) {
+      if (!io.contains(n + ".output")) continue;
+      set_adapter(*model_, n);
+      model_->zero_grad();
+      Tensor xin = x;
+      bool float_in = is_floating(x.dtype());
+      if (float_in) xin = x.detach().clone().requires_grad_(true);
+      Tensor out = model_->forward(xin);
+      Accum ao;
+      ao.add(compare(out, io.at(n + ".output"), tol_, n + ".output"));
+      emit_accum("output." + n, ao);
+      if (!io.contains(n + ".grad_seed")) continue;
+      Tensor loss = sum(mul(out, io.at(n + ".grad_seed")));
+      loss.backward();
+      std::map<std::string, Tensor> params;
+      for (auto& [pn, p] : model_->named_parameters()) params[pn] = p;
+      Accum ag;
+      std::string pre = n + ".grad.";
+      std::set<std::string> recorded;
+      for (const auto& [k, v] : io) {
+        if (k.rfind(pre, 0) != 0) continue;
+        std::string pn = k.substr(pre.size());
+        recorded.insert(pn);
+        if (pn == "input") {
+          ag.add(compare(float_in ? xin.grad() : Tensor(), v, tol_, "grad of input"));
+          continue;
+        }
+        auto it = params.find(pn);
+        if (it == params.end()) {
+          ag.fail_with("no parameter " + pn);
+          continue;
+        }
+        ag.add(compare(it->second.grad(), v, tol_, "grad of " + pn));
+      }
+      for (auto& [pn, p] : params)
+        if (p.requires_grad() && !recorded.count(pn)) ag.fail_with("trainable " + pn + " has no recorded gradient");
+      emit_accum("grad." + n, ag);
+      model_->zero_grad();
+    }
+  }
+
+  // Host key (as in merged.* / merged_<adapter>.safetensors) -> the model's tensor.
+  std::map<std::string, Tensor> host_view(const nn::Module& m) {
+    std::map<std::string, Tensor> out;
+    for (const auto& [k, v] : m.state_dict()) {
+      std::string h = k;
+      for (size_t p; (p = h.find("base_layer.")) != std::string::npos;) h.erase(p, 11);
+      out[h] = v;
+    }
+    return out;
+  }
+
+  void check_merge() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    if (!io.contains("merged_output")) return;
+    std::string first = adapter_names().front();
+    Tensor x = input(io);
+    model_->eval();
+    set_adapter(*model_, first);
+    Tensor before;
+    {
+      NoGradGuard ng;
+      before = model_->forward(x);
+    }
+    std::map<std::string, Tensor> saved;
+    for (const auto& [k, v] : model_->state_dict()) saved[k] = v.detach().clone();
+
+    merge_adapters(*model_, /*safe_merge=*/true, {first});
+    auto hv = host_view(*model_);
+    Accum aw;
+    for (const auto& [k, v] : io) {
+      if (k.rfind("merged.", 0) != 0) continue;
+      std::string h = k.substr(7);
+      auto it = hv.find(h);
+      if (it == hv.end()) aw.fail_with("no host tensor " + h);
+      else aw.add(compare(it->second, v, tol_, k));
+    }
+    emit_accum("merged_weights", aw);
+    fs::path mf = fs::path(dir_) / ("merged_" + first + ".safetensors");
+    if (fs::exists(mf)) {
+      StateDict ms = io::load_safetensors(mf.string());
+      Accum af;
+      for (const auto& [k, v] : ms) {
+        auto it = hv.find(k);
+        if (it == hv.end()) af.fail_with("no host tensor " + k);
+        else af.add(compare(it->second, v, tol_, k));
+      }
+      emit_accum("merged_file", af);
+    }
+    if (fs::exists(fs::path(dir_) / ("merged_" + first + "_bfloat16.safetensors")))
+      emit("merged_file_bfloat16", Status::skip, 0, "bfloat16 host models are not rebuilt by the parity tool");
+    Tensor merged_out;
+    {
+      NoGradGuard ng;
+      merged_out = model_->forward(x);
+    }
+    Accum ao;
+    ao.add(compare(merged_out, io.at("merged_output"), tol_, "merged_output"));
+    emit_accum("merged_output", ao);
+
+    unmerge_adapters(*model_);
+    Accum ar;
+    for (const auto& [k, v] : model_->state_dict()) {
+      auto it = saved.find(k);
+      if (it != saved.end()) ar.add(compare(v, it->second, ParityTolerance{1e-6, 0.0}, "unmerged " + k));
+    }
+    Tensor after;
+    {
+      NoGradGuard ng;
+      after = model_->forward(x);
+    }
+    ar.add(compare(after, before, tol_, "output after unmerge"));
+    emit_accum("unmerge_restores", ar);
+  }
+
+  // The same adapters saved by PeftModel.save_pretrained (keys prefixed base_model.model.).
+  void check_peft_dirs() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    for (const char* sub : {"peft", "peft_bfloat16"}) {
+      fs::path root = fs::path(dir_) / sub;
+      if (!fs::exists(root)) continue;
+      bool bf16 = std::string(sub) == "peft_bfloat16";
+      std::string check = bf16 ? "peft_dir_bfloat16" : "peft_dir";
+      auto m = host();
+      auto names = adapter_names();
+      Accum a;
+      auto quiet = set_warning_handler([](const std::string&) {});
+      for (const auto& n : names) {
+        fs::path d = n == "default" ? root : root / n;
+        PeftConfigPtr cfg = config_from_json(read_text(d / "adapter_config.json"));
+        inject_adapter_in_model(*cfg, *m, n);
+      }
+      set_warning_handler(quiet);
+      for (const auto& n : names) {
+        fs::path d = n == "default" ? root : root / n;
+        StateDict sd = io::load_safetensors((d / "adapter_model.safetensors").string());
+        nn::LoadResult r = set_peft_model_state_dict(*m, sd, n);
+        if (!r.unexpected_keys.empty()) a.fail_with(n + ": unexpected keys [" + join(r.unexpected_keys) + "]");
+      }
+      m->eval();
+      ParityTolerance t = bf16 ? ParityTolerance{1e-2, 1e-2} : tol_;
+      for (const auto& n : names) {
+        if (!io.contains(n + ".output")) continue;
+        set_adapter(*m, n);
+        NoGradGuard ng;
+        a.add(compare(m->forward(input(io)), io.at(n + ".output"), t, n + ".output"));
+      }
+      emit_accum(check, a);
+    }
+  }
+
+  std::vector<std::string> device_names(const nn::Module& m, const std::string& adapter) {
+    std::set<std::string> s;
+    for (const auto& [k, v] : get_peft_model_state_dict(m, adapter)) s.insert(device_name(v.device()));
+    return {s.begin(), s.end()};
+  }
+
+  void check_low_cpu() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    auto quiet = set_warning_handler([](const std::string&) {});
+    auto m = injected(true);
+    set_warning_handler(quiet);
+    std::string first = adapter_names().front();
+    auto want_before = str_list(meta_["devices_before_load"]);
+    auto got_before = device_names(*m, first);
+    emit_bool("devices_before_load", got_before == want_before, list_diff(got_before, want_before));
+    bool threw = false;
+    try {
+      m->forward(input(io));
+    } catch (const Error&) {
+      threw = true;
+    }
+    emit_bool("meta_forward_throws", threw, "forward with meta adapter tensors did not throw");
+
+    StateDict sd = io::load_safetensors((fs::path(dir_) / ("adapter_" + first + ".safetensors")).string());
+    nn::LoadResult r = set_peft_model_state_dict(*m, sd, first, /*low_cpu_mem_usage=*/true);
+    if (meta_.contains("outcome_unexpected")) {
+      auto want = str_list(meta_["outcome_unexpected"]);
+      emit_bool("outcome_unexpected", r.unexpected_keys == want, list_diff(r.unexpected_keys, want));
+    }
+    auto want_after = str_list(meta_["devices_after_load"]);
+    auto got_after = device_names(*m, first);
+    emit_bool("devices_after_load", got_after == want_after, list_diff(got_after, want_after));
+    m->eval();
+    if (io.contains("output")) {
+      Accum a;
+      NoGradGuard ng;
+      a.add(compare(m->forward(input(io)), io.at("output"), tol_, "output"));
+      emit_accum("output", a);
+    }
+    if (meta_.contains("bad_load_removed_key")) {
+      auto quiet2 = set_warning_handler([](const std::string&) {});
+      auto m2 = injected(true);
+      set_warning_handler(quiet2);
+      std::string removed = meta_["bad_load_removed_key"].get<std::string>();
+      StateDict bad;
+      Tensor any;
+      for (const auto& [k, v] : sd) {
+        any = v;
+        if (k != removed) bad.set(k, v.clone());
+      }
+      for (const auto& k : str_list(meta_["bad_outcome_unexpected"])) bad.set(k, any.clone());
+      nn::LoadResult rb = set_peft_model_state_dict(*m2, bad, first, true);
+      auto want_u = str_list(meta_["bad_outcome_unexpected"]);
+      emit_bool("bad_outcome_unexpected", rb.unexpected_keys == want_u, list_diff(rb.unexpected_keys, want_u));
+      std::vector<std::string> miss;
+      for (const auto& k : rb.missing_keys)
+        if (k.find("lora_") != std::string::npos && k.find(first) != std::string::npos) miss.push_back(k);
+      auto want_m = str_list(meta_["bad_outcome_missing"]);
+      emit_bool("bad_outcome_missing", miss == want_m, list_diff(miss, want_m));
+      // The key left out stays on meta and using it throws.
+      bool threw2 = false;
+      try {
+        m2->forward(input(io));
+      } catch (const Error&) {
+        threw2 = true;
+      }
+      emit_bool("bad_load_forward_throws", threw2, "forward with a missing (meta) adapter tensor did not throw");
+    }
+  }
+
+  void check_training() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    load_adapters(*model_, false, true);
+    std::string first = adapter_names().front();
+    // init.* = the loaded adapter
+    Accum ai;
+    StateDict cur = get_peft_model_state_dict(*model_, first);
+    for (const auto& [k, v] : io) {
+      if (k.rfind("init.", 0) != 0) continue;
+      const Tensor* t = cur.find(k.substr(5));
+      if (!t) ai.fail_with("no adapter tensor " + k.substr(5));
+      else ai.add(compare(*t, v, tol_, k));
+    }
+    emit_accum("training_init", ai);
+
+    Tensor x = io.at("x"), y = io.at("y");
+    nn::NamedTensors params;
+    for (auto& [n, p] : model_->named_parameters())
+      if (p.requires_grad()) params.emplace_back(n, p);
+    nn::AdamWOptions o;
+    o.lr = 1e-2;
+    o.beta1 = 0.9;
+    o.beta2 = 0.999;
+    o.eps = 1e-8;
+    o.weight_decay = 0.01;
+    nn::AdamW opt(params, o);
+    int steps = meta_.value("steps", 10);
+    std::vector<double> losses;
+    model_->train();
+    for (int s = 0; s < steps; ++s) {
+      opt.zero_grad();
+      Tensor loss = mse_loss(model_->forward(x), y);
+      losses.push_back(loss.item());
+      loss.backward();
+      opt.step();
+    }
+    Accum al;
+    if (io.contains("losses"))
+      al.add(compare(from_vector(losses, {int64_t(losses.size())}, DType::float64), io.at("losses"), tol_, "losses"));
+    emit_accum("training_losses", al);
+    Accum af;
+    StateDict fin = get_peft_model_state_dict(*model_, first);
+    for (const auto& [k, v] : io) {
+      if (k.rfind("final.", 0) != 0) continue;
+      const Tensor* t = fin.find(k.substr(6));
+      if (!t) af.fail_with("no adapter tensor " + k.substr(6));
+      else af.add(compare(*t, v, tol_, k));
+    }
+    emit_accum("training_final_weights", af);
+  }
+
+  std::string dir_;
+  std::function<void(const ParityCheck&)> cb_;
+  ParityTolerance tol_;
+  std::string name_;
+  ordered_json meta_;
+  std::shared_ptr<nn::Module> model_;
+  bool ready_ = false, loaded_ = false;
+  ParityReport report_;
+};
+
+}  // namespace
+
+ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check,
+                             const ParityTolerance& tol) {
+  CaseRunner r(case_dir, on_check, tol);
+  return r.run();
+}
+
+}  // namespace peft::tools
