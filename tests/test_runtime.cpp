@@ -1469,3 +1469,43 @@ TEST_CASE("thread count can be set and read") {
   CHECK_ALLCLOSE(matmul(a, a), m1, 1e-5, 1e-4);
   CHECK(error_of([] { set_num_threads(0); }).find("set_num_threads") != std::string::npos);
 }
+
+TEST_CASE("copy kernel: large transposes and permutes (tiled path), with dtype conversion") {
+  Tensor a = arange(0, 37 * 53, 1, DType::float32).view({37, 53});
+  Tensor t = a.t().contiguous();
+  std::vector<float> v = t.to_vector<float>();
+  bool ok = true;
+  for (int64_t i = 0; i < 53; ++i)
+    for (int64_t j = 0; j < 37; ++j) ok = ok && v[size_t(i * 37 + j)] == float(j * 53 + i);
+  CHECK(ok);
+  Tensor d = empty({53, 37}, DType::float64);
+  d.copy_(a.t());
+  CHECK_ALLCLOSE(d, t, 0, 0);
+  Tensor h = empty({53, 37}, DType::bfloat16);
+  h.copy_(a.t());
+  CHECK_ALLCLOSE(h, t.to(DType::bfloat16), 0, 0);
+  Tensor b = arange(0, 3 * 20 * 30, 1, DType::float64).view({3, 20, 30});
+  Tensor p = b.permute({2, 0, 1}).contiguous();  // [30, 3, 20]
+  CHECK(p.at({29, 2, 19}) == b.at({2, 19, 29}));
+  CHECK(p.at({7, 1, 3}) == b.at({1, 3, 7}));
+  Tensor q = b.transpose(1, 2).contiguous();  // batched transpose
+  CHECK(q.at({2, 29, 19}) == b.at({2, 19, 29}));
+  CHECK_ALLCLOSE(q.transpose(1, 2), b, 0, 0);
+  // a strided slice of a transpose
+  Tensor s = a.t().slice(0, 1, 53, 3).contiguous();
+  CHECK(s.at({4, 10}) == a.at({10, 13}));
+}
+
+TEST_CASE("large buffers are reused safely (cpu block cache)") {
+  for (int i = 0; i < 4; ++i) {
+    Tensor a = full({512, 1024}, double(i));
+    Tensor b = add(a, 1.0);
+    CHECK(b.at({511, 1023}) == i + 1);
+    CHECK(sum(b).item() == doctest::Approx(double(i + 1) * 512 * 1024));
+  }
+  Tensor keep = full({300, 1000}, 3.0);
+  { Tensor tmp = full({300, 1000}, 4.0); }
+  Tensor again = zeros({300, 1000});
+  CHECK(keep.at({299, 999}) == 3);
+  CHECK(again.at({299, 999}) == 0);
+}

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 
 #include "runtime/backend.h"
 #include "runtime/cpu/loops.h"
@@ -291,19 +293,202 @@ void dgemm_2d(int64_t M, int64_t N, int64_t K, double alpha, const double* A, in
 }
 
 // ---------------------------------------------------------------------------
+// Large blocks are kept for reuse: glibc returns big frees to the OS, so every new
+// activation-sized tensor would otherwise page-fault all of its memory again
+// (about 2 ms per 8 MB). Blocks are reused for requests of the same rounded size;
+// at most PEFT_CPU_CACHE_MB (default 1024, 0 disables) stay cached.
+class BlockCache {
+ public:
+  static constexpr size_t kMinBlock = size_t(1) << 20;
+  static size_t round(size_t n) {  // 64 KiB granularity
+    constexpr size_t g = size_t(1) << 16;
+    return (n + g - 1) / g * g;
+  }
+  BlockCache() {
+    if (const char* s = std::getenv("PEFT_CPU_CACHE_MB")) limit_ = size_t(std::max(0L, std::atol(s))) << 20;
+  }
+  void* get(size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(n);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_ -= n;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(64, n);
+    if (!p) {
+      release_all();
+      p = std::aligned_alloc(64, n);
+    }
+    if (!p) fail("out of memory allocating ", n, " bytes on cpu");
+    return p;
+  }
+  void put(void* p, size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + n <= limit_) {
+        free_.emplace(n, p);
+        cached_ += n;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  void release_all() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    cached_ = 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+  size_t limit_ = size_t(1024) << 20;
+};
+
+// Never destroyed: tensors held by other static objects may be freed after main.
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache();
+  return *c;
+}
+
+// ---------------------------------------------------------------------------
+// reduction helpers
+
+// One dimension of a reduction: size, x stride, out stride (elements).
+struct RDim {
+  int64_t size, xs, os;
+};
+
+// Merges adjacent dims (outer, inner) whose strides make them one run.
+void coalesce(std::vector<RDim>& dims) {
+  std::vector<RDim> out;
+  for (const RDim& d : dims) {
+    if (!out.empty() && out.back().xs == d.xs * d.size && out.back().os == d.os * d.size) {
+      out.back() = {out.back().size * d.size, d.xs, d.os};
+      continue;
+    }
+    out.push_back(d);
+  }
+  dims = std::move(out);
+}
+
+// Visits reduced elements [begin, end) (row-major over `dims`) as runs along the
+// innermost dim: f(offset, length, stride), offsets in elements.
+template <class F>
+void for_runs(const std::vector<RDim>& dims, int64_t begin, int64_t end, F&& f) {
+  if (begin >= end) return;
+  if (dims.empty()) {
+    f(int64_t(0), int64_t(1), int64_t(0));
+    return;
+  }
+  const size_t nd = dims.size();
+  int64_t idx[16];
+  int64_t rem = begin;
+  for (size_t d = nd; d-- > 0;) {
+    idx[d] = rem % dims[d].size;
+    rem /= dims[d].size;
+  }
+  const RDim& in = dims.back();
+  int64_t pos = begin;
+  while (pos < end) {
+    int64_t off = 0;
+    for (size_t d = 0; d < nd; ++d) off += idx[d] * dims[d].xs;
+    const int64_t len = std::min(in.size - idx[nd - 1], end - pos);
+    f(off, len, in.xs);
+    pos += len;
+    idx[nd - 1] += len;
+    for (size_t d = nd - 1; d > 0 && idx[d] >= dims[d].size; --d) {
+      idx[d] = 0;
+      ++idx[d - 1];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 
 class CpuBackend final : public Backend {
  public:
   std::shared_ptr<Storage> allocate(size_t nbytes) override {
     auto st = std::make_shared<Storage>();
     size_t padded = ((nbytes + 63) / 64) * 64;
-    void* p = padded ? std::aligned_alloc(64, padded) : nullptr;
-    if (padded && !p) fail("out of memory allocating ", nbytes, " bytes on cpu");
+    void* p = nullptr;
+    if (padded >= BlockCache::kMinBlock) {
+      padded = BlockCache::round(padded);
+      p = block_cache().get(padded);
+      st->owner = std::shared_ptr<void>(p, [padded](void* q) { block_cache().put(q, padded); });
+    } else {
+      p = padded ? std::aligned_alloc(64, padded) : nullptr;
+      if (padded && !p) fail("out of memory allocating ", nbytes, " bytes on cpu");
+      st->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    }
     st->data = p;
     st->nbytes = nbytes;
     st->device = Device::cpu;
-    st->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
     return st;
+  }
+
+  // Copies where dst is contiguous along the innermost dim but src is contiguous along
+  // another one (a transpose being materialised) go tile by tile, so both sides stay in
+  // cache; element-by-element they run at a few hundred MB/s.
+  template <class S, class D>
+  static bool tiled_copy(const Tensor& src, Tensor& dst) {
+    const int64_t es = int64_t(sizeof(S)), ed = int64_t(sizeof(D));
+    cpu::LoopPlan<2> p = cpu::make_plan<2>(dst.shape(), {&dst.strides(), &src.strides()}, {ed, es});
+    if (p.ndim < 2) return false;
+    const int last = p.ndim - 1;
+    if (p.stride[0][size_t(last)] != ed || p.stride[1][size_t(last)] == es) return false;
+    int j = -1;
+    for (int d = last - 1; d >= 0; --d)
+      if (p.stride[1][size_t(d)] == es) {
+        j = d;
+        break;
+      }
+    if (j < 0) return false;
+    const int64_t ni = p.size[size_t(last)], nj = p.size[size_t(j)];
+    if (ni < 8 || nj < 8) return false;
+    // 16x16 tiles through a local buffer: every source and destination cache line is
+    // touched once per tile (power-of-two strides would otherwise thrash L1 sets).
+    constexpr int64_t B = 16;
+    const int64_t ti = (ni + B - 1) / B, tj = (nj + B - 1) / B;
+    int64_t n_outer = 1;
+    for (int d = 0; d < last; ++d)
+      if (d != j) n_outer *= p.size[size_t(d)];
+    char* dbase = static_cast<char*>(dst.raw_data());
+    const char* sbase = static_cast<const char*>(src.raw_data());
+    const int64_t sdi = p.stride[0][size_t(last)], sdj = p.stride[0][size_t(j)];
+    const int64_t ssi = p.stride[1][size_t(last)], ssj = p.stride[1][size_t(j)];
+    const int64_t items = n_outer * tj * ti;
+    const int nt = cpu::num_threads_for(n_outer * ni * nj);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t it = 0; it < items; ++it) {
+      int64_t o = it / (tj * ti), t = it % (tj * ti);
+      const int64_t i0 = (t / tj) * B, j0 = (t % tj) * B;  // j fastest: source pages reused
+      int64_t doff = 0, soff = 0;
+      for (int d = last - 1; d >= 0; --d) {
+        if (d == j) continue;
+        const int64_t idx = o % p.size[size_t(d)];
+        o /= p.size[size_t(d)];
+        doff += idx * p.stride[0][size_t(d)];
+        soff += idx * p.stride[1][size_t(d)];
+      }
+      const int64_t nj_t = std::min(nj, j0 + B) - j0, ni_t = std::min(ni, i0 + B) - i0;
+      D tmp[B][B];
+      for (int64_t i = 0; i < ni_t; ++i) {
+        const S* sp = reinterpret_cast<const S*>(sbase + soff + (i0 + i) * ssi + j0 * ssj);
+        for (int64_t jj = 0; jj < nj_t; ++jj) tmp[jj][i] = convert<S, D>(sp[jj]);
+      }
+      for (int64_t jj = 0; jj < nj_t; ++jj) {
+        D* dp = reinterpret_cast<D*>(dbase + doff + (j0 + jj) * sdj + i0 * sdi);
+        for (int64_t i = 0; i < ni_t; ++i) dp[i] = tmp[jj][i];
+      }
+    }
+    return true;
   }
 
   void copy(const Tensor& src, Tensor& dst) override {
@@ -311,6 +496,7 @@ class CpuBackend final : public Backend {
       using S = decltype(s_tag);
       dispatch_all(dst.dtype(), [&](auto d_tag) {
         using D = decltype(d_tag);
+        if (tiled_copy<S, D>(src, dst)) return;
         for_each<2>(dst.shape(), {&dst, &src}, [](std::array<char*, 2> p, std::array<int64_t, 2> st, int64_t n) {
           if (st[0] == int64_t(sizeof(D)) && st[1] == int64_t(sizeof(S))) {
             if constexpr (std::is_same_v<S, D>) {
@@ -454,82 +640,183 @@ class CpuBackend final : public Backend {
   }
 
   void reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced, Tensor& out) override {
-    // Split dims into kept (outer, matching out) and reduced (inner).
-    const int64_t rank = x.dim();
-    Shape kept_size, kept_xs, kept_os, red_size, red_xs;
-    for (int64_t d = 0; d < rank; ++d) {
-      if (reduced[size_t(d)]) {
-        red_size.push_back(x.shape()[size_t(d)]);
-        red_xs.push_back(x.strides()[size_t(d)]);
-      } else {
-        kept_size.push_back(x.shape()[size_t(d)]);
-        kept_xs.push_back(x.strides()[size_t(d)]);
-        kept_os.push_back(out.strides()[size_t(d)]);
-      }
+    // Kept dims (matching out) and reduced dims, size-1 dims dropped, each list coalesced.
+    std::vector<RDim> kept, red;
+    for (int64_t d = 0; d < x.dim(); ++d) {
+      const int64_t n = x.shape()[size_t(d)];
+      if (n == 1) continue;
+      if (reduced[size_t(d)])
+        red.push_back({n, x.strides()[size_t(d)], 0});
+      else
+        kept.push_back({n, x.strides()[size_t(d)], out.strides()[size_t(d)]});
     }
-    const int64_t n_out = shape_numel(kept_size), n_red = shape_numel(red_size);
+    coalesce(kept);
+    coalesce(red);
+    int64_t n_out = 1, n_red = 1;
+    for (const RDim& d : kept) n_out *= d.size;
+    for (const RDim& d : red) n_red *= d.size;
+    if (n_out == 0) return;
     dispatch_compute(x.dtype(), "reduce", [&](auto tag) {
       using T = decltype(tag);
-      using Acc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
       const T* xp = static_cast<const T*>(x.raw_data());
-      char* op = static_cast<char*>(out.raw_data());
-      // Offsets of every reduced element relative to the kept position.
-      std::vector<int64_t> red_off(static_cast<size_t>(n_red));
-      {
-        Shape idx(red_size.size(), 0);
-        for (int64_t r = 0; r < n_red; ++r) {
-          int64_t off = 0;
-          for (size_t d = 0; d < idx.size(); ++d) off += idx[d] * red_xs[d];
-          red_off[size_t(r)] = off;
-          for (size_t d = idx.size(); d-- > 0;) {
-            if (++idx[d] < red_size[d]) break;
-            idx[d] = 0;
-          }
-        }
-      }
-      auto body = [&](int64_t o) {
-        int64_t xoff = 0, ooff = 0, rem = o;
-        for (size_t d = kept_size.size(); d-- > 0;) {
-          int64_t i = rem % kept_size[d];
-          rem /= kept_size[d];
-          xoff += i * kept_xs[d];
-          ooff += i * kept_os[d];
-        }
-        const T* base = xp + xoff;
-        if (k == ReduceKind::sum) {
-          Acc acc = 0;
-          for (int64_t r = 0; r < n_red; ++r) acc += Acc(base[red_off[size_t(r)]]);
-          *reinterpret_cast<T*>(op + ooff * int64_t(sizeof(T))) = T(acc);
-        } else {
-          int64_t best_i = 0;
-          T best = n_red ? base[red_off[0]] : T(0);
-          for (int64_t r = 1; r < n_red; ++r) {
-            T v = base[red_off[size_t(r)]];
-            if constexpr (std::is_floating_point_v<T>) {
-              if (best != best) break;  // NaN wins, as in PyTorch
-              if (v > best || v != v) {
-                best = v;
-                best_i = r;
-              }
-            } else {
-              if (v > best) {
-                best = v;
-                best_i = r;
-              }
-            }
-          }
-          if (k == ReduceKind::max)
-            *reinterpret_cast<T*>(op + ooff * int64_t(sizeof(T))) = best;
-          else
-            *reinterpret_cast<int64_t*>(op + ooff * 8) = best_i;
+      T* op_t = static_cast<T*>(out.raw_data());
+      int64_t* op_i = k == ReduceKind::argmax ? static_cast<int64_t*>(out.raw_data()) : nullptr;
+      const int nt = cpu::num_threads_for(n_out * std::max<int64_t>(n_red, 1));
+
+      // Output offset and input base offset of output element o.
+      auto locate = [&](int64_t o, int64_t& xoff, int64_t& ooff) {
+        xoff = 0;
+        ooff = 0;
+        for (size_t d = kept.size(); d-- > 0;) {
+          const int64_t i = o % kept[d].size;
+          o /= kept[d].size;
+          xoff += i * kept[d].xs;
+          ooff += i * kept[d].os;
         }
       };
-      const int nt = cpu::num_threads_for(n_out * n_red);
-      if (nt > 1 && n_out >= nt) {
+
+      if (k == ReduceKind::sum) {
+        using Acc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
+        // Fast path: the innermost kept dim is contiguous in x and out (sum over leading
+        // dims, e.g. a bias gradient): accumulate whole rows, vectorised, parallel over
+        // column blocks.
+        if (!kept.empty() && kept.back().xs == 1 && kept.back().os == 1 && n_red > 1) {
+          const int64_t C = kept.back().size, n_ko = n_out / C;
+          constexpr int64_t kMaxBlock = 512;
+          int64_t bw = std::min<int64_t>(kMaxBlock, (C + nt - 1) / nt);
+          bw = std::max<int64_t>(std::min<int64_t>(C, 16), (bw + 15) / 16 * 16);
+          const int64_t n_blocks = (C + bw - 1) / bw, items = n_ko * n_blocks;
+          std::vector<RDim> outer_kept(kept.begin(), kept.end() - 1);
+          auto body = [&](int64_t item) {
+            const int64_t ko = item / n_blocks, c0 = (item % n_blocks) * bw;
+            const int64_t w = std::min(bw, C - c0);
+            int64_t xoff = 0, ooff = 0, rem = ko;
+            for (size_t d = outer_kept.size(); d-- > 0;) {
+              const int64_t i = rem % outer_kept[d].size;
+              rem /= outer_kept[d].size;
+              xoff += i * outer_kept[d].xs;
+              ooff += i * outer_kept[d].os;
+            }
+            Acc acc[kMaxBlock];
+            for (int64_t c = 0; c < w; ++c) acc[c] = 0;
+            const T* base = xp + xoff + c0;
+            for_runs(red, 0, n_red, [&](int64_t off, int64_t len, int64_t stride) {
+              for (int64_t j = 0; j < len; ++j) {
+                const T* row = base + off + j * stride;
+#pragma omp simd
+                for (int64_t c = 0; c < w; ++c) acc[c] += Acc(row[c]);
+              }
+            });
+            T* o = op_t + ooff + c0;
+            for (int64_t c = 0; c < w; ++c) o[c] = T(acc[c]);
+          };
+          if (nt > 1 && items > 1) {
+#pragma omp parallel for num_threads(int(std::min<int64_t>(nt, items))) schedule(static)
+            for (int64_t it = 0; it < items; ++it) body(it);
+          } else {
+            for (int64_t it = 0; it < items; ++it) body(it);
+          }
+          return;
+        }
+        auto partial = [&](int64_t xoff, int64_t r0, int64_t r1) {
+          Acc acc = 0;
+          for_runs(red, r0, r1, [&](int64_t off, int64_t len, int64_t stride) {
+            const T* p = xp + xoff + off;
+            Acc s = 0;
+            if (stride == 1) {
+#pragma omp simd reduction(+ : s)
+              for (int64_t j = 0; j < len; ++j) s += Acc(p[j]);
+            } else {
+              for (int64_t j = 0; j < len; ++j) s += Acc(p[j * stride]);
+            }
+            acc += s;
+          });
+          return acc;
+        };
+        if (n_out >= nt || nt == 1) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+          for (int64_t o = 0; o < n_out; ++o) {
+            int64_t xoff, ooff;
+            locate(o, xoff, ooff);
+            op_t[ooff] = T(partial(xoff, 0, n_red));
+          }
+        } else {
+          // few outputs, long reductions: split each reduction across threads
+          for (int64_t o = 0; o < n_out; ++o) {
+            int64_t xoff, ooff;
+            locate(o, xoff, ooff);
+            std::vector<Acc> parts(size_t(nt), Acc(0));
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t o = 0; o < n_out; ++o) body(o);
+            for (int t = 0; t < nt; ++t)
+              parts[size_t(t)] = partial(xoff, n_red * t / nt, n_red * (t + 1) / nt);
+            Acc acc = 0;
+            for (Acc p : parts) acc += p;
+            op_t[ooff] = T(acc);
+          }
+        }
+        return;
+      }
+
+      // max / argmax: the first NaN wins, else the first maximum (as PyTorch)
+      struct Best {
+        T v{};
+        int64_t i = -1;
+      };
+      auto better = [](const Best& a, const Best& b) {  // b comes after a
+        if (a.i < 0) return b;
+        if (b.i < 0) return a;
+        if constexpr (std::is_floating_point_v<T>) {
+          if (a.v != a.v) return a;
+          if (b.v != b.v) return b;
+        }
+        return b.v > a.v ? b : a;
+      };
+      auto partial = [&](int64_t xoff, int64_t r0, int64_t r1) {
+        Best best;
+        int64_t pos = r0;
+        for_runs(red, r0, r1, [&](int64_t off, int64_t len, int64_t stride) {
+          const T* p = xp + xoff + off;
+          for (int64_t j = 0; j < len; ++j) {
+            const T v = p[j * stride];
+            if (best.i < 0) {
+              best = {v, pos + j};
+              continue;
+            }
+            if constexpr (std::is_floating_point_v<T>) {
+              if (best.v != best.v) return;
+              if (v > best.v || v != v) best = {v, pos + j};
+            } else {
+              if (v > best.v) best = {v, pos + j};
+            }
+          }
+          pos += len;
+        });
+        return best;
+      };
+      auto store = [&](int64_t ooff, const Best& b) {
+        if (op_i)
+          op_i[ooff] = std::max<int64_t>(b.i, 0);
+        else
+          op_t[ooff] = b.v;
+      };
+      if (n_out >= nt || nt == 1) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t o = 0; o < n_out; ++o) {
+          int64_t xoff, ooff;
+          locate(o, xoff, ooff);
+          store(ooff, partial(xoff, 0, n_red));
+        }
       } else {
-        for (int64_t o = 0; o < n_out; ++o) body(o);
+        for (int64_t o = 0; o < n_out; ++o) {
+          int64_t xoff, ooff;
+          locate(o, xoff, ooff);
+          std::vector<Best> parts{size_t(nt), Best{}};
+#pragma omp parallel for num_threads(nt) schedule(static)
+          for (int t = 0; t < nt; ++t) parts[size_t(t)] = partial(xoff, n_red * t / nt, n_red * (t + 1) / nt);
+          Best b;
+          for (const Best& p : parts) b = better(b, p);
+          store(ooff, b);
+        }
       }
     });
   }
