@@ -242,6 +242,8 @@ PeftConfigPtr config_from_json(const ordered_json& j) {
   return m->parse_config(j);
 }
 
+PeftConfigPtr config_from_json(const char* text) { return config_from_json(std::string(text)); }
+
 PeftConfigPtr config_from_json(const std::string& text) {
   ordered_json j;
   try {
@@ -391,31 +393,49 @@ std::vector<std::string> PeftState::adapter_names() const {
   return v;
 }
 
+std::mutex& states_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 PeftState* peft_state(const nn::Module& model) {
+  std::lock_guard<std::mutex> lock(states_mutex());
   auto& s = states();
   auto it = s.find(&model);
   if (it == s.end()) return nullptr;
+  bool stale;
   if (it->second.had_owner) {
     auto locked = it->second.owner.lock();
-    if (!locked || locked.get() != &model) {  // a dead model's address reused
-      s.erase(it);
-      return nullptr;
-    }
+    stale = !locked || locked.get() != &model;  // a dead model's address reused
+  } else {
+    // Not owned by a shared_ptr: a model at a reused address has no tuner layers.
+    stale = tuner_layers(model).empty() && modules_to_save_wrappers(model).empty();
+  }
+  if (stale) {
+    s.erase(it);
+    return nullptr;
   }
   return &it->second.state;
 }
 
 PeftState& peft_state_or_create(nn::Module& model) {
   if (PeftState* p = peft_state(model)) return *p;
+  std::lock_guard<std::mutex> lock(states_mutex());
+  auto& s = states();
+  for (auto it = s.begin(); it != s.end();)  // drop entries of models that are gone
+    it = (it->second.had_owner && it->second.owner.expired()) ? s.erase(it) : std::next(it);
   StateEntry e;
   e.owner = model.weak_from_this();
   e.had_owner = !e.owner.expired();
-  auto& slot = states()[&model];
+  auto& slot = s[&model];
   slot = std::move(e);
   return slot.state;
 }
 
-void forget_peft_state(const nn::Module& model) { states().erase(&model); }
+void forget_peft_state(const nn::Module& model) {
+  std::lock_guard<std::mutex> lock(states_mutex());
+  states().erase(&model);
+}
 
 PeftConfigPtr peft_config(const nn::Module& model, const std::string& adapter) {
   PeftState* s = peft_state(model);

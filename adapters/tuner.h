@@ -108,6 +108,7 @@ using PeftConfigPtr = std::shared_ptr<PeftConfig>;
 
 // Parses adapter_config.json text, choosing the config class by "peft_type".
 PeftConfigPtr config_from_json(const std::string& text);
+PeftConfigPtr config_from_json(const char* text);
 PeftConfigPtr config_from_json(const ordered_json& j);
 
 // Python-style formatting used in messages.
@@ -218,7 +219,10 @@ struct PeftState {
   std::vector<std::string> adapter_names() const;
 };
 
-// The state attached to `model` (nullptr when nothing was injected).
+// The state attached to `model` (nullptr when nothing was injected). It lives in
+// a registry keyed by the model's address; models owned by a shared_ptr are
+// tracked through a weak_ptr, so a new model at a reused address never sees a
+// dead model's adapters.
 PeftState* peft_state(const nn::Module& model);
 PeftState& peft_state_or_create(nn::Module& model);
 void forget_peft_state(const nn::Module& model);

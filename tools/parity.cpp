@@ -152,6 +152,10 @@ class CaseRunner {
   ParityReport run() {
     name_ = fs::path(dir_).filename().string();
     if (name_.empty()) name_ = fs::path(dir_).parent_path().filename().string();
+    if (fs::exists(dir_) && !fs::is_directory(dir_)) {
+      emit("case", Status::skip, 0, "not a case folder");
+      return report_;
+    }
     try {
       meta_ = ordered_json::parse(read_text(fs::path(dir_) / "case.json"));
     } catch (const std::exception& e) {
@@ -455,8 +459,7 @@ class CaseRunner {
       }
       emit_accum("merged_file", af);
     }
-    if (fs::exists(fs::path(dir_) / ("merged_" + first + "_bfloat16.safetensors")))
-      emit("merged_file_bfloat16", Status::skip, 0, "bfloat16 host models are not rebuilt by the parity tool");
+    if (fs::exists(fs::path(dir_) / ("merged_" + first + "_bfloat16.safetensors"))) check_merged_bf16(first);
     Tensor merged_out;
     {
       NoGradGuard ng;
@@ -479,6 +482,36 @@ class CaseRunner {
     }
     ar.add(compare(after, before, tol_, "output after unmerge"));
     emit_accum("unmerge_restores", ar);
+  }
+
+  // bfloat16: host converted to bf16, the bf16 adapter (peft_bfloat16/) loaded and merged.
+  void check_merged_bf16(const std::string& first) {
+    fs::path pdir = fs::path(dir_) / "peft_bfloat16";
+    if (!fs::exists(pdir)) {
+      emit("merged_file_bfloat16", Status::skip, 0, "no peft_bfloat16/ adapter to merge");
+      return;
+    }
+    auto m = host();
+    m->to(DType::bfloat16);
+    auto quiet = set_warning_handler([](const std::string&) {});
+    for (const auto& n : adapter_names()) {
+      fs::path d = n == "default" ? pdir : pdir / n;
+      inject_adapter_in_model(*config_from_json(read_text(d / "adapter_config.json")), *m, n);
+      set_peft_model_state_dict(*m, io::load_safetensors((d / "adapter_model.safetensors").string()), n);
+    }
+    set_warning_handler(quiet);
+    set_adapter(*m, first);
+    merge_adapters(*m, false, {first});
+    auto hv = host_view(*m);
+    StateDict ms = io::load_safetensors((fs::path(dir_) / ("merged_" + first + "_bfloat16.safetensors")).string());
+    Accum a;
+    for (const auto& [k, v] : ms) {
+      auto it = hv.find(k);
+      if (it == hv.end()) a.fail_with("no host tensor " + k);
+      else if (it->second.dtype() != DType::bfloat16) a.fail_with(k + " is not bfloat16 after merging");
+      else a.add(compare(it->second, v, ParityTolerance{1e-2, 1e-2}, k));
+    }
+    emit_accum("merged_file_bfloat16", a);
   }
 
   // The same adapters saved by PeftModel.save_pretrained (keys prefixed base_model.model.).

@@ -227,7 +227,16 @@ Tensor Linear::forward(const Tensor& x) {
     DType adt = weight_of(A).dtype();
     if (is_floating(xin.dtype()) && xin.dtype() != adt) xin = xin.to(adt);
     if (!use_dora.at(a)) {
-      result = add(result, mul(B.forward(A.forward(drop.forward(xin))), s));
+      Tensor lora_out = B.forward(A.forward(drop.forward(xin)));
+      // Without autograd the product is accumulated into y in place (result is our own fresh tensor).
+      if (!is_grad_enabled() || !autograd::needs_grad({&result, &lora_out})) {
+        if (result.dtype() != lora_out.dtype() || result.shape() != lora_out.shape() || !result.is_contiguous())
+          result = add(result, mul(lora_out, s));
+        else
+          result.add_(lora_out, s);
+      } else {
+        result = add(result, mul(lora_out, s));
+      }
       continue;
     }
     // DoRA (§2.4): the norm is detached; base_result is the current result minus bias.
@@ -345,15 +354,19 @@ void Embedding::update_layer(const std::string& adapter, const AdapterArgs& a) {
   if (a.use_dora) fail("DoRA (use_dora=True) on an Embedding is not supported by peft.cpp yet");
   common_update(adapter, a);
   Generator& gen = default_generator();
-  // PEFT draws randn(r, num) and randn(dim, r) explicitly (also under low_cpu_mem_usage).
-  Tensor A = randn({a.r, in_features}, gen);
-  Tensor B = randn({out_features, a.r}, gen);
+  Tensor A, B;
   if (a.low_cpu_mem_usage) {
+    // On meta: no allocation and no random draws (PEFT still draws randn on CPU here).
     A = empty({a.r, in_features}, DType::float32, Device::meta);
     B = empty({out_features, a.r}, DType::float32, Device::meta);
-  } else if (a.init_lora_weights.truthy()) {
-    A.zero_();
-    B.normal_(0.0, 1.0, gen);
+  } else {
+    // PEFT's order: randn(r, num), randn(dim, r), then A = 0, B ~ N(0, 1).
+    A = randn({a.r, in_features}, gen);
+    B = randn({out_features, a.r}, gen);
+    if (a.init_lora_weights.truthy()) {
+      A.zero_();
+      B.normal_(0.0, 1.0, gen);
+    }
   }
   lora_embedding_A().erase(adapter);
   lora_embedding_B().erase(adapter);
