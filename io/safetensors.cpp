@@ -452,6 +452,9 @@ Tensor SafetensorsFile::get(const std::string& name) const {
 Tensor SafetensorsFile::get(const std::string& name, DType dt) const { return get(name).to(dt); }
 
 StateDict load_safetensors(const std::string& path, const LoadOptions& opts) {
+  if (opts.convert && !is_floating(opts.dtype))
+    fail(path, ": cannot load: LoadOptions::dtype must be a floating dtype when convert is set, got ",
+         dtype_name(opts.dtype));
   auto file = SafetensorsFile::open(path, opts.limits);
   std::vector<const TensorInfo*> infos;
   for (const TensorInfo& ti : file->tensors()) infos.push_back(&ti);

@@ -21,6 +21,8 @@
 //    outside what any mmap reader can guard against: the OS raises SIGBUS.)
 //  - I32 and U8 have no runtime dtype: they are converted to int64 (a copy) on load.
 //  - BOOL bytes other than 0/1 are normalised to 1 (a copy), as "nonzero is true".
+//  - The private writable mapping is made with MAP_NORESERVE; under strict overcommit
+//    (vm.overcommit_memory=2) the kernel still counts it against the commit limit.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -101,7 +103,8 @@ struct SaveOptions {
   DType dtype = DType::float32;  // target dtype when convert (floating tensors only)
 };
 
-// Writes atomically; tensors may be non-contiguous or on another device. The layout is
+// Writes atomically; tensors may be non-contiguous or on another device. Tensors sharing
+// storage (tied weights) are each written in full (Python's save_file refuses them instead). The layout is
 // Python safetensors' byte for byte: compact JSON header with `__metadata__` first (keys
 // sorted), tensors ordered by dtype alignment descending then by name, header padded with
 // spaces to a multiple of 8, then the raw little-endian data in the same order.

@@ -373,6 +373,8 @@ TEST_CASE("get(name, dtype) converts: bf16 golden -> float32") {
                                   LoadOptions{false, true, DType::bfloat16, {}});
   CHECK(io.at("input").dtype() == DType::int64);
   CHECK(io.at("output_base").dtype() == DType::bfloat16);
+  CHECK_THROWS_WITH_AS(load_safetensors(bf, LoadOptions{false, true, DType::int64, {}}),
+                       doctest::Contains("LoadOptions::dtype must be a floating dtype"), Error);
 }
 
 // ===========================================================================
