@@ -65,9 +65,13 @@ static void accumulate_leaf(TensorImpl& leaf, Tensor g) {
     fail("[backward] gradient ", g.desc(), " does not match leaf tensor shape ",
          shape_str(leaf.shape));
   if (!leaf.grad) {
-    // A fresh copy: the incoming gradient may alias a saved tensor or another
-    // leaf's gradient, and optimizers / clipping modify .grad in place.
-    leaf.grad = g.clone().impl_ptr();
+    // The gradient must not alias anything else (a saved tensor, another leaf's
+    // gradient, the incoming gradient): optimizers and clipping modify .grad in place.
+    // A gradient this engine alone holds, owning all of its storage, is taken as is.
+    const bool exclusive = g.impl_ptr().use_count() == 1 && g.impl().storage &&
+                           g.impl().storage.use_count() == 1 && g.is_contiguous() &&
+                           g.offset() == 0 && g.impl().storage->nbytes == g.nbytes();
+    leaf.grad = exclusive ? g.impl_ptr() : g.clone().impl_ptr();
   } else {
     Tensor cur(leaf.grad);
     leaf.grad = add(cur, g).impl_ptr();
@@ -133,7 +137,7 @@ void run_backward(const Tensor& root, const Tensor& grad_in) {
     for (size_t i = 0; i < grads.size(); ++i) {
       const Edge& e = n->next[i];
       if (e.leaf) {
-        if (grads[i].defined()) accumulate_leaf(*e.leaf, grads[i]);
+        if (grads[i].defined()) accumulate_leaf(*e.leaf, std::move(grads[i]));
       } else if (e.node) {
         Node* child = e.node.get();
         if (grads[i].defined()) accumulate(pending[child], grads[i]);

@@ -119,6 +119,13 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   if (bias.defined() && bias.shape() != normalized_shape)
     fail("[layer_norm] bias ", bias.desc(), " must have normalized_shape ",
          shape_str(normalized_shape));
+  if (!is_floating(x.dtype())) fail("[layer_norm] needs a floating-point input, got ", x.desc());
+  // bf16/f16: statistics and normalisation in float32, one rounding at the end (as torch)
+  const DType cd = compute_dtype(x.dtype());
+  if (cd != x.dtype()) {
+    auto up = [cd](const Tensor& t) { return t.defined() ? t.to(cd) : t; };
+    return layer_norm(up(x), normalized_shape, up(weight), up(bias), eps).to(x.dtype());
+  }
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < k; ++i) dims.push_back(x.dim() - k + i);
   Tensor mu = mean(x, dims, true);

@@ -66,6 +66,9 @@ Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   if (!is_floating(a.dtype()))
     fail("[mean] needs a floating-point input, got ", a.desc(), "; convert with .to(float32)");
   std::vector<int64_t> rd = reduce_dims("mean", dims, a.dim());
+  // bf16/f16: sum and divide in float32, round once (as torch)
+  if (compute_dtype(a.dtype()) != a.dtype())
+    return mean(a.to(compute_dtype(a.dtype())), dims, keepdim).to(a.dtype());
   int64_t count = 1;
   for (int64_t d : rd) count *= a.size(d);
   return div(sum(a, dims, keepdim), double(count));

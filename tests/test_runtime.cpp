@@ -1509,3 +1509,45 @@ TEST_CASE("large buffers are reused safely (cpu block cache)") {
   CHECK(keep.at({299, 999}) == 3);
   CHECK(again.at({299, 999}) == 0);
 }
+
+TEST_CASE("low-precision mean and layer_norm compute in float32 and round once") {
+  Generator g(77);
+  Tensor x = randn({4, 64}, g).to(DType::bfloat16);
+  Tensor m = mean(x, {1});
+  CHECK(m.dtype() == DType::bfloat16);
+  CHECK_ALLCLOSE(m, mean(x.to(DType::float32), {1}).to(DType::bfloat16), 0, 0);
+  Tensor w = randn({64}, g).to(DType::bfloat16), b = randn({64}, g).to(DType::bfloat16);
+  Tensor y = layer_norm(x, {64}, w, b);
+  CHECK(y.dtype() == DType::bfloat16);
+  Tensor ref = layer_norm(x.to(DType::float32), {64}, w.to(DType::float32), b.to(DType::float32));
+  CHECK_ALLCLOSE(y, ref.to(DType::bfloat16), 0, 0);
+  // and gradients still reach bf16 leaves
+  Tensor xl = x.clone().requires_grad_();
+  sum(layer_norm(xl, {64}, w, b)).backward();
+  CHECK(xl.grad().dtype() == DType::bfloat16);
+  CHECK(xl.grad().shape() == x.shape());
+}
+
+TEST_CASE("leaf gradients never alias other tensors") {
+  Tensor x = F({1, 2}, {2}).requires_grad_(), y = F({3, 4}, {2}).requires_grad_();
+  Tensor s = add(x, y);  // both gradients are the same incoming tensor
+  Tensor gout = F({1, 1}, {2});
+  s.backward(gout);
+  CHECK(!x.grad().same_storage(y.grad()));
+  CHECK(!x.grad().same_storage(gout));
+  x.grad().fill_(5);
+  CHECK_ALLCLOSE(y.grad(), F({1, 1}, {2}), 0, 0);
+  CHECK_ALLCLOSE(gout, F({1, 1}, {2}), 0, 0);
+  // a gradient that is a view of a saved tensor is copied
+  Tensor w = F({1, 2, 3}, {3}).requires_grad_();
+  Tensor v = F({5, 6, 7}, {3});
+  sum(mul(w, v)).backward();
+  w.grad().fill_(0);
+  CHECK_ALLCLOSE(v, F({5, 6, 7}, {3}), 0, 0);
+  // backward on a leaf with an explicit gradient copies it
+  Tensor l = F({1}, {1}).requires_grad_();
+  Tensor gl = F({2}, {1});
+  l.backward(gl);
+  l.grad().fill_(9);
+  CHECK(gl.item() == 2);
+}
