@@ -279,6 +279,27 @@ void Tensor::backward(const Tensor& gradient) const { autograd::run_backward(*th
 // ---------------------------------------------------------------------------
 // in-place helpers (no autograd)
 
+// Element range [lo, hi] a strided tensor touches in its storage (numel > 0).
+static void element_span(const Tensor& t, int64_t& lo, int64_t& hi) {
+  lo = hi = t.offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t ext = (t.shape()[size_t(d)] - 1) * t.strides()[size_t(d)];
+    (ext < 0 ? lo : hi) += ext;
+  }
+}
+
+// Whether writing `dst` elementwise could clobber elements of `src` not yet read.
+static bool may_overlap(const Tensor& dst, const Tensor& src) {
+  if (!dst.same_storage(src) || dst.numel() == 0 || src.numel() == 0) return false;
+  if (dst.offset() == src.offset() && dst.strides() == src.strides() && dst.dtype() == src.dtype())
+    return false;  // the very same elements: an elementwise copy is safe
+  int64_t dl, dh, sl, sh;
+  element_span(dst, dl, dh);
+  element_span(src, sl, sh);
+  const int64_t de = int64_t(dtype_size(dst.dtype())), se = int64_t(dtype_size(src.dtype()));
+  return dl * de < (sh + 1) * se && sl * se < (dh + 1) * de;
+}
+
 Tensor& Tensor::copy_(const Tensor& src) {
   if (!src.defined()) fail("copy_: source tensor is undefined");
   // broadcast src to our shape
@@ -290,6 +311,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
   if (is_meta() || src.is_meta()) {
     if (!is_meta()) fail("copy_: cannot copy from meta tensor ", src.desc(), " into ", desc());
     return *this;
+  }
+  if (may_overlap(*this, s)) {  // e.g. a.copy_(a.t()): read everything first
+    Tensor tmp = make_tensor(s.shape(), s.dtype(), s.device());
+    backend(s.device()).copy(s, tmp);
+    s = tmp;
   }
   if (s.device() != device()) {
     Tensor tmp = make_tensor(shape(), dtype(), s.device());

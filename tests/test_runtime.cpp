@@ -1551,3 +1551,21 @@ TEST_CASE("leaf gradients never alias other tensors") {
   l.grad().fill_(9);
   CHECK(gl.item() == 2);
 }
+
+TEST_CASE("copy_ between overlapping views of one storage") {
+  Tensor a = arange(0, 9, 1, DType::float32).view({3, 3});
+  a.copy_(a.t());
+  CHECK(a.to_vector<double>() == Vec{0, 3, 6, 1, 4, 7, 2, 5, 8});
+  Tensor b = arange(0, 6, 1, DType::float32);
+  b.slice(0, 1, 6).copy_(b.slice(0, 0, 5));
+  CHECK(b.to_vector<double>() == Vec{0, 0, 1, 2, 3, 4});
+  Tensor c = arange(0, 6, 1, DType::float32);
+  c.slice(0, 0, 5).copy_(c.slice(0, 1, 6));
+  CHECK(c.to_vector<double>() == Vec{1, 2, 3, 4, 5, 5});
+  Tensor d = arange(0, 4, 1, DType::float32);
+  d.copy_(d);  // identical view: fine
+  CHECK(d.to_vector<double>() == Vec{0, 1, 2, 3});
+  Tensor e = arange(0, 8, 1, DType::float32).view({2, 4});
+  e.select(0, 1).copy_(e.select(0, 0));  // disjoint rows
+  CHECK(e.to_vector<double>() == Vec{0, 1, 2, 3, 0, 1, 2, 3});
+}
