@@ -827,20 +827,43 @@ class CpuBackend final : public Backend {
     const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
     const int64_t sab = batched ? a.stride(0) : 0, sbb = batched ? b.stride(0) : 0;
     const int64_t sam = a.stride(-2), sak = a.stride(-1), sbk = b.stride(-2), sbn = b.stride(-1);
+    // Many small products (attention-like batches): one product per thread, each
+    // single-threaded (oneDNN and Eigen run serially inside a parallel region);
+    // large ones: one after another, each using every thread.
+    const int nt = omp_get_max_threads();
+    const bool per_thread = B > 1 && nt > 1 && 2.0 * double(M) * double(N) * double(K) < 8e6;
+    auto run_batch = [&](auto&& one) {
+      if (!per_thread) {
+        for (int64_t i = 0; i < B; ++i) one(i);
+        return;
+      }
+      std::string err;
+#pragma omp parallel for num_threads(int(std::min<int64_t>(nt, B))) schedule(static)
+      for (int64_t i = 0; i < B; ++i) {
+        try {
+          one(i);
+        } catch (const std::exception& e) {
+#pragma omp critical(peft_gemm_err)
+          err = e.what();
+        }
+      }
+      if (!err.empty()) throw Error(err);
+    };
     if (a.dtype() == DType::float32) {
       const float* A = a.data_ptr<float>();
       const float* Bp = b.data_ptr<float>();
       float* C = out.data_ptr<float>();
-      for (int64_t i = 0; i < B; ++i)
+      run_batch([&](int64_t i) {
         sgemm_2d(M, N, K, float(alpha), A + i * sab, sam, sak, Bp + i * sbb, sbk, sbn, float(beta),
                  C + i * M * N);
+      });
     } else if (a.dtype() == DType::float64) {
       const double* A = a.data_ptr<double>();
       const double* Bp = b.data_ptr<double>();
       double* C = out.data_ptr<double>();
-      for (int64_t i = 0; i < B; ++i)
-        dgemm_2d(M, N, K, alpha, A + i * sab, sam, sak, Bp + i * sbb, sbk, sbn, beta,
-                 C + i * M * N);
+      run_batch([&](int64_t i) {
+        dgemm_2d(M, N, K, alpha, A + i * sab, sam, sak, Bp + i * sbb, sbk, sbn, beta, C + i * M * N);
+      });
     } else {
       fail("[matmul] internal: CPU gemm needs float32/float64, got ", dtype_name(a.dtype()));
     }
