@@ -176,12 +176,13 @@ Tensor logical_not(const Tensor& a) { return unary_forward("logical_not", UnaryK
 // ---- scalar variants ----
 
 // An integer tensor combined with a fractional scalar gives a float result (as torch).
-static bool fractional(const Tensor& a, double s) {
+static bool fractional(const char* op, const Tensor& a, double s) {
+  check_defined(op, a);
   return !is_floating(a.dtype()) && s != std::floor(s);
 }
 
 Tensor add(const Tensor& a, double s) {
-  Tensor out = unary_forward("add_scalar", UnaryKind::add_scalar, a, s, 0, fractional(a, s));
+  Tensor out = unary_forward("add_scalar", UnaryKind::add_scalar, a, s, 0, fractional("add_scalar", a, s));
   if (needs_grad({&a})) record("add_scalar", {a}, out, [](const Tensor& g) { return Grads{g}; });
   return out;
 }
@@ -189,13 +190,13 @@ Tensor add(const Tensor& a, double s) {
 Tensor sub(const Tensor& a, double s) { return add(a, -s); }
 
 Tensor rsub(const Tensor& a, double s) {
-  Tensor out = unary_forward("rsub_scalar", UnaryKind::rsub_scalar, a, s, 0, fractional(a, s));
+  Tensor out = unary_forward("rsub_scalar", UnaryKind::rsub_scalar, a, s, 0, fractional("rsub_scalar", a, s));
   if (needs_grad({&a})) record("rsub_scalar", {a}, out, [](const Tensor& g) { return Grads{neg(g)}; });
   return out;
 }
 
 Tensor mul(const Tensor& a, double s) {
-  Tensor out = unary_forward("mul_scalar", UnaryKind::mul_scalar, a, s, 0, fractional(a, s));
+  Tensor out = unary_forward("mul_scalar", UnaryKind::mul_scalar, a, s, 0, fractional("mul_scalar", a, s));
   if (needs_grad({&a})) record("mul_scalar", {a}, out, [s](const Tensor& g) { return Grads{mul(g, s)}; });
   return out;
 }

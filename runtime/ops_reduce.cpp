@@ -46,6 +46,7 @@ Tensor drop_dims(const Tensor& t, const std::vector<int64_t>& rdims) {
 }  // namespace
 
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
+  check_defined("sum", a);
   std::vector<int64_t> rd;
   DType dt = is_floating(a.dtype()) ? a.dtype() : DType::int64;
   Tensor out = reduce_forward("sum", ReduceKind::sum, a, dims, dt, rd);
@@ -75,6 +76,7 @@ Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor amax(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
+  check_defined("amax", a);
   std::vector<int64_t> rd;
   Tensor outk = reduce_forward("amax", ReduceKind::max, a, dims, a.dtype(), rd);
   Tensor out = keepdim ? outk : drop_dims(outk, rd);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "runtime/backend.h"  // internal: cuda_available()
 #include "runtime/generator.h"
 #include "runtime/half.h"
 #include "runtime/op_list.h"
@@ -1568,4 +1569,51 @@ TEST_CASE("copy_ between overlapping views of one storage") {
   Tensor e = arange(0, 8, 1, DType::float32).view({2, 4});
   e.select(0, 1).copy_(e.select(0, 0));  // disjoint rows
   CHECK(e.to_vector<double>() == Vec{0, 1, 2, 3, 0, 1, 2, 3});
+}
+
+TEST_CASE("every op names itself when given an undefined tensor or a bad dim") {
+  Tensor u;
+  Tensor a = zeros({2, 3});
+  std::vector<std::pair<const char*, std::function<void()>>> cases = {
+      {"[neg]", [&] { neg(u); }},           {"[exp]", [&] { exp(u); }},
+      {"[log]", [&] { log(u); }},           {"[sqrt]", [&] { sqrt(u); }},
+      {"[rsqrt]", [&] { rsqrt(u); }},       {"[abs]", [&] { abs(u); }},
+      {"[sign]", [&] { sign(u); }},         {"[erf]", [&] { erf(u); }},
+      {"[relu]", [&] { relu(u); }},         {"[gelu]", [&] { gelu(u); }},
+      {"[silu]", [&] { silu(u); }},         {"[tanh]", [&] { tanh(u); }},
+      {"[sigmoid]", [&] { sigmoid(u); }},   {"[clamp]", [&] { clamp(u, 0, 1); }},
+      {"[isfinite]", [&] { isfinite(u); }}, {"[logical_not]", [&] { logical_not(u); }},
+      {"[add_scalar]", [&] { add(u, 1.0); }}, {"[mul_scalar]", [&] { mul(u, 2.0); }},
+      {"[div_scalar]", [&] { div(u, 2.0); }}, {"[rsub_scalar]", [&] { rsub(u, 2.0); }},
+      {"[rdiv_scalar]", [&] { rdiv(u, 2.0); }}, {"[pow_scalar]", [&] { pow(u, 2.0); }},
+      {"[eq]", [&] { eq(u, 1.0); }},        {"[sum]", [&] { sum(u); }},
+      {"[mean]", [&] { mean(u); }},         {"[amax]", [&] { amax(u); }},
+      {"[norm]", [&] { norm(u); }},         {"[softmax]", [&] { softmax(u, 0); }},
+      {"[matmul]", [&] { matmul(u, a); }},  {"[linear]", [&] { linear(a, u); }},
+      {"[to_dtype]", [&] { u.to(DType::float64); }}, {"[clone]", [&] { u.clone(); }},
+      {"[gather]", [&] { gather(u, 0, I({0}, {1})); }}, {"[index_select]", [&] { index_select(u, 0, I({0}, {1})); }},
+      {"[embedding]", [&] { embedding(I({0}, {1}), u); }}, {"[dropout]", [&] { Generator g(0); dropout(u, 0.5, true, g); }},
+      {"[mse_loss]", [&] { mse_loss(u, a); }}, {"[cross_entropy]", [&] { cross_entropy(u, I({0}, {1})); }},
+      {"[layer_norm]", [&] { layer_norm(u, {3}, Tensor(), Tensor()); }}, {"[cat]", [&] { cat({a, u}); }},
+      {"[sum] dimension 5", [&] { sum(a, {5}); }}, {"[mean] dimension -3", [&] { mean(a, {-3}); }},
+      {"[amax] dimension 2", [&] { amax(a, {2}); }}, {"[argmax] dimension 2", [&] { argmax(a, 2); }},
+      {"[norm] dimension 2", [&] { norm(a, {2}); }}, {"[log_softmax] dimension 2", [&] { log_softmax(a, 2); }},
+      {"[index_add] dimension 2", [&] { index_add(a, 2, I({0}, {1}), a); }},
+      {"[scatter_add] dimension 2", [&] { scatter_add(a, 2, I({0}, {1, 1}), a); }},
+  };
+  for (auto& c : cases) {
+    std::string op = c.first;
+    CAPTURE(op);
+    std::string e = error_of(c.second);
+    CAPTURE(e);
+    CHECK(e.find(c.first) != std::string::npos);
+  }
+}
+
+TEST_CASE("cuda requests fail clearly in a build without CUDA") {
+  if (cuda_available()) return;
+  std::string e = error_of([] { zeros({2}, DType::float32, Device::cuda); });
+  CHECK(e.find("CUDA") != std::string::npos);
+  e = error_of([] { F({1, 2}, {2}).to(Device::cuda); });
+  CHECK(e.find("CUDA") != std::string::npos);
 }
