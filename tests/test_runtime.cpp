@@ -1617,3 +1617,122 @@ TEST_CASE("cuda requests fail clearly in a build without CUDA") {
   e = error_of([] { F({1, 2}, {2}).to(Device::cuda); });
   CHECK(e.find("CUDA") != std::string::npos);
 }
+
+// ===========================================================================
+// randomised layouts: every strided path agrees with the contiguous one
+// ===========================================================================
+
+namespace {
+// A random float64 view of rank 1-4: permuted, sometimes sliced with a step,
+// sometimes expanded along a size-1 dim. Values are distinct integers.
+Tensor random_layout(Generator& g, int max_dim = 5) {
+  int rank = 1 + int(g.next_u32() % 4);
+  Shape shape;
+  for (int i = 0; i < rank; ++i) shape.push_back(1 + int64_t(g.next_u32() % uint32_t(max_dim)));
+  Tensor t = arange(0, double(shape_numel(shape)), 1, DType::float64).view(shape);
+  Shape order(static_cast<size_t>(rank), 0);
+  for (int i = 0; i < rank; ++i) order[size_t(i)] = i;
+  for (int i = rank - 1; i > 0; --i) std::swap(order[size_t(i)], order[g.next_u32() % uint32_t(i + 1)]);
+  t = t.permute(order);
+  if (g.next_u32() % 2) {
+    int64_t d = int64_t(g.next_u32() % uint32_t(rank));
+    if (t.size(d) > 2) t = t.slice(d, 1, t.size(d), 1 + int64_t(g.next_u32() % 2));
+  }
+  if (g.next_u32() % 3 == 0) {
+    int64_t d = int64_t(g.next_u32() % uint32_t(rank + 1));
+    Shape sh = t.unsqueeze(d).shape();
+    sh[size_t(d)] = 3;
+    t = t.unsqueeze(d).expand(sh);
+  }
+  return t;
+}
+
+Shape random_factorisation(Generator& g, int64_t n) {
+  Shape out;
+  while (n > 1) {
+    std::vector<int64_t> divs;
+    for (int64_t d = 2; d <= n; ++d)
+      if (n % d == 0) divs.push_back(d);
+    int64_t d = divs[g.next_u32() % divs.size()];
+    out.push_back(d);
+    n /= d;
+    if (g.next_u32() % 4 == 0) out.push_back(1);
+  }
+  if (out.empty()) out.push_back(n);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("random layouts: reshape/view agree with a contiguous copy") {
+  Generator g(2718);
+  int views = 0;
+  for (int it = 0; it < 300; ++it) {
+    Tensor t = random_layout(g);
+    if (t.numel() == 0) continue;
+    Tensor c = t.contiguous();
+    Shape target = random_factorisation(g, t.numel());
+    CAPTURE(shape_str(t.shape()));
+    CAPTURE(shape_str(t.strides()));
+    CAPTURE(shape_str(target));
+    Tensor r = t.reshape(target);
+    CHECK(r.to_vector<double>() == c.to_vector<double>());
+    if (error_of([&] { t.view(target); }) == "<no exception>") {
+      ++views;
+      Tensor v = t.view(target);
+      CHECK(v.same_storage(t));
+      CHECK(v.to_vector<double>() == c.to_vector<double>());
+    }
+  }
+  CHECK(views > 20);
+}
+
+TEST_CASE("random layouts: elementwise, reductions and copies agree with contiguous inputs") {
+  Generator g(31415);
+  for (int it = 0; it < 150; ++it) {
+    Tensor t = random_layout(g, 40);
+    Tensor c = t.contiguous();
+    CAPTURE(shape_str(t.shape()));
+    CAPTURE(shape_str(t.strides()));
+    // unary and binary with itself and with a broadcast row
+    CHECK_ALLCLOSE(mul(t, 0.5), mul(c, 0.5), 0, 0);
+    CHECK_ALLCLOSE(add(t, t), add(c, c), 0, 0);
+    Tensor row = arange(0, double(t.size(-1)), 1, DType::float64);
+    CHECK_ALLCLOSE(sub(t, row), sub(c, row), 0, 0);
+    CHECK_ALLCLOSE(t.to(DType::float32), c.to(DType::float32), 0, 0);
+    // reductions over a random subset of dims
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < t.dim(); ++d)
+      if (g.next_u32() % 2) dims.push_back(d);
+    bool keep = g.next_u32() % 2;
+    CHECK_ALLCLOSE(sum(t, dims, keep), sum(c, dims, keep), 1e-12, 0);
+    CHECK_ALLCLOSE(sum(t.to(DType::float32), dims, keep), sum(c, dims, keep), 1e-6, 0);
+    if (t.numel() > 0) {
+      CHECK_ALLCLOSE(amax(t, dims, keep), amax(c, dims, keep), 0, 0);
+      int64_t d = int64_t(g.next_u32() % uint32_t(t.dim()));
+      CHECK(argmax(t, d).to_vector<int64_t>() == argmax(c, d).to_vector<int64_t>());
+      CHECK_ALLCLOSE(softmax(t, d), softmax(c, d), 1e-12, 0);
+    }
+    // copy into a strided destination
+    Tensor dt = zeros(t.shape(), DType::float32);
+    dt.copy_(t);
+    CHECK_ALLCLOSE(dt, c, 0, 0);
+  }
+}
+
+TEST_CASE("reduction kernels: long reductions to few outputs, multi-thread vs single-thread") {
+  Generator g(99);
+  Tensor a = randn({3, 70000}, g);
+  Tensor big = randn({4, 300, 257}, g);
+  int before = get_num_threads();
+  std::vector<Tensor> res[2];
+  for (int pass = 0; pass < 2; ++pass) {
+    set_num_threads(pass == 0 ? 1 : std::max(2, before));
+    res[pass] = {sum(a, {1}), amax(a, {1}), argmax(a, 1), sum(a), sum(big, {0, 1}), sum(big, {0, 2}),
+                 sum(big.transpose(0, 2), {2}), amax(big, {1}), mean(big, {0}, true)};
+  }
+  set_num_threads(before);
+  for (size_t i = 0; i < res[0].size(); ++i) {
+    CAPTURE(i);
+    CHECK_ALLCLOSE(res[1][i], res[0][i], 1e-5, 1e-4);
+  }
+}

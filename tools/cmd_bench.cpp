@@ -242,7 +242,8 @@ int bench_ops(const std::vector<std::string>& args) {
       ag.zero_grad();
       bg.zero_grad();
     });
-    double lfl = 3 * fl + 3 * 2 * 2.0 * double(M) * double(r) * double(K);
+    // frozen W: forward and the input gradient are the two big products; six rank-r ones
+    double lfl = 2 * fl + 6 * 2.0 * double(M) * double(r) * double(K);
     row("LoRA layer forward+backward (frozen W)", s, lfl / s * 1e-9, "GFLOP/s");
   }
   return 0;
