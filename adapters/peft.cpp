@@ -8,6 +8,7 @@ void register_builtin_methods() {
   done = true;
   // One line per method.
   lora::register_lora_method();
+  ia3::register_ia3_method();
 }
 
 }  // namespace peft

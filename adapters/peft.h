@@ -13,6 +13,9 @@
 #include "adapters/lora/config.h"
 #include "adapters/lora/layer.h"
 #include "adapters/lora/model.h"
+#include "adapters/ia3/config.h"
+#include "adapters/ia3/layer.h"
+#include "adapters/ia3/model.h"
 #include "adapters/tuner.h"
 
 namespace peft {

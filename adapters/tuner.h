@@ -289,6 +289,10 @@ void enable_adapters(nn::Module& model, bool enabled);
 void merge_adapters(nn::Module& model, bool safe_merge = false, const std::vector<std::string>& adapter_names = {});
 void unmerge_adapters(nn::Module& model);
 void delete_adapter(nn::Module& model, const std::string& adapter_name);
+// Forward where input row i uses adapter adapter_names[i] ("__base__": no
+// adapter), PEFT's model(x, adapter_names=...). Errors as PEFT for unknown
+// names, a length mismatch, merged adapters and DoRA.
+Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector<std::string>& adapter_names);
 // Names of trainable parameters (requires_grad), in named_parameters order.
 std::vector<std::string> trainable_parameter_names(const nn::Module& model);
 

@@ -185,6 +185,10 @@ class CaseRunner {
     }
     guarded("load", [&] { load_adapters(*model_, false, true); });
     if (!loaded_) return report_;
+    if (meta_.contains("adapter_names")) {
+      guarded("mixed_batch", [&] { check_mixed_batch(); });
+      return report_;
+    }
     guarded("outputs", [&] { check_outputs(); });
     guarded("merge", [&] { check_merge(); });
     guarded("peft_dir", [&] { check_peft_dirs(); });
@@ -219,10 +223,7 @@ class CaseRunner {
   }
 
   bool supported(std::string& why) {
-    if (name_.rfind("ia3_", 0) == 0) return why = "IA3 is not implemented yet", false;
     if (name_.rfind("adalora_", 0) == 0) return why = "AdaLoRA is not implemented yet", false;
-    if (name_ == "lora_mixed_batch" || meta_.contains("adapter_names"))
-      return why = "mixed-batch forward (adapter_names) is not implemented", false;
     if (!meta_.contains("adapters")) return why = "case.json has no adapters", false;
     for (const auto& a : meta_["adapters"]) {
       std::string t = a["config"].value("peft_type", "");
@@ -269,7 +270,9 @@ class CaseRunner {
       nn::LoadResult r = set_peft_model_state_dict(m, sd, n, low_cpu);
       if (!r.unexpected_keys.empty()) a.fail_with(n + ": unexpected keys [" + join(r.unexpected_keys) + "]");
       for (const auto& k : r.missing_keys)
-        if (k.find("lora_") != std::string::npos && k.find("." + n + ".") != std::string::npos)
+        if ((k.find("lora_") != std::string::npos || k.find("ia3_") != std::string::npos) &&
+            (k.find("." + n + ".") != std::string::npos || k.size() > n.size() + 1 &&
+                                                              k.compare(k.size() - n.size() - 1, n.size() + 1, "." + n) == 0))
           a.fail_with(n + ": missing adapter key " + k);
     }
     if (report) emit_accum("load_adapter", a);
@@ -409,6 +412,30 @@ class CaseRunner {
       emit_accum("grad." + n, ag);
       model_->zero_grad();
     }
+  }
+
+  // Row i uses adapter adapter_names[i]; also checked against per-adapter forwards.
+  void check_mixed_batch() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    Tensor x = input(io);
+    auto names = str_list(meta_["adapter_names"]);
+    model_->eval();
+    NoGradGuard ng;
+    Tensor out = forward_mixed_batch(*model_, x, names);
+    Accum a;
+    a.add(compare(out, io.at("output"), tol_, "output"));
+    emit_accum("mixed_batch_output", a);
+    // Each row equals the plain forward with that row's adapter alone.
+    Accum c;
+    for (size_t i = 0; i < names.size(); ++i) {
+      Tensor row = x.narrow(0, int64_t(i), 1);
+      if (names[i] == "__base__") enable_adapters(*model_, false);
+      else set_adapter(*model_, names[i]);
+      Tensor ref = model_->forward(row);
+      enable_adapters(*model_, true);
+      c.add(compare(out.narrow(0, int64_t(i), 1), ref, tol_, "row " + std::to_string(i)));
+    }
+    emit_accum("mixed_batch_rows", c);
   }
 
   // Host key (as in merged.* / merged_<adapter>.safetensors) -> the model's tensor.

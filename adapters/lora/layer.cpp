@@ -3,6 +3,7 @@
 // Merge (§2.5): W += s·B·A (DoRA: W = m/‖W+ΔW‖·(W+ΔW)); unmerge subtracts.
 #include "adapters/lora/layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/autograd.h"
@@ -111,6 +112,27 @@ void LoraLayer::erase_adapter_state(const std::string& name) {
   use_rslora.erase(name);
 }
 
+std::vector<std::pair<std::string, Tensor>> LoraLayer::mixed_batch_groups(const Tensor& x) const {
+  if (x.dim() == 0 || int64_t(mixed_batch_.size()) != x.size(0))
+    fail("Length of `adapter_names` should be the same as the number of inputs, but got ", mixed_batch_.size(),
+         " and ", x.dim() ? x.size(0) : 0, " respectively.");
+  if (merged()) fail("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
+  std::vector<std::pair<std::string, std::vector<int64_t>>> rows;
+  for (int64_t i = 0; i < int64_t(mixed_batch_.size()); ++i) {
+    const std::string& a = mixed_batch_[size_t(i)];
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const auto& p) { return p.first == a; });
+    if (it == rows.end()) rows.push_back({a, {i}});
+    else it->second.push_back(i);
+  }
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& [a, r] : rows) {
+    if (a == "__base__") continue;
+    if (use_dora.count(a) && use_dora.at(a)) fail("Cannot pass `adapter_names` when DoRA is enabled.");
+    out.emplace_back(a, from_vector(r, {int64_t(r.size())}));
+  }
+  return out;
+}
+
 void LoraLayer::set_scale(const std::string& adapter, double factor) {
   if (!scaling.count(adapter)) return;
   double rr = double(r.at(adapter));
@@ -212,6 +234,20 @@ Tensor Linear::forward(const Tensor& x) {
   if (disable_adapters_) {
     if (merged()) unmerge();
     return base_layer().forward(x);
+  }
+  if (!mixed_batch_.empty()) {
+    auto groups = mixed_batch_groups(x);
+    Tensor result = base_layer().forward(x);
+    for (const auto& [a, idx] : groups) {
+      if (!lora_A().contains(a)) continue;
+      check_adapter_materialized(a);
+      Tensor sub = index_select(x, 0, idx);
+      DType adt = weight_of(lora_A()[a]).dtype();
+      if (is_floating(sub.dtype()) && sub.dtype() != adt) sub = sub.to(adt);
+      Tensor out = mul(lora_B()[a].forward(lora_A()[a].forward(lora_dropout()[a].forward(sub))), scaling.at(a));
+      result = index_add(result, 0, idx, out.to(result.dtype()));
+    }
+    return result;
   }
   if (merged()) return base_layer().forward(x);
   Tensor result = base_layer().forward(x);
@@ -398,10 +434,22 @@ Tensor Embedding::forward(const Tensor& x) {
     if (merged()) unmerge();
     return base_layer().forward(x);
   }
+  const nn::Embedding& base = as_embedding(get_base_layer());
+  if (!mixed_batch_.empty()) {
+    auto groups = mixed_batch_groups(x);
+    Tensor result = base_layer().forward(x);
+    for (const auto& [a, idx] : groups) {
+      if (!lora_embedding_A().contains(a)) continue;
+      check_adapter_materialized(a);
+      Tensor after_A = embedding(index_select(x, 0, idx), lora_embedding_A()[a].t().contiguous(), base.padding_idx);
+      Tensor out = mul(matmul(after_A, lora_embedding_B()[a].t()), scaling.at(a));
+      result = index_add(result, 0, idx, out.to(result.dtype()));
+    }
+    return result;
+  }
   if (merged()) return base_layer().forward(x);
   Tensor result = base_layer().forward(x);
   const DType result_dtype = result.dtype();
-  const nn::Embedding& base = as_embedding(get_base_layer());
   for (const auto& a : active_adapters_) {
     if (!lora_embedding_A().contains(a)) continue;
     if (!x.is_meta()) check_adapter_materialized(a);

@@ -49,6 +49,11 @@ class LoraLayer : public TunerLayer {
 
   virtual void update_layer(const std::string& adapter, const AdapterArgs& args) = 0;
 
+  // Mixed-batch inference (PEFT's adapter_names=): row i of the next forwards
+  // uses adapter names[i] ("__base__": none). Cleared with an empty vector.
+  void set_mixed_batch(std::vector<std::string> names) { mixed_batch_ = std::move(names); }
+  const std::vector<std::string>& mixed_batch() const { return mixed_batch_; }
+
   nn::ModuleDict& lora_dropout() const;
   nn::ModuleDict& lora_A() const;
   nn::ModuleDict& lora_B() const;
@@ -74,6 +79,10 @@ class LoraLayer : public TunerLayer {
  protected:
   void erase_adapter_state(const std::string& name) override;
   void common_update(const std::string& adapter, const AdapterArgs& args);
+  // Checks adapter_names against the input (PEFT's _check_forward_args) and
+  // groups the rows per adapter, in order of first appearance.
+  std::vector<std::pair<std::string, Tensor>> mixed_batch_groups(const Tensor& x) const;
+  std::vector<std::string> mixed_batch_;
 };
 
 class Linear : public LoraLayer {

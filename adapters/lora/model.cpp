@@ -1,5 +1,8 @@
 #include "adapters/lora/model.h"
 
+#include <algorithm>
+#include <set>
+
 namespace peft::lora {
 
 namespace {
@@ -75,3 +78,36 @@ void register_lora_method() {
 }
 
 }  // namespace peft::lora
+
+namespace peft {
+
+Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector<std::string>& adapter_names) {
+  std::vector<std::shared_ptr<lora::LoraLayer>> layers;
+  std::set<std::string> known;
+  for (auto& [n, t] : tuner_layers(model))
+    if (auto l = std::dynamic_pointer_cast<lora::LoraLayer>(t)) {
+      layers.push_back(l);
+      for (const auto& a : l->adapter_names()) known.insert(a);
+    }
+  std::vector<std::string> unknown;
+  for (const auto& a : adapter_names)
+    if (a != "__base__" && !known.count(a) && std::find(unknown.begin(), unknown.end(), a) == unknown.end())
+      unknown.push_back(a);
+  if (!unknown.empty()) {
+    std::string u, k;
+    for (size_t i = 0; i < unknown.size(); ++i) u += (i ? ", " : "") + unknown[i];
+    size_t i = 0;
+    for (const auto& a : known) k += (i++ ? ", " : "") + a;
+    fail("Trying to infer with non-existing adapter(s): ", u, ". Available adapters: ", k);
+  }
+  struct Reset {
+    std::vector<std::shared_ptr<lora::LoraLayer>>& ls;
+    ~Reset() {
+      for (auto& l : ls) l->set_mixed_batch({});
+    }
+  } reset{layers};
+  for (auto& l : layers) l->set_mixed_batch(adapter_names);
+  return model.forward(x);
+}
+
+}  // namespace peft
