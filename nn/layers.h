@@ -68,10 +68,18 @@ class Identity : public Module {
     std::shared_ptr<Module> clone() const override { return std::make_shared<Name>(); }     \
   };
 PEFT_ACTIVATION(ReLU)
-PEFT_ACTIVATION(GELU)
 PEFT_ACTIVATION(SiLU)
 PEFT_ACTIVATION(Tanh)
 #undef PEFT_ACTIVATION
+
+// Exact (erf) GELU; PyTorch prints it as GELU(approximate='none').
+class GELU : public Module {
+ public:
+  GELU() : Module("GELU") {}
+  Tensor forward(const Tensor& x) override;
+  std::string extra_repr() const override { return "approximate='none'"; }
+  std::shared_ptr<Module> clone() const override { return std::make_shared<GELU>(); }
+};
 
 class LayerNorm : public Module {
  public:

@@ -183,7 +183,7 @@ TEST_CASE("repr matches PyTorch / PEFT 0.21.0 printouts") {
   CHECK(ParameterDict().repr() == "ParameterDict()");
   CHECK(Identity().repr() == "Identity()");
   CHECK(ReLU().repr() == "ReLU()");
-  CHECK(GELU().repr() == "GELU()");
+  CHECK(GELU().repr() == "GELU(approximate='none')");  // as torch.nn.GELU()
   CHECK(LayerNorm({4}).repr() == "LayerNorm((4,), eps=1e-05, elementwise_affine=True)");
   CHECK(LayerNorm({4, 5}, 1e-6, false).repr() == "LayerNorm((4, 5), eps=1e-06, elementwise_affine=False)");
   CHECK(ModuleList().repr() == "ModuleList()");
