@@ -9,6 +9,7 @@ void register_builtin_methods() {
   // One line per method.
   lora::register_lora_method();
   ia3::register_ia3_method();
+  adalora::register_adalora_method();
 }
 
 }  // namespace peft

@@ -16,6 +16,10 @@
 #include "adapters/ia3/config.h"
 #include "adapters/ia3/layer.h"
 #include "adapters/ia3/model.h"
+#include "adapters/adalora/allocator.h"
+#include "adapters/adalora/config.h"
+#include "adapters/adalora/layer.h"
+#include "adapters/adalora/model.h"
 #include "adapters/tuner.h"
 
 namespace peft {

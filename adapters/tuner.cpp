@@ -978,6 +978,7 @@ StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& 
     std::string key = method.to_checkpoint_key ? method.to_checkpoint_key(k, adapter_name) : k;
     out.set(strip_adapter_name(key, adapter_name), v);
   }
+  if (method.finish_state_dict) method.finish_state_dict(model, adapter_name, *cfg, out);
   return out;
 }
 
@@ -985,6 +986,7 @@ nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& sta
                                          const std::string& adapter_name, bool low_cpu_mem_usage) {
   PeftConfigPtr cfg = peft_config(model, adapter_name);
   const TunerMethod& method = method_for(cfg->peft_type);
+  if (method.before_load) method.before_load(model, adapter_name, *cfg);
   StateDict full = model.state_dict();
 
   // Strip "base_model.model." when the model itself has no such names.

@@ -254,6 +254,12 @@ struct TunerMethod {
       create_and_replace;
   // Renames one saved key (adapter name still present); default: unchanged.
   std::function<std::string(const std::string& key, const std::string& adapter)> to_checkpoint_key;
+  // Adjusts a saved adapter state dict (checkpoint names); may update the
+  // stored config (AdaLoRA: drops ranknum, trims by rank_pattern).
+  std::function<void(const nn::Module& model, const std::string& adapter, PeftConfig& cfg, StateDict& sd)>
+      finish_state_dict;
+  // Runs before an adapter state dict is loaded (AdaLoRA: resizes the layers by rank_pattern).
+  std::function<void(nn::Module& model, const std::string& adapter, PeftConfig& cfg)> before_load;
 };
 
 void register_method(TunerMethod m);

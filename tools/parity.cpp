@@ -179,6 +179,10 @@ class CaseRunner {
       guarded("low_cpu_mem_usage", [&] { check_low_cpu(); });
       return report_;
     }
+    if (name_.rfind("adalora_", 0) == 0 && meta_.contains("steps")) {
+      guarded("training", [&] { check_adalora_training(); });
+      return report_;
+    }
     if (meta_.contains("losses") || name_ == "lora_training_adamw" || meta_.contains("steps")) {
       guarded("training", [&] { check_training(); });
       return report_;
@@ -223,7 +227,6 @@ class CaseRunner {
   }
 
   bool supported(std::string& why) {
-    if (name_.rfind("adalora_", 0) == 0) return why = "AdaLoRA is not implemented yet", false;
     if (!meta_.contains("adapters")) return why = "case.json has no adapters", false;
     for (const auto& a : meta_["adapters"]) {
       std::string t = a["config"].value("peft_type", "");
@@ -649,6 +652,115 @@ class CaseRunner {
       }
       emit_bool("bad_load_forward_throws", threw2, "forward with a missing (meta) adapter tensor did not throw");
     }
+  }
+
+  // AdaLoRA with its rank allocator: from init_full.*, `steps` steps of
+  // mse -> backward -> SGD(lr=0.02) -> update_and_allocate(step) -> zero_grad.
+  void check_adalora_training() {
+    StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
+    std::string first = adapter_names().front();
+    auto m = host();
+    auto quiet = set_warning_handler([](const std::string&) {});
+    auto cfg = std::dynamic_pointer_cast<AdaLoraConfig>(config_from_json(meta_["adapters"][0]["config"]));
+    if (!cfg) fail("adalora case without an AdaLoRA config");
+    cfg->rank_pattern.reset();  // a fresh run: the recorded pattern is the result
+    inject_adapter_in_model(*cfg, *m, first);
+    set_warning_handler(quiet);
+    const std::string pre_init = "init_full.base_model.model.", pre_final = "final_full.base_model.model.",
+                      pre_trim = "final_trimmed.base_model.model.";
+    StateDict init;
+    for (const auto& [k, v] : io)
+      if (k.rfind(pre_init, 0) == 0) init.set(k.substr(pre_init.size()), v);
+    nn::LoadResult lr = m->load_state_dict(init, /*strict=*/false);
+    Accum ai;
+    if (!lr.unexpected_keys.empty()) ai.fail_with("unexpected init keys [" + join(lr.unexpected_keys) + "]");
+    emit_accum("training_init", ai);
+
+    Tensor x = io.at("x"), y = io.at("y");
+    nn::NamedTensors params;
+    for (auto& [n, p] : m->named_parameters())
+      if (p.requires_grad()) params.emplace_back(n, p);
+    nn::SGDOptions so;
+    so.lr = 0.02;
+    nn::SGD opt(params, so);
+    adalora::AdaLoraAllocator alloc(*m, first);
+    int steps = meta_.value("steps", 24);
+    std::vector<double> losses;
+    m->train();
+    for (int s = 0; s < steps; ++s) {
+      Tensor loss = mse_loss(m->forward(x), y);
+      losses.push_back(loss.item());
+      loss.backward();
+      opt.step();
+      alloc.update_and_allocate(s);
+      opt.zero_grad();
+    }
+    Accum al;
+    al.add(compare(from_vector(losses, {int64_t(losses.size())}, DType::float64), io.at("losses"), tol_, "losses"));
+    emit_accum("training_losses", al);
+
+    Accum af;
+    StateDict full = m->state_dict();
+    for (const auto& [k, v] : io) {
+      if (k.rfind(pre_final, 0) != 0) continue;
+      const Tensor* t = full.find(k.substr(pre_final.size()));
+      if (!t) af.fail_with("no tensor " + k.substr(pre_final.size()));
+      else af.add(compare(*t, v, tol_, k));
+    }
+    emit_accum("training_final_full", af);
+
+    StateDict trimmed = get_peft_model_state_dict(*m, first);  // also rewrites the rank_pattern keys
+    Accum at;
+    std::vector<std::string> want_keys;
+    for (const auto& [k, v] : io) {
+      if (k.rfind(pre_trim, 0) != 0) continue;
+      std::string key = k.substr(pre_trim.size());
+      want_keys.push_back(key);
+      const Tensor* t = trimmed.find(key);
+      if (!t) at.fail_with("no adapter tensor " + key);
+      else at.add(compare(*t, v, tol_, k));
+    }
+    if (trimmed.size() != want_keys.size()) at.fail_with("keys: " + list_diff(trimmed.keys(), want_keys));
+    emit_accum("training_final_trimmed", at);
+
+    if (meta_.contains("final_rank_pattern")) {
+      auto stored = std::dynamic_pointer_cast<AdaLoraConfig>(peft_config(*m, first));
+      ordered_json got = ordered_json::object();
+      if (stored && stored->rank_pattern)
+        for (const auto& [k, keep] : *stored->rank_pattern) got[k] = keep;
+      const auto& want = meta_["final_rank_pattern"];
+      emit_bool("training_rank_pattern", got == want, "got " + got.dump() + ", want " + want.dump());
+    }
+
+    // The saved peft/ folder: config with rank_pattern -> layers resized, trimmed weights loaded.
+    fs::path pdir = fs::path(dir_) / "peft";
+    if (!fs::exists(pdir)) return;
+    Tensor ref;
+    m->eval();
+    {
+      NoGradGuard ng;
+      ref = m->forward(x);
+    }
+    auto m2 = host();
+    auto quiet2 = set_warning_handler([](const std::string&) {});
+    inject_adapter_in_model(*config_from_json(read_text(pdir / "adapter_config.json")), *m2, first);
+    set_warning_handler(quiet2);
+    nn::LoadResult r = set_peft_model_state_dict(*m2, io::load_safetensors((pdir / "adapter_model.safetensors").string()), first);
+    Accum ap;
+    if (!r.unexpected_keys.empty()) ap.fail_with("unexpected keys [" + join(r.unexpected_keys) + "]");
+    StateDict back = get_peft_model_state_dict(*m2, first);
+    for (const auto& [k, v] : io) {
+      if (k.rfind(pre_trim, 0) != 0) continue;
+      const Tensor* t = back.find(k.substr(pre_trim.size()));
+      if (!t) ap.fail_with("no adapter tensor " + k.substr(pre_trim.size()) + " after loading");
+      else ap.add(compare(*t, v, tol_, "loaded " + k));
+    }
+    m2->eval();
+    {
+      NoGradGuard ng;
+      ap.add(compare(m2->forward(x), ref, tol_, "output of the loaded peft/ adapter"));
+    }
+    emit_accum("peft_dir", ap);
   }
 
   void check_training() {
