@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "adapters/folder.h"
 #include "adapters/peft.h"
 #include "io/safetensors.h"
 #include "nn/optim.h"
@@ -761,6 +762,40 @@ class CaseRunner {
       ap.add(compare(m2->forward(x), ref, tol_, "output of the loaded peft/ adapter"));
     }
     emit_accum("peft_dir", ap);
+
+    // The same folder through the generic folder loader, and a save_pretrained round trip.
+    Accum al2;
+    auto m3 = host();
+    auto quiet3 = set_warning_handler([](const std::string&) {});
+    LoadAdapterResult lr3 = load_adapter(*m3, pdir.string(), first);
+    set_warning_handler(quiet3);
+    if (!lr3.missing_keys.empty()) al2.fail_with("missing keys [" + join(lr3.missing_keys) + "]");
+    if (!lr3.unexpected_keys.empty()) al2.fail_with("unexpected keys [" + join(lr3.unexpected_keys) + "]");
+    m3->eval();
+    {
+      NoGradGuard ng;
+      al2.add(compare(m3->forward(x), ref, tol_, "output after load_adapter"));
+    }
+    emit_accum("peft_dir_load_adapter", al2);
+
+    Accum as;
+    fs::path tmp = fs::temp_directory_path() / ("peft_parity_adalora_" + std::to_string(reinterpret_cast<uintptr_t>(this)));
+    fs::remove_all(tmp);
+    save_pretrained(*m, tmp.string());
+    ordered_json saved = ordered_json::parse(read_text(tmp / "adapter_config.json"));
+    if (meta_.contains("final_rank_pattern") && saved["rank_pattern"] != meta_["final_rank_pattern"])
+      as.fail_with("saved rank_pattern " + saved["rank_pattern"].dump());
+    auto m4 = host();
+    auto quiet4 = set_warning_handler([](const std::string&) {});
+    load_adapter(*m4, tmp.string(), first);
+    set_warning_handler(quiet4);
+    fs::remove_all(tmp);
+    m4->eval();
+    {
+      NoGradGuard ng;
+      as.add(compare(m4->forward(x), ref, tol_, "output after save_pretrained + load_adapter"));
+    }
+    emit_accum("save_pretrained_roundtrip", as);
   }
 
   void check_training() {
