@@ -349,3 +349,31 @@ TEST_CASE("adalora: orthogonal regularisation value and gradient") {
   CHECK(contains(error_of([&] { adalora::orthogonal_regularization(*m, "default", 0.0); }),
                  "orth_reg_weight should be greater than 0"));
 }
+
+TEST_CASE("adalora: a layer pruned to rank 0 still loads and runs") {
+  Quiet q;
+  AdaLoraConfig c = schedule_config();
+  auto m = mlp_host(5);
+  inject_adapter_in_model(c, *m);
+  randomise_E(*m);
+  auto stored = std::dynamic_pointer_cast<AdaLoraConfig>(peft_config(*m));
+  stored->rank_pattern = AdaLoraConfig::RankPattern{{"lin0.lora_E.default", std::vector<bool>(6, false)},
+                                                    {"lin1.lora_E.default", {true, false, true, false, false, false}}};
+  StateDict sd = get_peft_model_state_dict(*m);
+  CHECK(sd.at("lin0.lora_A").shape() == Shape{0, 10});
+  CHECK(sd.at("lin1.lora_B").shape() == Shape{20, 2});
+  auto m2 = mlp_host(5);
+  inject_adapter_in_model(*config_from_json(stored->to_json_string()), *m2);
+  nn::LoadResult r = set_peft_model_state_dict(*m2, sd);
+  CHECK(r.unexpected_keys.empty());
+  auto l0 = std::dynamic_pointer_cast<adalora::SVDLinear>(m2->get_submodule("lin0"));
+  auto l1 = std::dynamic_pointer_cast<adalora::SVDLinear>(m2->get_submodule("lin1"));
+  CHECK(l0->r.at("default") == 0);
+  CHECK(l0->ranknum()["default"].item() == 0.0);  // PEFT copies ranknum only when rank > 0
+  CHECK(l1->ranknum()["default"].item() == 6.0);
+  Tensor x = randn({4, 10}, default_generator());
+  NoGradGuard ng;
+  CHECK_ALLCLOSE(l0->forward(x), l0->base_layer().forward(x), 0.0, 0.0);
+  Tensor y = m2->forward(x);
+  CHECK(y.shape() == Shape{4, 2});
+}
