@@ -244,14 +244,25 @@ PeftConfigPtr config_from_json(const ordered_json& j) {
 
 PeftConfigPtr config_from_json(const char* text) { return config_from_json(std::string(text)); }
 
-PeftConfigPtr config_from_json(const std::string& text) {
-  ordered_json j;
+ordered_json parse_config_text(const std::string& text) {
   try {
-    j = ordered_json::parse(text);
+    return ordered_json::parse(text);
   } catch (const std::exception& e) {
     fail("adapter config is not valid JSON: ", e.what());
   }
-  return config_from_json(j);
+}
+
+PeftConfigPtr config_from_json(const std::string& text) { return config_from_json(parse_config_text(text)); }
+
+bool all_finite(const Tensor& t) {
+  NoGradGuard ng;
+  return sum(logical_not(isfinite(t)).to(DType::int64)).item() == 0;
+}
+
+const nn::Linear& base_linear(const nn::Module& base, const char* layer) {
+  auto* l = dynamic_cast<const nn::Linear*>(&base);
+  if (!l) fail(layer, ": base layer ", base.type_name(), " is not a Linear");
+  return *l;
 }
 
 // ----------------------------------------------------------------- matching --

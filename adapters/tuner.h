@@ -47,6 +47,12 @@ struct TargetModules {
   static TargetModules from_json(const ordered_json& j, const char* field);
 };
 
+// Helpers shared by the methods' layers.
+// True when every element is finite (safe_merge's check).
+bool all_finite(const Tensor& t);
+// The nn::Linear a tuner layer wraps; `layer` ("lora.Linear") names the wrapper in the error.
+const nn::Linear& base_linear(const nn::Module& base, const char* layer);
+
 // Common configuration of every injection method (PeftConfig + the tuner fields).
 struct PeftConfig {
   virtual ~PeftConfig() = default;
@@ -108,6 +114,8 @@ using PeftConfigPtr = std::shared_ptr<PeftConfig>;
 
 // Parses adapter_config.json text, choosing the config class by "peft_type".
 PeftConfigPtr config_from_json(const std::string& text);
+// Parses adapter_config.json text; malformed JSON is a peft::Error.
+ordered_json parse_config_text(const std::string& text);
 PeftConfigPtr config_from_json(const char* text);
 PeftConfigPtr config_from_json(const ordered_json& j);
 

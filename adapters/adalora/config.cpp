@@ -115,13 +115,7 @@ std::shared_ptr<AdaLoraConfig> AdaLoraConfig::from_json(const ordered_json& j) {
 }
 
 std::shared_ptr<AdaLoraConfig> AdaLoraConfig::from_json_string(const std::string& text) {
-  ordered_json j;
-  try {
-    j = ordered_json::parse(text);
-  } catch (const std::exception& e) {
-    fail("adapter config is not valid JSON: ", e.what());
-  }
-  return from_json(j);
+  return from_json(parse_config_text(text));
 }
 
 }  // namespace peft

@@ -12,17 +12,7 @@ namespace peft::adalora {
 
 namespace {
 
-bool all_finite(const Tensor& t) {
-  for (double v : t.to(DType::float64).to_vector<double>())
-    if (!std::isfinite(v)) return false;
-  return true;
-}
-
-const nn::Linear& as_linear(const nn::Module& m) {
-  auto* l = dynamic_cast<const nn::Linear*>(&m);
-  if (!l) fail("adalora.SVDLinear: base layer ", m.type_name(), " is not a Linear");
-  return *l;
-}
+const nn::Linear& as_linear(const nn::Module& m) { return base_linear(m, "adalora.SVDLinear"); }
 
 }  // namespace
 

@@ -13,17 +13,7 @@ namespace peft::ia3 {
 
 namespace {
 
-bool all_finite(const Tensor& t) {
-  for (double v : t.to(DType::float64).to_vector<double>())
-    if (!std::isfinite(v)) return false;
-  return true;
-}
-
-const nn::Linear& as_linear(const nn::Module& m) {
-  auto* l = dynamic_cast<const nn::Linear*>(&m);
-  if (!l) fail("ia3.Linear: base layer ", m.type_name(), " is not a Linear");
-  return *l;
-}
+const nn::Linear& as_linear(const nn::Module& m) { return base_linear(m, "ia3.Linear"); }
 
 // The wider floating dtype (float64 > float32 > half types), as torch promotes.
 DType promote(DType a, DType b) {

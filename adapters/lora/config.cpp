@@ -152,13 +152,7 @@ std::shared_ptr<LoraConfig> LoraConfig::from_json(const ordered_json& j) {
 }
 
 std::shared_ptr<LoraConfig> LoraConfig::from_json_string(const std::string& text) {
-  ordered_json j;
-  try {
-    j = ordered_json::parse(text);
-  } catch (const std::exception& e) {
-    fail("adapter config is not valid JSON: ", e.what());
-  }
-  return from_json(j);
+  return from_json(parse_config_text(text));
 }
 
 int64_t LoraConfig::rank_for(const std::string& key) const {

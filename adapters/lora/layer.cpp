@@ -13,12 +13,6 @@ namespace peft::lora {
 
 namespace {
 
-bool all_finite(const Tensor& t) {
-  for (double v : t.to(DType::float64).to_vector<double>())
-    if (!std::isfinite(v)) return false;
-  return true;
-}
-
 Tensor weight_of(const nn::Module& m) { return m.param("weight"); }
 
 Tensor maybe_t(const Tensor& t, bool transpose) { return transpose ? t.t() : t; }
@@ -156,11 +150,7 @@ void LoraLayer::unscale_layer(std::optional<double> factor) {
 // --------------------------------------------------------------- Linear --
 
 namespace {
-const nn::Linear& as_linear(const nn::Module& m) {
-  auto* l = dynamic_cast<const nn::Linear*>(&m);
-  if (!l) fail("lora.Linear: base layer ", m.type_name(), " is not a Linear");
-  return *l;
-}
+const nn::Linear& as_linear(const nn::Module& m) { return base_linear(m, "lora.Linear"); }
 }  // namespace
 
 Linear::Linear(nn::ModulePtr base, const std::string& adapter, const AdapterArgs& args, bool fifo)
