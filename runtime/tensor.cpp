@@ -233,6 +233,12 @@ std::vector<T> Tensor::to_vector() const {
   std::vector<T> out(size_t(c.numel()));
   const char* p = static_cast<const char*>(c.raw_data());
   size_t es = dtype_size(c.dtype());
+  if constexpr (std::is_same_v<T, int64_t>) {
+    if (c.dtype() == DType::int64) {  // exact for every int64
+      if (!out.empty()) std::memcpy(out.data(), p, out.size() * sizeof(int64_t));
+      return out;
+    }
+  }
   for (size_t i = 0; i < out.size(); ++i) out[i] = T(load_as_double(p + i * es, c.dtype()));
   return out;
 }
@@ -455,6 +461,12 @@ static Tensor from_host(const std::vector<V>& v, const Shape& shape, DType dt) {
   Tensor t = make_tensor(shape, dt, Device::cpu);
   char* p = static_cast<char*>(t.raw_data());
   size_t es = dtype_size(dt);
+  if constexpr (std::is_same_v<V, int64_t>) {
+    if (dt == DType::int64) {  // exact: no detour through double (|v| > 2^53)
+      if (!v.empty()) std::memcpy(p, v.data(), v.size() * sizeof(int64_t));
+      return t;
+    }
+  }
   for (size_t i = 0; i < v.size(); ++i) store_from_double(p + i * es, dt, double(v[i]));
   return t;
 }

@@ -1736,3 +1736,10 @@ TEST_CASE("reduction kernels: long reductions to few outputs, multi-thread vs si
     CHECK_ALLCLOSE(res[1][i], res[0][i], 1e-5, 1e-4);
   }
 }
+
+TEST_CASE("from_vector / to_vector keep every int64 exactly (beyond 2^53)") {
+  std::vector<int64_t> v{INT64_MAX, INT64_MIN, (int64_t(1) << 53) + 1, -((int64_t(1) << 60) + 7)};
+  Tensor t = from_vector(v, {4});
+  CHECK(t.to_vector<int64_t>() == v);
+  CHECK(t.slice(0, 1, 4, 2).to_vector<int64_t>() == std::vector<int64_t>{v[1], v[3]});
+}
