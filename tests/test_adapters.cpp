@@ -31,14 +31,7 @@ struct WarningCapture {
   ~WarningCapture() { set_warning_handler(old); }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using testing::error_of;  // tests/testing.h
 
 std::shared_ptr<nn::Module> dummy(uint64_t seed = 0) {
   Generator g(seed);

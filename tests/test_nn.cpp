@@ -33,14 +33,7 @@ std::vector<std::string> keys_of(const std::vector<std::pair<std::string, std::s
   return k;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using testing::error_of;  // tests/testing.h
 
 bool max_abs_diff_gt(const Tensor& a, const Tensor& b, double v) { return testing::max_abs_diff(a, b) > v; }
 
