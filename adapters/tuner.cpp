@@ -568,25 +568,6 @@ std::vector<std::pair<std::string, Tensor>> TunerLayer::adapter_tensors(const st
   return out;
 }
 
-namespace {
-// Makes `dst` (and every handle sharing its impl) refer to `src`'s data,
-// keeping requires_grad.
-void retarget(Tensor& dst, const Tensor& src) {
-  bool rg = dst.requires_grad();
-  TensorImpl& d = dst.impl();
-  const TensorImpl& s = src.impl();
-  d.shape = s.shape;
-  d.strides = s.strides;
-  d.offset = s.offset;
-  d.dtype = s.dtype;
-  d.device = s.device;
-  d.storage = s.storage;
-  d.grad.reset();
-  d.grad_fn.reset();
-  d.requires_grad = rg;
-}
-}  // namespace
-
 void TunerLayer::move_adapter_to_base_device(const std::string& adapter) {
   nn::Module& base = get_base_layer();
   Tensor ref;
@@ -603,7 +584,9 @@ void TunerLayer::move_adapter_to_base_device(const std::string& adapter) {
       moved = moved.to(ref.dtype());
     if (moved.impl_ptr() != t.impl_ptr() && !moved.same_storage(t)) {
       Tensor h = t;
-      retarget(h, moved.contiguous());
+      h.set_data(moved.contiguous());  // every handle follows; requires_grad kept
+      h.impl().grad.reset();
+      h.impl().grad_fn.reset();
     }
   }
 }

@@ -70,16 +70,6 @@ std::vector<std::string> split_lines(const std::string& s) {
   return out;
 }
 
-// Replaces the contents of `dst` by those of `src` in place (same TensorImpl
-// object), so every handle onto `dst` sees the new storage/dtype/device.
-void swap_in(TensorImpl& dst, const TensorImpl& src) {
-  dst.storage = src.storage;
-  dst.shape = src.shape;
-  dst.strides = src.strides;
-  dst.offset = src.offset;
-  dst.dtype = src.dtype;
-  dst.device = src.device;
-}
 
 }  // namespace
 
@@ -384,9 +374,8 @@ void Module::to(Device dev) {
   }
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!converted[i].defined()) continue;
-    TensorImpl& im = ts[i].second.impl();
-    swap_in(im, converted[i].impl());
-    im.grad = grads[i].defined() ? grads[i].impl_ptr() : nullptr;
+    ts[i].second.set_data(converted[i]);
+    ts[i].second.impl().grad = grads[i].defined() ? grads[i].impl_ptr() : nullptr;
   }
 }
 
@@ -404,9 +393,8 @@ void Module::to(DType dt) {
   }
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!converted[i].defined()) continue;
-    TensorImpl& im = ts[i].second.impl();
-    swap_in(im, converted[i].impl());
-    im.grad = grads[i].defined() ? grads[i].impl_ptr() : nullptr;
+    ts[i].second.set_data(converted[i]);
+    ts[i].second.impl().grad = grads[i].defined() ? grads[i].impl_ptr() : nullptr;
   }
 }
 
@@ -495,7 +483,7 @@ LoadResult Module::load_state_dict(const StateDict& sd, bool strict, bool assign
     if (src->impl_ptr() == t.impl_ptr()) continue;  // loading a module's own state dict
     if (assign) {
       // Take the tensor over (zero-copy; dtype/device follow the source), keep requires_grad.
-      swap_in(im, src->impl());
+      Tensor(t).set_data(*src);
       im.grad.reset();
       im.grad_fn.reset();
       continue;

@@ -381,6 +381,17 @@ Tensor& Tensor::mul_(double value) {
   return copy_(r);
 }
 
+void Tensor::set_data(const Tensor& src) {
+  TensorImpl& d = impl();
+  const TensorImpl& s = src.impl();
+  d.storage = s.storage;
+  d.shape = s.shape;
+  d.strides = s.strides;
+  d.offset = s.offset;
+  d.dtype = s.dtype;
+  d.device = s.device;
+}
+
 void Tensor::materialize(Device dev) {
   auto& im = impl();
   if (im.device != Device::meta) return;

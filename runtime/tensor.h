@@ -120,6 +120,11 @@ class Tensor {
   Tensor& add_(const Tensor& other, double alpha = 1.0);
   Tensor& mul_(double value);
 
+  // Makes this tensor (and every handle sharing its impl) refer to `src`'s
+  // data: storage, shape, strides, offset, dtype and device, without copying
+  // (PyTorch's `t.data = src`). requires_grad, grad and grad_fn are kept.
+  void set_data(const Tensor& src);
+
   // Materialises a meta tensor: allocates storage on `dev` (uninitialised).
   void materialize(Device dev = Device::cpu);
 

@@ -1743,3 +1743,15 @@ TEST_CASE("from_vector / to_vector keep every int64 exactly (beyond 2^53)") {
   CHECK(t.to_vector<int64_t>() == v);
   CHECK(t.slice(0, 1, 4, 2).to_vector<int64_t>() == std::vector<int64_t>{v[1], v[3]});
 }
+
+TEST_CASE("set_data retargets every handle in place and keeps autograd flags") {
+  Tensor p = zeros({2, 2}).requires_grad_(true);
+  Tensor alias = p;  // another handle onto the same impl (a layer's cached parameter)
+  Tensor src = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}, DType::float64);
+  p.set_data(src);
+  CHECK(alias.shape() == Shape{2, 3});
+  CHECK(alias.dtype() == DType::float64);
+  CHECK(alias.same_storage(src));
+  CHECK(alias.requires_grad());
+  CHECK(alias.at({1, 2}) == 6.0);
+}
