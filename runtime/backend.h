@@ -40,6 +40,12 @@ class Backend {
   // out[b] = alpha * a[b] @ b[b] + beta * out[b]; a [B?,M,K], b [B?,K,N] any strides,
   // out contiguous [B?,M,N]. float32 / float64.
   virtual void gemm(const Tensor& a, const Tensor& b, Tensor& out, double alpha, double beta) = 0;
+  // a = u·diag(s)·vh; a contiguous float64 [M,N]; u, s, vh contiguous float64 of the shapes
+  // svd() documents. Only the CPU has a kernel: other devices go through the CPU.
+  virtual void svd(const Tensor& a, Tensor& u, Tensor& s, Tensor& vh) {
+    (void)a, (void)u, (void)s, (void)vh;
+    fail("[svd] has no kernel on this device");
+  }
   virtual void softmax(const Tensor& x, int64_t dim, bool log, Tensor& out) = 0;
   virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) = 0;
   // out.index_add_(dim, index, src) in place.

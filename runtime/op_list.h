@@ -18,7 +18,7 @@
   X(log) X(sqrt) X(rsqrt) X(abs) X(sign) X(erf) X(relu) X(gelu) X(silu) X(tanh) X(sigmoid)   \
   X(clamp) X(isfinite) X(logical_not)                                                        \
   /* linear algebra */                                                                       \
-  X(matmul) X(linear)                                                                        \
+  X(matmul) X(linear) X(svd)                                                                 \
   /* reductions */                                                                           \
   X(sum) X(mean) X(amax) X(argmax) X(norm) X(softmax) X(log_softmax)                         \
   /* nn */                                                                                   \

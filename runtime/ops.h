@@ -65,6 +65,13 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value);
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x·Wᵀ + b with W [out, in]; x [..., in].
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// a = U·diag(S)·Vh for a 2-D floating tensor [M, N] (torch.linalg.svd): U [M, M] and Vh [N, N]
+// when full_matrices, else U [M, K] and Vh [K, N] with K = min(M, N); S [K] descending.
+// Computed in float64 and returned in a's dtype. Not differentiable (used to combine adapters).
+struct SvdResult {
+  Tensor U, S, Vh;
+};
+SvdResult svd(const Tensor& a, bool full_matrices = true);
 
 // ---- reductions (dims may be negative; empty dims = all) ----
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims = {}, bool keepdim = false);

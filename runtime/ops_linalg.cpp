@@ -136,4 +136,33 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return out;
 }
 
+SvdResult svd(const Tensor& a, bool full_matrices) {
+  check_defined("svd", a);
+  if (!is_floating(a.dtype())) fail("[svd] expects a floating-point tensor, got ", a.desc());
+  if (a.dim() != 2) fail("[svd] expects a 2-D tensor [M, N], got ", a.desc());
+  if (is_grad_enabled() && a.requires_grad())
+    fail("[svd] is not differentiable; call it on a detached tensor or under NoGradGuard, got ", a.desc());
+  const int64_t M = a.size(0), N = a.size(1), K = std::min(M, N);
+  Shape ush = full_matrices ? Shape{M, M} : Shape{M, K};
+  Shape vsh = full_matrices ? Shape{N, N} : Shape{K, N};
+  if (a.is_meta())
+    return {make_tensor(ush, a.dtype(), a.device()), make_tensor({K}, a.dtype(), a.device()),
+            make_tensor(vsh, a.dtype(), a.device())};
+  // float64 on the CPU whatever the input: the factors feed adapter weights, where accuracy
+  // matters more than speed, and only the CPU has a kernel.
+  Tensor a64 = contiguous_raw(convert_raw(a.to(Device::cpu), DType::float64));
+  Tensor u = make_tensor(ush, DType::float64, Device::cpu), s = make_tensor({K}, DType::float64, Device::cpu),
+         vh = make_tensor(vsh, DType::float64, Device::cpu);
+  if (M > 0 && N > 0) cpu_backend().svd(a64, u, s, vh);
+  else {
+    // empty input: identity bases, no singular values
+    cpu_backend().fill(u, 0.0);
+    cpu_backend().fill(vh, 0.0);
+    for (int64_t i = 0; i < ush[1] && i < M; ++i) u.data_ptr<double>()[i * ush[1] + i] = 1.0;
+    for (int64_t i = 0; i < vsh[0] && i < N; ++i) vh.data_ptr<double>()[i * N + i] = 1.0;
+  }
+  auto back = [&](const Tensor& t) { return convert_raw(t, a.dtype()).to(a.device()); };
+  return {back(u), back(s), back(vh)};
+}
+
 }  // namespace peft

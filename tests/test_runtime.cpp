@@ -1755,3 +1755,55 @@ TEST_CASE("set_data retargets every handle in place and keeps autograd flags") {
   CHECK(alias.requires_grad());
   CHECK(alias.at({1, 2}) == 6.0);
 }
+
+namespace {
+Tensor eye_like(int64_t n) {
+  std::vector<double> v(size_t(n * n), 0.0);
+  for (int64_t i = 0; i < n; ++i) v[size_t(i * n + i)] = 1.0;
+  return from_vector(v, {n, n});
+}
+}  // namespace
+
+TEST_CASE("svd: factors reconstruct the input, are orthonormal, and give known singular values") {
+  Generator g(11);
+  for (auto [M, N] : {std::pair<int64_t, int64_t>{7, 5}, {5, 7}, {6, 6}, {1, 4}}) {
+    Tensor a = randn({M, N}, g, DType::float64);
+    for (bool full : {true, false}) {
+      CAPTURE(M);
+      CAPTURE(N);
+      CAPTURE(full);
+      SvdResult r = svd(a, full);
+      const int64_t K = std::min(M, N);
+      CHECK(r.S.shape() == Shape{K});
+      CHECK(r.U.shape() == (full ? Shape{M, M} : Shape{M, K}));
+      CHECK(r.Vh.shape() == (full ? Shape{N, N} : Shape{K, N}));
+      std::vector<double> s = r.S.to_vector<double>();
+      for (size_t i = 0; i < s.size(); ++i) {
+        CHECK(s[i] >= 0.0);
+        if (i) CHECK(s[i] <= s[i - 1]);
+      }
+      Tensor u = r.U.narrow(1, 0, K), vh = r.Vh.narrow(0, 0, K);
+      CHECK(testing::max_abs_diff(matmul(mul(u, r.S), vh), a) < 1e-12);
+      CHECK(testing::max_abs_diff(matmul(r.U.t(), r.U), eye_like(r.U.size(1))) < 1e-12);
+      CHECK(testing::max_abs_diff(matmul(r.Vh, r.Vh.t()), eye_like(r.Vh.size(0))) < 1e-12);
+    }
+  }
+  // rows of diag(3, 1, 2) permuted and a sign flipped: singular values 3, 2, 1
+  Tensor d = from_vector(std::vector<double>{0, -1, 0, 0, 0, 2, 3, 0, 0}, {3, 3});
+  CHECK(testing::max_abs_diff(svd(d).S, from_vector(std::vector<double>{3, 2, 1}, {3})) < 1e-14);
+  // float32 in, float32 out (computed in float64)
+  Tensor f = randn({4, 3}, g);
+  SvdResult rf = svd(f, false);
+  CHECK(rf.U.dtype() == DType::float32);
+  CHECK(testing::max_abs_diff(matmul(mul(rf.U, rf.S), rf.Vh), f) < 1e-5);
+  // meta: shapes only
+  SvdResult rm = svd(empty({9, 4}, DType::float32, Device::meta), false);
+  CHECK(rm.U.is_meta());
+  CHECK(rm.U.shape() == Shape{9, 4});
+  CHECK(rm.Vh.shape() == Shape{4, 4});
+  CHECK(testing::error_of([&] { svd(randn({3}, g)); }).find("[svd] expects a 2-D tensor") != std::string::npos);
+  Tensor leaf = randn({3, 3}, g).requires_grad_();
+  CHECK(testing::error_of([&] { svd(leaf); }).find("not differentiable") != std::string::npos);
+  CHECK(testing::error_of([&] { svd(from_vector(std::vector<int64_t>{1, 2, 3, 4}, {2, 2})); })
+            .find("floating-point") != std::string::npos);
+}

@@ -14,6 +14,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/cpu/loops.h"
+#include "runtime/cpu/svd.h"
 #include "runtime/generator.h"
 #include "runtime/half.h"
 
@@ -868,6 +869,8 @@ class CpuBackend final : public Backend {
       fail("[matmul] internal: CPU gemm needs float32/float64, got ", dtype_name(a.dtype()));
     }
   }
+
+  void svd(const Tensor& a, Tensor& u, Tensor& s, Tensor& vh) override { cpu::svd_f64(a, u, s, vh); }
 
   void softmax(const Tensor& x, int64_t dim, bool log, Tensor& out) override {
     // x and out contiguous; view as [outer, n, inner]
