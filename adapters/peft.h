@@ -1,6 +1,7 @@
 // peft.cpp's public adapter API: PEFT's low-level API (inject_adapter_in_model,
-// get_peft_model_state_dict, set_peft_model_state_dict) and the model-level
-// helpers (set_adapter, enable_adapters, merge/unmerge, delete_adapter).
+// get_peft_model_state_dict, set_peft_model_state_dict), the model-level helpers
+// (set_adapter, enable_adapters, merge/unmerge, delete_adapter, merge_and_unload,
+// add_weighted_adapter, ...) and adapter folders (save_pretrained, load_adapter).
 //
 //   auto model = std::make_shared<MyModel>();
 //   peft::LoraConfig cfg;
@@ -13,6 +14,7 @@
 #include "adapters/lora/config.h"
 #include "adapters/lora/layer.h"
 #include "adapters/lora/model.h"
+#include "adapters/lora/weighted.h"
 #include "adapters/ia3/config.h"
 #include "adapters/ia3/layer.h"
 #include "adapters/ia3/model.h"
@@ -21,6 +23,8 @@
 #include "adapters/adalora/layer.h"
 #include "adapters/adalora/model.h"
 #include "adapters/tuner.h"
+#include "adapters/utilities.h"
+#include "adapters/folder.h"
 
 namespace peft {
 

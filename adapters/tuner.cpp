@@ -17,6 +17,37 @@ namespace peft {
 
 // ------------------------------------------------------------------ helpers --
 
+std::regex compile_user_regex(const std::string& pattern, const char* what) {
+  // libstdc++ compiles (and matches) regexes recursively: thousands of nested groups overflow
+  // the stack. Real target patterns are short and shallow, so bound both before compiling.
+  constexpr size_t kMaxLength = 4096;
+  constexpr int kMaxNesting = 64;
+  if (pattern.size() > kMaxLength)
+    fail("regular expression in ", what, " is ", pattern.size(), " characters long; the limit is ", kMaxLength);
+  int depth = 0;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    char c = pattern[i];
+    if (c == '\\') {
+      ++i;  // an escaped character is never a group or a class bracket
+    } else if (in_class) {
+      in_class = c != ']';
+    } else if (c == '[') {
+      in_class = true;
+    } else if (c == '(' && ++depth > kMaxNesting) {
+      fail("regular expression in ", what, " nests groups more than ", kMaxNesting, " deep: '",
+           pattern.substr(0, 80), pattern.size() > 80 ? "...'" : "'");
+    } else if (c == ')' && depth > 0) {
+      --depth;
+    }
+  }
+  try {
+    return std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    fail("invalid regular expression in ", what, ": '", pattern, "' (", e.what(), ")");
+  }
+}
+
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -25,17 +56,15 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
+bool key_has_adapter(const std::string& key, const std::string& adapter) {
+  return key.find("." + adapter + ".") != std::string::npos || ends_with(key, "." + adapter);
+}
+
 bool contains(const std::vector<std::string>& v, const std::string& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-std::regex compile_regex(const std::string& pattern, const char* what) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    fail("invalid regular expression in ", what, ": '", pattern, "' (", e.what(), ")");
-  }
-}
+std::regex compile_regex(const std::string& pattern, const char* what) { return compile_user_regex(pattern, what); }
 
 // re.fullmatch
 bool py_fullmatch(const std::string& pattern, const std::string& s, const char* what) {
@@ -245,9 +274,18 @@ PeftConfigPtr config_from_json(const ordered_json& j) {
 PeftConfigPtr config_from_json(const char* text) { return config_from_json(std::string(text)); }
 
 ordered_json parse_config_text(const std::string& text) {
+  // An adapter_config.json is a few levels deep; the bound keeps recursive JSON code
+  // (dump, compare) from running out of stack on hostile input.
+  static constexpr int kMaxDepth = 64;
+  auto depth_check = [](int depth, ordered_json::parse_event_t ev, ordered_json&) {
+    if ((ev == ordered_json::parse_event_t::object_start || ev == ordered_json::parse_event_t::array_start) &&
+        depth >= kMaxDepth)
+      fail("adapter config is nested more than ", kMaxDepth, " levels deep; not an adapter_config.json");
+    return true;
+  };
   try {
-    return ordered_json::parse(text);
-  } catch (const std::exception& e) {
+    return ordered_json::parse(text, depth_check);
+  } catch (const ordered_json::exception& e) {
     fail("adapter config is not valid JSON: ", e.what());
   }
 }
@@ -726,6 +764,18 @@ void mark_bias_trainable(nn::Module& model, const PeftConfig& cfg) {
 
 nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
                                     bool low_cpu_mem_usage) {
+  return detail::inject_adapter(config, model, adapter_name, low_cpu_mem_usage, {});
+}
+
+nn::Module& inject_from_state_dict(const PeftConfig& config, nn::Module& model, const StateDict& state_dict,
+                                   const std::string& adapter_name, bool low_cpu_mem_usage) {
+  detail::InjectOptions opts;
+  opts.state_dict = &state_dict;
+  return detail::inject_adapter(config, model, adapter_name, low_cpu_mem_usage, opts);
+}
+
+nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
+                                   bool low_cpu_mem_usage, const InjectOptions& opts) {
   register_builtin_methods();
   const TunerMethod* method = find_method(config.peft_type);
   if (!method || !method->create_and_replace)
@@ -737,7 +787,7 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
 
   PeftState* existing = peft_state(model);
   bool second = existing && !existing->configs.empty();
-  if (second)
+  if (second && opts.warn_existing)
     warn("Already found a `peft_config` attribute in the model. This will lead to having multiple adapters in the "
          "model. Make sure to know what you are doing!");
   // 0.21.0: flags of pre-existing parameters are restored after a second injection.
@@ -784,6 +834,24 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
     if (!n.empty() && (dynamic_cast<TunerLayer*>(m.get()) || dynamic_cast<ModulesToSaveWrapper*>(m.get())))
       skip_below.push_back(n);
 
+  // With a state dict, its keys name the targets: "<module>.<prefix>..." -> "<module>"
+  // (rsplit on the last ".<prefix>"); "base_model.model." is dropped when the model has no
+  // such names (PEFT expects keys without it).
+  std::set<std::string> sd_targets;
+  std::vector<std::string> matched_by_config;
+  if (opts.state_dict) {
+    bool model_prefixed = false;
+    for (auto& [n, m] : named)
+      if (starts_with(n, "base_model.model")) model_prefixed = true;
+    const std::string sep = "." + method->prefix;
+    for (const auto& [k, v] : *opts.state_dict) {
+      std::string key = k;
+      if (!model_prefixed && starts_with(key, "base_model.model.")) key = key.substr(17);
+      size_t p = key.rfind(sep);
+      sd_targets.insert(p == std::string::npos ? key : key.substr(0, p));
+    }
+  }
+
   std::vector<std::string> targeted, excluded, unmatched;
   for (auto& [key, module] : named) {
     if (key.empty()) continue;
@@ -794,7 +862,13 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
         break;
       }
     if (below) continue;
-    TargetMatch r = check_target_module_exists(*cfg, key);
+    TargetMatch r;
+    if (opts.state_dict) {
+      r = sd_targets.count(key) ? TargetMatch::matched : TargetMatch::unmatched;
+      if (check_target_module_exists(*cfg, key) == TargetMatch::matched) matched_by_config.push_back(key);
+    } else {
+      r = check_target_module_exists(*cfg, key);
+    }
     if (r == TargetMatch::excluded) {
       excluded.push_back(key);
     } else if (r == TargetMatch::unmatched) {
@@ -805,6 +879,24 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
       nn::ModulePtr replacement = method->create_and_replace(*cfg, adapter_name, target, key, low_cpu_mem_usage);
       if (replacement) model.replace_module(key, replacement);
     }
+  }
+
+  if (opts.state_dict) {
+    std::vector<std::string> only_config, only_sd;
+    for (const auto& k : matched_by_config)
+      if (!contains(targeted, k)) only_config.push_back(k);
+    for (const auto& k : targeted)
+      if (!contains(matched_by_config, k)) only_sd.push_back(k);
+    std::sort(only_config.begin(), only_config.end());
+    std::sort(only_sd.begin(), only_sd.end());
+    std::string msg;
+    if (!only_config.empty() || !only_sd.empty())
+      msg = "While injecting the PEFT adapters, an inconsistency was discovered between the PEFT config and the "
+            "provided state_dict. This is not necessarily an issue and can be ignored if this was the intent. ";
+    if (!only_config.empty())
+      msg += "The PEFT config contained these additional target modules: " + py_list(only_config) + ". ";
+    if (!only_sd.empty()) msg += "The state_dict contained these additional target modules: " + py_list(only_sd) + ". ";
+    if (!msg.empty()) warn(msg);
   }
 
   if (targeted.empty()) {
@@ -837,6 +929,7 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
       }
     if (!replaced) state.configs.emplace_back(adapter_name, cfg);
   }
+  const std::vector<std::string> previous_active = state.active_adapters;
   state.active_adapters = {adapter_name};
 
   // modules_to_save: plain endswith (no dot boundary) over the names before wrapping.
@@ -873,6 +966,12 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
   for (auto& [n, w] : modules_to_save_wrappers(model))
     if (w->modules_to_save().contains(adapter_name)) w->set_adapter({adapter_name}, cfg->inference_mode);
   for (auto& [t, flag] : snapshot) t.requires_grad_(flag);
+  if (!opts.activate) {
+    // LoraModel.inject_adapter: the active adapters stay; the new one is frozen.
+    set_adapter(model, previous_active, cfg->inference_mode);
+    for (auto& [n, p] : model.named_parameters())
+      if (key_has_adapter(n, adapter_name)) p.requires_grad_(false);
+  }
   return model;
 }
 
@@ -910,10 +1009,6 @@ bool under_any(const std::string& key, const std::vector<std::string>& prefixes)
   for (const auto& p : prefixes)
     if (key == p || starts_with(key, p + ".")) return true;
   return false;
-}
-
-bool key_has_adapter(const std::string& key, const std::string& adapter) {
-  return key.find("." + adapter + ".") != std::string::npos || ends_with(key, "." + adapter);
 }
 
 const char* kPeftPrefix = "base_model.model.";

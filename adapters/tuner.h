@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -118,6 +119,11 @@ PeftConfigPtr config_from_json(const std::string& text);
 ordered_json parse_config_text(const std::string& text);
 PeftConfigPtr config_from_json(const char* text);
 PeftConfigPtr config_from_json(const ordered_json& j);
+
+// A regex from a config (target_modules, patterns), ECMAScript; refuses patterns longer than
+// 4096 characters or nesting groups deeper than 64 (std::regex recurses) and invalid ones,
+// naming `what` in the peft::Error.
+std::regex compile_user_regex(const std::string& pattern, const char* what);
 
 // Python-style formatting used in messages.
 std::string py_repr(const std::string& s);  // 'text'
@@ -286,6 +292,26 @@ void warn(const std::string& msg);
 nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
                                     const std::string& adapter_name = "default",
                                     bool low_cpu_mem_usage = false);
+
+// PEFT's inject_adapter_in_model(..., state_dict=sd): the targets are the modules the
+// checkpoint's keys name ("<module>.lora_A.weight" -> "<module>"), not the config's
+// target_modules (the config still gives ranks, alpha, ...). Warns when the two disagree.
+// Keys may carry PEFT's "base_model.model." prefix. The state dict's values are not loaded.
+nn::Module& inject_from_state_dict(const PeftConfig& config, nn::Module& model, const StateDict& state_dict,
+                                   const std::string& adapter_name = "default", bool low_cpu_mem_usage = false);
+
+namespace detail {
+struct InjectOptions {
+  const StateDict* state_dict = nullptr;  // targets from its keys (inject_from_state_dict)
+  bool warn_existing = true;              // "Already found a `peft_config` attribute ..."
+  // true: the new adapter becomes the active one (the low-level API's fresh tuner);
+  // false: the active adapters stay and the new one is frozen (LoraModel.inject_adapter,
+  // used by add_weighted_adapter).
+  bool activate = true;
+};
+nn::Module& inject_adapter(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
+                           bool low_cpu_mem_usage, const InjectOptions& opts);
+}  // namespace detail
 
 // The adapter's tensors under PEFT's checkpoint names (§5).
 StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name = "default");

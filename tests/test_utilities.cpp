@@ -1,0 +1,281 @@
+// Model-level utilities against real PEFT 0.21 (tests/data/peft_extra/lora_weighted, made by
+// tools/python/make_extra_goldens.py): add_weighted_adapter (linear, cat, svd),
+// merge_and_unload / unload, inject_from_state_dict; and the scoped guards and set_scale,
+// checked against outputs of the same model computed another way.
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "adapters/peft.h"
+#include "io/safetensors.h"
+#include "tests/testing.h"
+#include "tools/host_models.h"
+
+using namespace peft;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kCase = "tests/data/peft_extra/lora_weighted";
+
+nlohmann::json case_json() {
+  std::ifstream in(kCase / "case.json");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return nlohmann::json::parse(ss.str());
+}
+
+// Dummy host with base weights and the source adapters x, y, z loaded (x active).
+std::shared_ptr<nn::Module> model_with_sources(const nlohmann::json& meta) {
+  auto m = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+  m->load_state_dict(io::load_safetensors((kCase / "base.safetensors").string()), true);
+  auto quiet = set_warning_handler([](const std::string&) {});
+  for (std::string n : {"x", "y", "z"}) {
+    inject_adapter_in_model(*config_from_json(meta["sources"][n].dump()), *m, n);
+    auto r = set_peft_model_state_dict(*m, io::load_safetensors((kCase / ("adapter_" + n + ".safetensors")).string()), n);
+    REQUIRE(r.unexpected_keys.empty());
+  }
+  set_warning_handler(quiet);
+  set_adapter(*m, "x");
+  m->eval();
+  return m;
+}
+
+Tensor run(nn::Module& m, const Tensor& ids) {
+  NoGradGuard ng;
+  return m.forward(ids);
+}
+
+}  // namespace
+
+TEST_CASE("add_weighted_adapter matches PEFT 0.21 for linear, cat and svd (and one adapter -> linear)") {
+  auto meta = case_json();
+  StateDict io = io::load_safetensors((kCase / "io.safetensors").string());
+  auto m = model_with_sources(meta);
+  Tensor ids = io.at("input");
+  for (const auto& c : meta["combos"]) {
+    std::string name = c["name"];
+    CAPTURE(name);
+    WeightedAdapterOptions o;
+    o.combination_type = c["combination_type"];
+    if (c.contains("svd_rank")) o.svd_rank = c["svd_rank"].get<int64_t>();
+    if (c.contains("svd_clamp")) o.svd_clamp = c["svd_clamp"].get<double>();
+    REQUIRE(add_weighted_adapter(*m, c["adapters"].get<std::vector<std::string>>(),
+                                 c["weights"].get<std::vector<double>>(), name, o));
+    // the active adapter stays, the new one is frozen
+    CHECK(peft_state(*m)->active_adapters == std::vector<std::string>{"x"});
+    for (const auto& [k, p] : m->named_parameters())
+      if (k.find("." + name + ".") != std::string::npos || k.size() > name.size() + 1 &&
+                                                                k.compare(k.size() - name.size() - 1, name.size() + 1,
+                                                                          "." + name) == 0)
+        CHECK_MESSAGE(!p.requires_grad(), k);
+    auto cfg = std::dynamic_pointer_cast<LoraConfig>(peft_config(*m, name));
+    REQUIRE(cfg);
+    CHECK(cfg->r == c["config"]["r"].get<int64_t>());
+    CHECK(cfg->lora_alpha == c["config"]["lora_alpha"].get<double>());
+    auto targets = cfg->target_modules.names;
+    std::sort(targets.begin(), targets.end());
+    CHECK(targets == c["config"]["target_modules"].get<std::vector<std::string>>());
+
+    std::string prefix = name + ".";
+    const bool exact_factors = c["combination_type"] != "svd" || c["adapters"].size() == 1;
+    StateDict sd = get_peft_model_state_dict(*m, name);
+    size_t compared = 0;
+    for (const auto& [k, v] : io) {
+      if (k.rfind(prefix + "adapter.", 0) == 0 && exact_factors) {
+        std::string key = k.substr(prefix.size() + 8 + std::string("base_model.model.").size());
+        REQUIRE_MESSAGE(sd.contains(key), key);
+        CHECK_ALLCLOSE(sd.at(key), v, 1e-5, 1e-6);
+        ++compared;
+      } else if (k.rfind(prefix + "delta.", 0) == 0) {
+        std::string module = k.substr(prefix.size() + 6);
+        auto layer = std::dynamic_pointer_cast<TunerLayer>(m->get_submodule(module));
+        REQUIRE(layer);
+        CHECK_ALLCLOSE(layer->get_delta_weight(name), v, 1e-4, 1e-5);
+        ++compared;
+      }
+    }
+    CHECK(compared >= 3);
+    set_adapter(*m, name);
+    CHECK_ALLCLOSE(run(*m, ids), io.at(prefix + "output"), 1e-4, 1e-5);
+    set_adapter(*m, "x");
+  }
+  // svd_clamp: both factors clamped to ±(q-quantile of all their values). The bound depends on
+  // the SVD's sign convention (LAPACK's in PEFT, Eigen's here), so this is checked against the
+  // unclamped factors of the same SVD rather than against PEFT.
+  {
+    WeightedAdapterOptions o;
+    o.svd_rank = 3;
+    o.svd_clamp = 0.8;
+    REQUIRE(add_weighted_adapter(*m, {"x", "y"}, {1.0, -0.5}, "svd_clamped", o));
+    for (std::string layer : {"linear", "lm_head"}) {
+      CAPTURE(layer);
+      auto l = std::dynamic_pointer_cast<lora::LoraLayer>(m->get_submodule(layer));
+      Tensor A = l->lora_A()["svd_xy_r3"].param("weight"), B = l->lora_B()["svd_xy_r3"].param("weight");
+      std::vector<double> all = cat({B.flatten(), A.flatten()}, 0).to(DType::float64).to_vector<double>();
+      std::sort(all.begin(), all.end());
+      double pos = 0.8 * double(all.size() - 1);
+      size_t lo = size_t(pos);
+      double hi = all[lo] + (all[lo + 1] - all[lo]) * (pos - double(lo));
+      CHECK_ALLCLOSE(l->lora_A()["svd_clamped"].param("weight"), clamp(A, -hi, hi), 1e-6, 1e-7);
+      CHECK_ALLCLOSE(l->lora_B()["svd_clamped"].param("weight"), clamp(B, -hi, hi), 1e-6, 1e-7);
+      CHECK(testing::max_abs_diff(l->lora_B()["svd_clamped"].param("weight"), B) > 1e-3);  // the clamp bit
+    }
+  }
+  // an existing name: nothing happens (PEFT returns silently)
+  CHECK_FALSE(add_weighted_adapter(*m, {"x", "y"}, {1.0, 1.0}, "lin_xy", {}));
+}
+
+TEST_CASE("add_weighted_adapter refuses bad arguments and leaves the model as it was") {
+  auto meta = case_json();
+  auto m = model_with_sources(meta);
+  auto keys_before = m->state_dict().keys();
+  WeightedAdapterOptions lin;
+  lin.combination_type = "linear";
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "z"}, {1, 1}, "bad", lin); })
+            .find("All adapters must have the same r value") != std::string::npos);
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "y"}, {1}, "bad", lin); })
+            .find("2 adapters but 1 weights") != std::string::npos);
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "nope"}, {1, 1}, "bad", lin); }) ==
+        "Adapter nope does not exist");
+  WeightedAdapterOptions ties;
+  ties.combination_type = "ties";
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "y"}, {1, 1}, "bad", ties); })
+            .find("'ties' is not implemented") != std::string::npos);
+  WeightedAdapterOptions wrong;
+  wrong.combination_type = "average";
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "y"}, {1, 1}, "bad", wrong); }) ==
+        "Invalid combination_type: average");
+  WeightedAdapterOptions clamp;
+  clamp.svd_clamp = 1.5;
+  CHECK(testing::error_of([&] { add_weighted_adapter(*m, {"x", "y"}, {1, 1}, "bad", clamp); })
+            .find("svd_clamp must be a quantile in [0, 1]") != std::string::npos);
+  CHECK(m->state_dict().keys() == keys_before);
+  CHECK(peft_state(*m)->find("bad") == nullptr);
+}
+
+TEST_CASE("merge_and_unload and unload give PEFT's plain model (names, weights, outputs)") {
+  auto meta = case_json();
+  StateDict io = io::load_safetensors((kCase / "io.safetensors").string());
+  Tensor ids = io.at("input");
+  {
+    auto m = model_with_sources(meta);
+    merge_and_unload(*m);
+    CHECK(peft_state(*m) == nullptr);
+    CHECK(tuner_layers(*m).empty());
+    StateDict sd = m->state_dict();
+    size_t n = 0;
+    for (const auto& [k, v] : io)
+      if (k.rfind("merge_and_unload.", 0) == 0 && k != "merge_and_unload.output") {
+        std::string key = k.substr(17);
+        REQUIRE_MESSAGE(sd.contains(key), key);
+        CHECK_ALLCLOSE(sd.at(key), v, 1e-5, 1e-6);
+        ++n;
+      }
+    CHECK(n == sd.size());  // exactly the host's keys, nothing else
+    CHECK_ALLCLOSE(run(*m, ids), io.at("merge_and_unload.output"), 1e-4, 1e-5);
+    CHECK(m->repr().find("lora") == std::string::npos);
+  }
+  {
+    auto m = model_with_sources(meta);
+    unload(*m);
+    CHECK(tuner_layers(*m).empty());
+    CHECK_ALLCLOSE(run(*m, ids), io.at("unload.output"), 1e-5, 1e-6);
+  }
+  {
+    // a refused safe merge replaces nothing and unmerges what it merged
+    auto m = model_with_sources(meta);
+    Tensor before = run(*m, ids);
+    auto lm_head = std::dynamic_pointer_cast<lora::LoraLayer>(m->get_submodule("lm_head"));
+    REQUIRE(lm_head);
+    lm_head->lora_B()["x"].param("weight").fill_(std::nan(""));
+    MergeAndUnloadOptions o;
+    o.safe_merge = true;
+    std::string err = testing::error_of([&] { merge_and_unload(*m, o); });
+    CHECK(err.find("NaNs detected") != std::string::npos);
+    CHECK(tuner_layers(*m).size() == 3);
+    CHECK(peft_state(*m) != nullptr);
+    for (auto& [n, t] : tuner_layers(*m)) CHECK_FALSE(t->merged());
+    // the embedding and linear weights are back to their exact values
+    auto base = io::load_safetensors((kCase / "base.safetensors").string());
+    CHECK(testing::max_abs_diff(m->get_submodule("linear.base_layer")->param("weight"), base.at("linear.weight")) <
+          1e-6);
+    CHECK(testing::max_abs_diff(m->get_submodule("embedding.base_layer")->param("weight"),
+                                base.at("embedding.weight")) < 1e-6);
+    (void)before;
+  }
+}
+
+TEST_CASE("inject_from_state_dict targets the checkpoint's modules and warns as PEFT") {
+  auto meta = case_json();
+  const auto& rec = meta["inject_state_dict"];
+  auto m = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+  StateDict sd;
+  StateDict x = io::load_safetensors((kCase / "adapter_x.safetensors").string());
+  for (const auto& [k, v] : x)
+    if (k.find("embedding") == std::string::npos) sd.set(k, v);  // keys keep "base_model.model."
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.lora_alpha = 8;
+  cfg.target_modules = TargetModules::list(rec["config_target_modules"].get<std::vector<std::string>>());
+  std::vector<std::string> warnings;
+  auto old = set_warning_handler([&](const std::string& w) { warnings.push_back(w); });
+  inject_from_state_dict(cfg, *m, sd);
+  set_warning_handler(old);
+  std::vector<std::string> lora_modules;
+  for (auto& [n, t] : tuner_layers(*m)) lora_modules.push_back(n);
+  std::sort(lora_modules.begin(), lora_modules.end());
+  CHECK(lora_modules == rec["lora_modules"].get<std::vector<std::string>>());
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0] == rec["warnings"][0].get<std::string>());
+  auto r = set_peft_model_state_dict(*m, sd);
+  CHECK(r.unexpected_keys.empty());
+  // nothing named by the checkpoint exists in the model: PEFT's "not found" error
+  StateDict other;
+  other.set("decoder.lora_A.weight", zeros({4, 10}));
+  auto m2 = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+  set_warning_handler([](const std::string&) {});
+  CHECK(testing::error_of([&] { inject_from_state_dict(cfg, *m2, other); }).find("not found in the base model") !=
+        std::string::npos);
+  set_warning_handler(old);
+}
+
+TEST_CASE("DisableAdapterGuard, RescaleAdapterScale and set_scale") {
+  auto meta = case_json();
+  StateDict io = io::load_safetensors((kCase / "io.safetensors").string());
+  Tensor ids = io.at("input");
+  auto m = model_with_sources(meta);
+  Tensor base = io.at("unload.output");
+  // z adapts only `linear`, and the host is linear end to end: output = base + s·(delta path)
+  set_adapter(*m, "z");
+  Tensor with_z = run(*m, ids);
+  REQUIRE(testing::max_abs_diff(with_z, base) > 1e-3);
+  {
+    DisableAdapterGuard g(*m);
+    CHECK_ALLCLOSE(run(*m, ids), base, 1e-5, 1e-6);
+  }
+  CHECK_ALLCLOSE(run(*m, ids), with_z, 1e-6, 1e-7);
+  {
+    // all disabled on entry: still disabled after the guard (PEFT 0.21)
+    enable_adapters(*m, false);
+    { DisableAdapterGuard g(*m); }
+    CHECK_ALLCLOSE(run(*m, ids), base, 1e-5, 1e-6);
+    enable_adapters(*m, true);
+  }
+  Tensor half = add(base, mul(sub(with_z, base), 0.5));
+  {
+    RescaleAdapterScale g(*m, 0.5);
+    CHECK_ALLCLOSE(run(*m, ids), half, 1e-4, 1e-5);
+  }
+  CHECK_ALLCLOSE(run(*m, ids), with_z, 1e-6, 1e-7);
+  set_scale(*m, "z", 2.0);
+  CHECK_ALLCLOSE(run(*m, ids), add(base, mul(sub(with_z, base), 2.0)), 1e-4, 1e-5);
+  set_scale(*m, "z", 1.0);
+  CHECK_ALLCLOSE(run(*m, ids), with_z, 1e-6, 1e-7);
+  CHECK(testing::error_of([&] { set_scale(*m, "nope", 1.0); }).find("no LoRA layer of the model holds adapter 'nope'") !=
+        std::string::npos);
+  auto plain = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+  CHECK(testing::error_of([&] { RescaleAdapterScale g(*plain, 2.0); }) ==
+        "scaling is only supported for models with `LoraLayer`s");
+}
