@@ -1,8 +1,10 @@
-// `peft bench <name>`: micro-benchmarks of the runtime. Each benchmark is one
-// row in kBenchmarks below (name, summary, function); add new ones there.
-//   gemm  runtime `linear` (float32) vs calling oneDNN's sgemm directly
-//   ops   the hot paths of a LoRA layer: linear forward/backward, add, scalar mul,
-//         bias-gradient sum over dim 0, a whole LoRA forward+backward
+// `peft bench <name>`: benchmarks. Each is one row in kBenchmarks below (name,
+// summary, function); add new ones there.
+//   gemm        runtime `linear` (float32) vs calling oneDNN's sgemm directly
+//   ops         the hot paths of a LoRA layer: linear forward/backward, add, ...
+//   lora-layer, train-step (tools/bench_lora.cpp), inject, load
+//   (tools/bench_inject.cpp): ours against the same workload in PyTorch + PEFT
+//   (tools/bench/*.py), interleaved; `all` runs those four and prints one table.
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
@@ -17,32 +19,21 @@
 #include "runtime/autograd.h"
 #include "runtime/generator.h"
 #include "runtime/ops.h"
+#include "tools/bench_common.h"
 #include "tools/cli.h"
 
 namespace peft::cli {
 namespace {
 
-// ---------------------------------------------------------------------------
-// shared helpers
+using namespace bench;
 
-struct Timing {
-  int warmup = 3;
-  int reps = 10;
-};
-
-double now_s() {
-  using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+const char* kTimingHelp =
+    "  --reps N      timed repetitions, the median is reported (default 10)\n"
+    "  --warmup N    untimed calls first (default 3)\n"
+    "  --threads N   CPU threads (default: all cores, or PEFT_NUM_THREADS)\n";
 
 // Median seconds of `reps` calls of f after `warmup` untimed calls.
-double time_median(const Timing& t, const std::function<void()>& f) {
+double time_median(const Options& t, const std::function<void()>& f) {
   for (int i = 0; i < t.warmup; ++i) f();
   std::vector<double> s;
   for (int i = 0; i < t.reps; ++i) {
@@ -52,36 +43,6 @@ double time_median(const Timing& t, const std::function<void()>& f) {
   }
   return median(s);
 }
-
-int parse_int(const std::string& opt, const std::string& v, int lo) {
-  char* end = nullptr;
-  long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end || x < lo) throw UsageError{opt + " expects an integer >= " + std::to_string(lo) + ", got '" + v + "'"};
-  return int(x);
-}
-
-// Parses the options every benchmark shares; returns the ones it does not know.
-std::vector<std::string> parse_common(const std::vector<std::string>& args, Timing& t, bool& help) {
-  std::vector<std::string> rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw UsageError{a + " needs a value"};
-      return args[++i];
-    };
-    if (a == "--help" || a == "-h") help = true;
-    else if (a == "--reps") t.reps = parse_int(a, value(), 1);
-    else if (a == "--warmup") t.warmup = parse_int(a, value(), 0);
-    else if (a == "--threads") set_num_threads(parse_int(a, value(), 1));
-    else rest.push_back(a);
-  }
-  return rest;
-}
-
-const char* kCommonHelp =
-    "  --reps N      timed repetitions, the median is reported (default 10)\n"
-    "  --warmup N    untimed calls first (default 3)\n"
-    "  --threads N   CPU threads (default: all cores, or PEFT_NUM_THREADS)\n";
 
 // ---------------------------------------------------------------------------
 // gemm
@@ -107,11 +68,12 @@ std::vector<GemmSize> parse_sizes(const std::string& s) {
   return out;
 }
 
-int bench_gemm(const std::vector<std::string>& args) {
-  Timing t;
-  bool help = false;
+int bench_gemm(const std::vector<std::string>& args, Report&) {
+  Options t;
+  t.reps = 10;
   std::vector<GemmSize> sizes{{512, 1024, 1024}, {512, 4096, 4096}};
-  std::vector<std::string> rest = parse_common(args, t, help);
+  std::vector<std::string> rest = parse_common(args, t);
+  bool help = t.help;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--sizes" && i + 1 < rest.size()) sizes = parse_sizes(rest[++i]);
     else throw UsageError{"unknown option " + rest[i]};
@@ -122,7 +84,7 @@ int bench_gemm(const std::vector<std::string>& args) {
         "  Times the runtime's linear(x, W) in float32 (x [M,K], W [N,K]) and a direct\n"
         "  dnnl_sgemm call on the same buffers in the same run; prints GFLOP/s of both and\n"
         "  the ratio runtime/direct (time). Default sizes 512x1024x1024,512x4096x4096.\n%s",
-        kCommonHelp);
+        kTimingHelp);
     return 0;
   }
   std::printf("gemm: float32 linear(x[M,K], W[N,K]) vs direct dnnl_sgemm; threads %d, median of %d (warmup %d)\n",
@@ -170,11 +132,12 @@ int bench_gemm(const std::vector<std::string>& args) {
 // ---------------------------------------------------------------------------
 // ops: a LoRA layer's hot paths
 
-int bench_ops(const std::vector<std::string>& args) {
-  Timing t;
-  bool help = false;
+int bench_ops(const std::vector<std::string>& args, Report&) {
+  Options t;
+  t.reps = 10;
   int64_t M = 2048, K = 1024, N = 1024, r = 16;
-  std::vector<std::string> rest = parse_common(args, t, help);
+  std::vector<std::string> rest = parse_common(args, t);
+  bool help = t.help;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--tokens" && i + 1 < rest.size()) M = parse_int(rest[i], rest[i + 1], 1), ++i;
     else if (rest[i] == "--hidden" && i + 1 < rest.size()) K = N = parse_int(rest[i], rest[i + 1], 1), ++i;
@@ -187,7 +150,7 @@ int bench_ops(const std::vector<std::string>& args) {
         "  Times the runtime ops a LoRA layer spends its time in (float32, x [M,H], W [H,H],\n"
         "  LoRA A [R,H], B [H,R]): linear forward and backward, add, scalar mul, sum over\n"
         "  dim 0 (bias gradient), and one whole LoRA forward+backward. Defaults 2048, 1024, 16.\n%s",
-        kCommonHelp);
+        kTimingHelp);
     return 0;
   }
   Generator g(0);
@@ -251,20 +214,58 @@ int bench_ops(const std::vector<std::string>& args) {
 
 // ---------------------------------------------------------------------------
 
+int bench_all(const std::vector<std::string>& args, Report& rep);
+
 struct Benchmark {
   const char* name;
   const char* summary;
-  int (*run)(const std::vector<std::string>& args);
+  BenchFn run;
 };
 
 const Benchmark kBenchmarks[] = {
     {"gemm", "float32 linear vs direct oneDNN sgemm (GFLOP/s, ratio)", bench_gemm},
     {"ops", "LoRA hot paths: linear fwd/bwd, add, scalar mul, bias-grad sum", bench_ops},
+    {"lora-layer", "one lora.Linear: base / LoRA fwd / fwd+bwd / merged, vs PyTorch+PEFT", bench_lora_layer},
+    {"train-step", "one AdamW step of the fine-tuning demo (CharLM + LoRA), vs PyTorch+PEFT", bench_train_step},
+    {"inject", "LoRA into a Llama-7B tree on meta, adapter load, peak RSS, vs PyTorch+PEFT", bench_inject},
+    {"load", "open 1, 10, 100 adapter folders, vs PyTorch+PEFT", bench_load},
+    {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
+
+// The four comparisons, options passed through, then one table naming the machine.
+int bench_all(const std::vector<std::string>& args, Report& rep) {
+  for (const std::string& a : args)
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: peft bench all [options]\n"
+          "  Runs lora-layer, train-step, inject and load with their defaults and prints one\n"
+          "  table: peft.cpp, PyTorch + PEFT, ratio (ours / PyTorch; below 1 = ours faster).\n"
+          "  Options (passed to each):\n%s",
+          kCommonHelp);
+      return 0;
+    }
+  // --reps / --rounds / --warmup keep each benchmark's defaults unless given
+  const double t0 = now_s();
+  for (BenchFn f : {bench_lora_layer, bench_train_step, bench_inject, bench_load}) {
+    int rc = f(args, rep);
+    if (rc != 0) return rc;
+    std::printf("\n");
+  }
+  bool markdown = false;
+  for (const std::string& a : args) markdown |= a == "--markdown";
+  std::printf("## peft bench all\n\n");
+  std::printf("Machine: %s. PyTorch + PEFT: %s. Ratio = peft.cpp / PyTorch + PEFT (below 1: peft.cpp faster).\n"
+              "Medians; rounds alternate peft.cpp / PyTorch. Total %.0f s.\n\n",
+              machine_description().c_str(),
+              rep.torch_versions.empty() ? ("not measured: " + rep.no_python_why).c_str() : rep.torch_versions.c_str(),
+              now_s() - t0);
+  print_rows(rep.rows, markdown);
+  return 0;
+}
 
 void print_bench_usage(FILE* f) {
   std::fprintf(f, "usage: peft bench <name> [options]\n\nbenchmarks:\n");
-  for (const Benchmark& b : kBenchmarks) std::fprintf(f, "  %-8s %s\n", b.name, b.summary);
+  for (const Benchmark& b : kBenchmarks) std::fprintf(f, "  %-11s %s\n", b.name, b.summary);
   std::fprintf(f, "\nRun 'peft bench <name> --help' for a benchmark's options.\n");
 }
 
@@ -277,12 +278,13 @@ int run_bench(const std::vector<std::string>& args) {
     print_bench_usage(stdout);
     return 0;
   }
+  Report rep;
   for (const Benchmark& b : kBenchmarks)
-    if (args[0] == b.name) return b.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    if (args[0] == b.name) return b.run(std::vector<std::string>(args.begin() + 1, args.end()), rep);
   throw UsageError{"unknown benchmark '" + args[0] + "'"};
 }
 
-Registrar reg({"bench", "micro-benchmarks of the runtime (gemm, ops)", run_bench});
+Registrar reg({"bench", "benchmarks: runtime micro-benchmarks and comparisons with PyTorch + PEFT", run_bench});
 
 }  // namespace
 }  // namespace peft::cli
