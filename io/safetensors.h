@@ -113,4 +113,33 @@ struct SaveOptions {
 // and peft::Error says what failed.
 void save_safetensors(const std::string& path, const StateDict& tensors, const SaveOptions& opts = {});
 
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  Shape shape;
+};
+
+// save_safetensors one tensor at a time, for outputs larger than memory (`peft merge`): the
+// header is written from the specs first, then each tensor in order(), then commit() makes
+// the file appear atomically. Destroyed without commit() (an exception, a refused tensor),
+// it removes its temporary file and the previous file stays intact.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::string& path, std::vector<TensorSpec> specs,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  // The order write() must follow (Python's layout: dtype alignment descending, then name).
+  const std::vector<std::string>& order() const;
+  // The next tensor of order(); its dtype and shape must be the spec's.
+  void write(const std::string& name, const Tensor& t);
+  // Every tensor written: fsync, rename over the path.
+  void commit();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace peft::io

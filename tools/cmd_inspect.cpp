@@ -1,0 +1,181 @@
+// `peft inspect DIR|FILE [--json]`: what an adapter folder (and its named
+// sub-folders) or a safetensors file holds, read from the headers only.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/peft.h"
+#include "io/safetensors.h"
+#include "tools/args.h"
+#include "tools/cli.h"
+
+namespace peft::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+std::string slurp(const fs::path& p) {
+  std::error_code ec;
+  if (fs::file_size(p, ec) > (16u << 20)) fail(p.string(), " is larger than 16 MiB; not an adapter config");
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail("cannot read ", p.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ojson file_json(const io::SafetensorsFile& f) {
+  ojson j;
+  j["metadata"] = f.metadata();
+  uint64_t params = 0;
+  ojson ts = ojson::array();
+  for (const auto& t : f.tensors()) {
+    uint64_t n = 1;
+    for (int64_t d : t.shape) n *= uint64_t(d);
+    params += n;
+    ts.push_back({{"name", t.name}, {"dtype", io::st_dtype_name(t.dtype)}, {"shape", t.shape}, {"numel", n}});
+  }
+  j["tensors"] = ts;
+  j["parameters"] = params;
+  j["bytes"] = f.file_size();
+  return j;
+}
+
+// Adapted module names: the part before ".<prefix>" of each key, without "base_model.model.".
+std::vector<std::string> targets_of(const io::SafetensorsFile& f, const std::string& prefix) {
+  std::set<std::string> out;
+  for (const auto& t : f.tensors()) {
+    std::string k = t.name.rfind("base_model.model.", 0) == 0 ? t.name.substr(17) : t.name;
+    size_t p = k.rfind("." + prefix);
+    if (p != std::string::npos) out.insert(k.substr(0, p));
+  }
+  return {out.begin(), out.end()};
+}
+
+ojson adapter_json(const fs::path& dir, const std::string& name) {
+  ojson j;
+  j["name"] = name;
+  j["dir"] = dir.string();
+  PeftConfigPtr cfg = config_from_json(slurp(dir / "adapter_config.json"));
+  register_builtin_methods();
+  j["peft_type"] = cfg->peft_type;
+  j["config"] = cfg->to_json();
+  fs::path w = dir / "adapter_model.safetensors";
+  if (fs::exists(w)) {
+    auto f = io::SafetensorsFile::open(w.string());
+    ojson fj = file_json(*f);
+    for (auto& [k, v] : fj.items()) j[k] = v;
+    j["targets"] = targets_of(*f, method_for(cfg->peft_type).prefix);
+  } else {
+    j["weights_missing"] = true;
+  }
+  return j;
+}
+
+std::string shape_text(const ojson& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i].get<int64_t>());
+  return out + "]";
+}
+
+void print_tensors(const ojson& j) {
+  size_t w = 4;
+  for (const auto& t : j["tensors"]) w = std::max(w, t["name"].get<std::string>().size());
+  for (const auto& t : j["tensors"])
+    std::printf("    %-*s %-5s %s\n", int(w), t["name"].get<std::string>().c_str(),
+                t["dtype"].get<std::string>().c_str(), shape_text(t["shape"]).c_str());
+}
+
+std::string value_text(const ojson& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+void print_adapter(const ojson& a) {
+  std::printf("adapter '%s' (%s) in %s\n", a["name"].get<std::string>().c_str(),
+              a["peft_type"].get<std::string>().c_str(), a["dir"].get<std::string>().c_str());
+  const ojson& c = a["config"];
+  for (const char* k : {"r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "bias", "init_lora_weights",
+                        "target_modules", "exclude_modules", "feedforward_modules", "modules_to_save",
+                        "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "target_r",
+                        "init_r", "total_step", "peft_version", "base_model_name_or_path"})
+    if (c.contains(k) && !c[k].is_null() && !(c[k].is_object() && c[k].empty()))
+      std::printf("  %-24s %s\n", k, value_text(c[k]).c_str());
+  if (a.contains("weights_missing")) {
+    std::printf("  adapter_model.safetensors is missing\n");
+    return;
+  }
+  std::printf("  targets (%zu): ", a["targets"].size());
+  for (size_t i = 0; i < a["targets"].size(); ++i)
+    std::printf("%s%s", i ? ", " : "", a["targets"][i].get<std::string>().c_str());
+  std::printf("\n  parameters: %llu in %zu tensors (%llu bytes on disk)\n",
+              (unsigned long long)a["parameters"].get<uint64_t>(), a["tensors"].size(),
+              (unsigned long long)a["bytes"].get<uint64_t>());
+  print_tensors(a);
+}
+
+int run_inspect(const std::vector<std::string>& argv) {
+  Args a(argv, {}, {"json"});
+  if (a.help) {
+    std::printf(
+        "usage: peft inspect DIR|FILE [--json]\n"
+        "  DIR: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) and its\n"
+        "  named sub-folders: config summary, targeted modules, tensors (name, dtype, shape),\n"
+        "  parameter counts. FILE: a .safetensors file (metadata, tensors, parameters) or an\n"
+        "  adapter_config.json. Only headers are read. --json prints one JSON object instead.\n");
+    return 0;
+  }
+  if (a.positional.size() != 1) throw UsageError{"expects one DIR or FILE"};
+  fs::path p = a.positional[0];
+  std::error_code ec;
+  if (!fs::exists(p, ec)) fail("peft inspect: ", p.string(), " does not exist");
+  ojson out;
+  out["path"] = p.string();
+  if (fs::is_directory(p)) {
+    out["kind"] = "adapter_folder";
+    ojson adapters = ojson::array();
+    if (fs::exists(p / "adapter_config.json")) adapters.push_back(adapter_json(p, "default"));
+    std::vector<fs::path> subs;
+    for (const auto& e : fs::directory_iterator(p))
+      if (e.is_directory() && fs::exists(e.path() / "adapter_config.json")) subs.push_back(e.path());
+    std::sort(subs.begin(), subs.end());
+    for (const auto& s : subs) adapters.push_back(adapter_json(s, s.filename().string()));
+    if (adapters.empty())
+      fail("peft inspect: ", p.string(), " holds no adapter_config.json (nor sub-folders with one)");
+    out["adapters"] = adapters;
+  } else if (p.extension() == ".json") {
+    out["kind"] = "adapter_config";
+    PeftConfigPtr cfg = config_from_json(slurp(p));
+    out["peft_type"] = cfg->peft_type;
+    out["config"] = cfg->to_json();
+  } else {
+    out["kind"] = "safetensors";
+    auto f = io::SafetensorsFile::open(p.string());
+    ojson fj = file_json(*f);  // named: items() of a temporary would dangle
+    for (auto& [k, v] : fj.items()) out[k] = v;
+  }
+  if (a.has("json")) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  if (out["kind"] == "adapter_folder") {
+    for (const auto& ad : out["adapters"]) print_adapter(ad);
+  } else if (out["kind"] == "adapter_config") {
+    std::printf("%s\n", out["config"].dump(2).c_str());
+  } else {
+    std::printf("%s: %zu tensors, %llu parameters, %llu bytes\n", p.string().c_str(), out["tensors"].size(),
+                (unsigned long long)out["parameters"].get<uint64_t>(), (unsigned long long)out["bytes"].get<uint64_t>());
+    for (const auto& [k, v] : out["metadata"].items())
+      std::printf("  metadata %s = %s\n", k.c_str(), v.get<std::string>().c_str());
+    print_tensors(out);
+  }
+  return 0;
+}
+
+Registrar reg({"inspect", "show what an adapter folder or safetensors file holds (--json)", run_inspect});
+
+}  // namespace
+}  // namespace peft::cli

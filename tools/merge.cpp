@@ -1,0 +1,261 @@
+#include "tools/merge.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "adapters/peft.h"
+#include "io/safetensors.h"
+#include "nn/layers.h"
+#include "runtime/ops.h"
+
+namespace peft::tools {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kPeftPrefix = "base_model.model.";
+
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+
+std::string read_config_text(const fs::path& p) {
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) fail("peft merge: cannot read ", p.string(), " (is this a PEFT adapter folder?)");
+  if (fs::file_size(p, ec) > (16u << 20)) fail("peft merge: ", p.string(), " is larger than 16 MiB; not an adapter config");
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (!in.good() && !in.eof()) fail("peft merge: cannot read ", p.string());
+  return ss.str();
+}
+
+// "a.base_layer.b" -> "a.b": the host model's name of a tensor inside a tuner layer.
+std::string host_key(std::string k) {
+  for (size_t p; (p = k.find("base_layer.")) != std::string::npos;) k.erase(p, 11);
+  return k;
+}
+
+std::string module_of(const std::string& host) {
+  size_t dot = host.rfind('.');
+  return dot == std::string::npos ? "" : host.substr(0, dot);
+}
+
+struct Source {
+  std::string dir;
+  double weight = 1.0;
+  PeftConfigPtr cfg;
+  std::string prefix;  // "lora_", "ia3_"
+  std::shared_ptr<io::SafetensorsFile> file;
+  std::map<std::string, std::vector<std::string>> module_keys;  // adapted module -> file keys
+  std::map<std::string, std::string> direct;                   // host key -> file key
+};
+
+Source open_source(const MergeInput& in) {
+  Source s;
+  s.dir = in.dir;
+  s.weight = in.weight;
+  fs::path dir(in.dir);
+  s.cfg = config_from_json(read_config_text(dir / "adapter_config.json"));
+  register_builtin_methods();
+  s.prefix = method_for(s.cfg->peft_type).prefix;
+  fs::path weights = dir / "adapter_model.safetensors";
+  if (!fs::exists(weights)) {
+    if (fs::exists(dir / "adapter_model.bin"))
+      fail("peft merge: ", in.dir, " holds adapter_model.bin (a pickle); peft.cpp reads only safetensors. Convert it "
+           "in Python with PeftModel.from_pretrained(...).save_pretrained(..., safe_serialization=True)");
+    fail("peft merge: ", weights.string(), " does not exist (is this a PEFT adapter folder?)");
+  }
+  s.file = io::SafetensorsFile::open(weights.string());
+  std::vector<std::string> rest;
+  const std::string marker = "." + s.prefix;
+  for (const auto& info : s.file->tensors()) {
+    std::string k = starts_with(info.name, kPeftPrefix) ? info.name.substr(kPeftPrefix.size()) : info.name;
+    size_t p = k.rfind(marker);
+    if (p != std::string::npos) s.module_keys[k.substr(0, p)].push_back(info.name);
+    else rest.push_back(info.name);
+  }
+  for (const auto& name : rest) {
+    std::string k = starts_with(name, kPeftPrefix) ? name.substr(kPeftPrefix.size()) : name;
+    std::string h = host_key(k);
+    auto it = s.module_keys.find(module_of(h));
+    if (it != s.module_keys.end()) it->second.push_back(name);  // e.g. a trained bias of the adapted layer
+    else s.direct[h] = name;                                    // bias="all" elsewhere, modules_to_save
+  }
+  bool dora = false;
+  if (auto lc = std::dynamic_pointer_cast<LoraConfig>(s.cfg)) dora = lc->use_dora;
+  if (in.weight != 1.0 && (s.cfg->peft_type == "IA3" || dora))
+    fail("peft merge: --weight ", in.weight, " for ", in.dir, ": ", s.cfg->peft_type == "IA3" ? "IA3" : "DoRA",
+         " scales the weights multiplicatively, so its delta cannot be weighted; use --weight 1");
+  if (s.module_keys.empty() && s.direct.empty()) fail("peft merge: ", weights.string(), " holds no tensors");
+  return s;
+}
+
+// A tree holding only `leaf` at dotted `path` (containers are ModuleDicts).
+std::shared_ptr<nn::Module> single_module_tree(const std::string& path, const nn::ModulePtr& leaf) {
+  auto root = std::make_shared<nn::ModuleDict>();
+  nn::ModuleDict* cur = root.get();
+  size_t start = 0;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (part.empty()) fail("peft merge: module name '", path, "' has an empty component");
+    if (dot == std::string::npos) {
+      cur->insert(part, leaf);
+      return root;
+    }
+    if (!cur->contains(part)) cur->insert(part, std::make_shared<nn::ModuleDict>());
+    auto next = std::dynamic_pointer_cast<nn::ModuleDict>(cur->child_ptr(part));
+    if (!next) fail("peft merge: module name '", path, "' nests below a layer");
+    cur = next.get();
+    start = dot + 1;
+  }
+}
+
+struct ModuleWeights {
+  Tensor weight, bias;  // float32; bias undefined when the base has none
+};
+
+// Merges one adapter into one module's weights.
+ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWeights w, size_t index) {
+  const auto& keys = s.module_keys.at(module);
+  bool embedding = false;
+  for (const auto& k : keys) embedding |= k.find(".lora_embedding_") != std::string::npos;
+  if (w.weight.dim() != 2)
+    fail("peft merge: ", module, ".weight is ", w.weight.desc(), "; only Linear and Embedding weights (2-D) are merged");
+  nn::ModulePtr leaf;
+  if (embedding) {
+    if (w.bias.defined()) fail("peft merge: ", module, " has a bias but its adapter is an embedding adapter");
+    auto e = std::make_shared<nn::Embedding>(w.weight.size(0), w.weight.size(1), std::nullopt, nullptr,
+                                             DType::float32, Device::meta);
+    e->weight().set_data(w.weight);
+    leaf = e;
+  } else {
+    auto l = std::make_shared<nn::Linear>(w.weight.size(1), w.weight.size(0), w.bias.defined(), nullptr, DType::float32,
+                                          Device::meta);
+    l->weight().set_data(w.weight);
+    if (w.bias.defined()) l->param("bias").set_data(w.bias);
+    leaf = l;
+  }
+  auto tree = single_module_tree(module, leaf);
+  const std::string name = "merge" + std::to_string(index);
+  StateDict sd;
+  for (const auto& k : keys) {
+    Tensor t = s.file->get(k, DType::float32);
+    bool b_side = k.find(".lora_B.") != std::string::npos || k.find(".lora_embedding_B") != std::string::npos;
+    if (s.weight != 1.0 && b_side) t = mul(t, s.weight);  // ΔW is linear in B (and in lora_B's bias)
+    sd.set(k, t);
+  }
+  auto quiet = set_warning_handler([](const std::string&) {});
+  try {
+    inject_from_state_dict(*s.cfg, *tree, sd, name);
+    nn::LoadResult r = set_peft_model_state_dict(*tree, sd, name);
+    if (!r.unexpected_keys.empty())
+      fail("peft merge: ", s.dir, ": tensors of module '", module, "' that its ", s.cfg->peft_type,
+           " layer does not have: ", py_list(r.unexpected_keys));
+    std::vector<std::string> missing;
+    for (const auto& k : r.missing_keys)
+      if (k.find("." + s.prefix) != std::string::npos && k.find("." + name) != std::string::npos) missing.push_back(k);
+    if (!missing.empty())
+      fail("peft merge: ", s.dir, ": module '", module, "' lacks adapter tensors ", py_list(missing));
+    MergeAndUnloadOptions mo;
+    mo.safe_merge = true;
+    merge_and_unload(*tree, mo);
+  } catch (...) {
+    set_warning_handler(quiet);
+    throw;
+  }
+  set_warning_handler(quiet);
+  nn::ModulePtr merged = tree->get_submodule(module);
+  ModuleWeights out;
+  out.weight = merged->param("weight");
+  if (merged->has_param("bias")) out.bias = merged->param("bias");
+  return out;
+}
+
+}  // namespace
+
+MergeReport merge_into_file(const std::string& base_path, const std::vector<MergeInput>& adapters,
+                            const std::string& out_path, const MergeOptions& opts) {
+  if (adapters.empty()) fail("peft merge: no adapter given");
+  if (opts.dtype && !is_floating(*opts.dtype)) fail("peft merge: the output dtype must be floating");
+  auto base = io::SafetensorsFile::open(base_path);
+  std::vector<Source> sources;
+  for (const auto& in : adapters) sources.push_back(open_source(in));
+
+  // Which output tensors come from where; everything is checked before the output is created.
+  std::set<std::string> adapted;                   // modules with at least one adapter
+  std::map<std::string, std::pair<size_t, std::string>> replaced;  // host key -> (source, file key); last wins
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const Source& s = sources[i];
+    for (const auto& [m, keys] : s.module_keys) {
+      if (!base->contains(m + ".weight"))
+        fail("peft merge: ", s.dir, " adapts module '", m, "' but ", base_path, " has no tensor '", m,
+             ".weight' (is the base file stored under the host model's own names?)");
+      adapted.insert(m);
+    }
+    for (const auto& [h, k] : s.direct) {
+      if (!base->contains(h))
+        fail("peft merge: ", s.dir, " holds '", k, "' but ", base_path, " has no tensor '", h, "' to replace");
+      if (base->info(h).shape != s.file->info(k).shape)
+        fail("peft merge: ", s.dir, ": '", k, "' has shape ", shape_str(s.file->info(k).shape), " but '", h, "' in ",
+             base_path, " has ", shape_str(base->info(h).shape));
+      if (adapted.count(module_of(h)))
+        fail("peft merge: '", h, "' is both adapted and replaced by the adapters; merge them one at a time");
+      replaced[h] = {i, k};
+    }
+  }
+
+  std::vector<io::TensorSpec> specs;
+  for (const auto& info : base->tensors()) {
+    DType dt = io::runtime_dtype(info.dtype);
+    if (opts.dtype && is_floating(dt)) dt = *opts.dtype;
+    if (adapted.count(module_of(info.name)) && !is_floating(dt))
+      fail("peft merge: ", info.name, " is ", io::st_dtype_name(info.dtype), "; adapted weights must be floating");
+    specs.push_back({info.name, dt, info.shape});
+  }
+  std::map<std::string, DType> out_dtype;
+  for (const auto& sp : specs) out_dtype[sp.name] = sp.dtype;
+  auto metadata = base->metadata();
+  io::SafetensorsWriter writer(out_path, specs, metadata);
+
+  MergeReport report;
+  std::map<std::string, ModuleWeights> done;  // merged modules whose tensors are not all written yet
+  std::map<std::string, int> pending;
+  for (const auto& m : adapted) pending[m] = base->contains(m + ".bias") ? 2 : 1;
+  const size_t total = writer.order().size();
+  for (const std::string& name : writer.order()) {
+    Tensor t;
+    const std::string module = module_of(name);
+    const bool is_param = name == module + ".weight" || name == module + ".bias";
+    if (adapted.count(module) && is_param) {
+      auto it = done.find(module);
+      if (it == done.end()) {
+        ModuleWeights w;
+        w.weight = base->get(module + ".weight", DType::float32);
+        if (base->contains(module + ".bias")) w.bias = base->get(module + ".bias", DType::float32);
+        for (size_t i = 0; i < sources.size(); ++i)
+          if (sources[i].module_keys.count(module)) w = merge_module(sources[i], module, w, i);
+        it = done.emplace(module, w).first;
+        ++report.merged_modules;
+      }
+      t = name == module + ".weight" ? it->second.weight : it->second.bias;
+      if (--pending[module] == 0) done.erase(module);
+    } else if (auto r = replaced.find(name); r != replaced.end()) {
+      t = sources[r->second.first].file->get(r->second.second);
+      ++report.replaced;
+    } else {
+      t = base->get(name);
+    }
+    if (t.dtype() != out_dtype.at(name)) t = t.to(out_dtype.at(name));
+    writer.write(name, t);
+    ++report.tensors;
+    if (opts.progress) opts.progress(report.tensors, total, name);
+  }
+  writer.commit();
+  return report;
+}
+
+}  // namespace peft::tools
