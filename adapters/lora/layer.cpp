@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
+#include "runtime/backend.h"
 #include "runtime/ops.h"
 
 namespace peft::lora {
@@ -220,6 +221,69 @@ Tensor Linear::get_delta_weight(const std::string& adapter) {
   return d;
 }
 
+namespace {
+
+constexpr int64_t kTinyLoraMacs = 1 << 16;
+constexpr int64_t kTinyMaxRank = 64;
+
+// Inference fast path: y += s·(x·Aᵀ)·Bᵀ as two direct CPU float32 products, the second
+// accumulating into y (beta = 1). Skips the dropout/Linear module calls, the [T, out]
+// temporary and the add that the general path costs: at small shapes those dominate
+// (docs/perf-notes.md). Returns false when the general path must run.
+bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, nn::Module& A, nn::Module& B, nn::Module& drop,
+                             double s) {
+  if (is_grad_enabled() && (x.requires_grad() || result.requires_grad())) return false;
+  const Tensor& wa = A.param("weight");
+  const Tensor& wb = B.param("weight");
+  if (is_grad_enabled() && (wa.requires_grad() || wb.requires_grad())) return false;
+  if (B.has_param("bias") || dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
+  if (x.device() != Device::cpu || wa.device() != Device::cpu || wb.device() != Device::cpu) return false;
+  if (x.dtype() != DType::float32 || wa.dtype() != DType::float32 || wb.dtype() != DType::float32 ||
+      result.dtype() != DType::float32)
+    return false;
+  if (x.dim() < 1 || !x.is_contiguous() || !result.is_contiguous()) return false;
+  const int64_t in = wa.size(1), r = wa.size(0), out = wb.size(0);
+  if (x.size(-1) != in || result.size(-1) != out || wb.size(1) != r) return false;
+  const int64_t M = x.numel() / std::max<int64_t>(in, 1);
+  if (M == 0 || result.numel() != M * out) return false;
+  if (M * r * (in + out) <= kTinyLoraMacs) {
+    // Tiny products: plain loops beat two sgemm calls' dispatch (about 1 µs each).
+    const float* xp = x.data_ptr<float>();
+    const float* ap = wa.data_ptr<float>();
+    const float* bp = wb.data_ptr<float>();
+    float* yp = result.data_ptr<float>();
+    if (!wa.is_contiguous() || !wb.is_contiguous()) return false;
+    float t[kTinyMaxRank];
+    if (r > kTinyMaxRank) return false;
+    for (int64_t i = 0; i < M; ++i) {
+      const float* xi = xp + i * in;
+      for (int64_t j = 0; j < r; ++j) {
+        const float* aj = ap + j * in;
+        float acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < in; ++k) acc += xi[k] * aj[k];
+        t[j] = acc * float(s);
+      }
+      float* yi = yp + i * out;
+      for (int64_t o = 0; o < out; ++o) {
+        const float* bo = bp + o * r;
+        float acc = 0;
+        for (int64_t j = 0; j < r; ++j) acc += t[j] * bo[j];
+        yi[o] += acc;
+      }
+    }
+    return true;
+  }
+  Backend& be = cpu_backend();
+  Tensor x2 = x.view({M, in}), y2 = result.view({M, out});
+  Tensor t = empty({M, r});
+  be.gemm(x2, wa.t(), t, 1.0, 0.0);
+  be.gemm(t, wb.t(), y2, s, 1.0);
+  return true;
+}
+
+}  // namespace
+
 Tensor Linear::forward(const Tensor& x) {
   if (disable_adapters_) {
     if (merged()) unmerge();
@@ -245,14 +309,21 @@ Tensor Linear::forward(const Tensor& x) {
   Tensor xin = x;
   for (const auto& a : active_adapters_) {
     if (!lora_A().contains(a)) continue;
-    if (!x.is_meta()) check_adapter_materialized(a);
     nn::Module& A = lora_A()[a];
     nn::Module& B = lora_B()[a];
+    // The full check builds every adapter tensor's name: only run it (to fail with its
+    // message) when one of the tensors this forward reads is on meta.
+    if (!x.is_meta() && (weight_of(A).is_meta() || weight_of(B).is_meta() ||
+                         (B.has_param("bias") && B.param("bias").is_meta()) ||
+                         (lora_magnitude_vector().contains(a) && lora_magnitude_vector()[a].has_param("weight") &&
+                          lora_magnitude_vector()[a].param("weight").is_meta())))
+      check_adapter_materialized(a);
     nn::Module& drop = lora_dropout()[a];
     const double s = scaling.at(a);
     DType adt = weight_of(A).dtype();
     if (is_floating(xin.dtype()) && xin.dtype() != adt) xin = xin.to(adt);
     if (!use_dora.at(a)) {
+      if (accumulate_lora_no_grad(result, xin, A, B, drop, s)) continue;
       Tensor lora_out = B.forward(A.forward(drop.forward(xin)));
       // Without autograd the product is accumulated into y in place (result is our own fresh tensor).
       if (!is_grad_enabled() || !autograd::needs_grad({&result, &lora_out})) {

@@ -251,6 +251,8 @@ MatLayout mat_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
   return {false, 'N', 0};
 }
 
+constexpr double kSmallGemmFlops = 4e6;
+
 void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sam,
               int64_t sak, const float* B, int64_t sbk, int64_t sbn, float beta, float* C) {
   if (M == 0 || N == 0) return;
@@ -274,8 +276,15 @@ void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int6
     B = cb.data();
     lb = {true, 'N', N};
   }
+  // oneDNN forks every OpenMP thread even for tiny products; below ~4 MFLOP (tens of
+  // µs on one core) the fork/join costs more than it saves, and on a loaded machine a
+  // team member waiting for a time slice stalls the call for milliseconds.
+  const bool small = 2.0 * double(M) * double(N) * double(K) < kSmallGemmFlops;
+  const int nt = small && !omp_in_parallel() ? omp_get_max_threads() : 1;
+  if (nt > 1) omp_set_num_threads(1);
   dnnl_status_t st =
       dnnl_sgemm(la.trans, lb.trans, M, N, K, alpha, A, la.ld, B, lb.ld, beta, C, N);
+  if (nt > 1) omp_set_num_threads(nt);
   if (st != dnnl_success) fail("[matmul] oneDNN sgemm failed with status ", int(st));
 }
 
