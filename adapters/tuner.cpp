@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -210,6 +211,27 @@ std::string PeftConfig::to_json_string() const {
   return sorted.dump(2, ' ', /*ensure_ascii=*/true);
 }
 
+// A list field element by element: nlohmann's get<vector<...>> would throw its own
+// type_error on a wrong element, and silently truncate 1.5 to 1.
+static std::vector<std::string> string_list(const ordered_json& v, const char* field) {
+  std::vector<std::string> out;
+  for (const auto& e : v) {
+    if (!e.is_string()) fail("adapter config field `", field, "` must hold strings, got ", e.dump());
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+static std::vector<int64_t> int_list(const ordered_json& v, const char* field) {
+  std::vector<int64_t> out;
+  for (const auto& e : v) {
+    if (!e.is_number_integer() ||
+        (e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())))
+      fail("adapter config field `", field, "` must hold 64-bit integers, got ", e.dump());
+    out.push_back(e.get<int64_t>());
+  }
+  return out;
+}
+
 void PeftConfig::read_common(const ordered_json& j, std::vector<std::string>& consumed) {
   if (!j.is_object()) fail("adapter config must be a JSON object, got ", j.dump());
   auto take = [&](const char* k) -> const ordered_json* {
@@ -238,19 +260,19 @@ void PeftConfig::read_common(const ordered_json& j, std::vector<std::string>& co
   if (const auto* v = take("exclude_modules")) exclude_modules = TargetModules::from_json(*v, "exclude_modules");
   if (const auto* v = take("modules_to_save")) {
     if (v->is_null()) modules_to_save.reset();
-    else if (v->is_array()) modules_to_save = v->get<std::vector<std::string>>();
+    else if (v->is_array()) modules_to_save = string_list(*v, "modules_to_save");
     else fail("adapter config field `modules_to_save` must be a list of strings or null, got ", v->dump());
   }
   if (const auto* v = take("layers_to_transform")) {
     if (v->is_null()) layers_to_transform.reset();
-    else if (v->is_number_integer()) set_layers_to_transform(v->get<int64_t>());
-    else if (v->is_array()) set_layers_to_transform(v->get<std::vector<int64_t>>());
+    else if (v->is_number_integer()) set_layers_to_transform(int_list(ordered_json::array({*v}), "layers_to_transform")[0]);
+    else if (v->is_array()) set_layers_to_transform(int_list(*v, "layers_to_transform"));
     else fail("adapter config field `layers_to_transform` must be an int, a list of ints or null, got ", v->dump());
   }
   if (const auto* v = take("layers_pattern")) {
     if (v->is_null()) layers_pattern.reset();
     else if (v->is_string()) set_layers_pattern(v->get<std::string>());
-    else if (v->is_array()) set_layers_pattern(v->get<std::vector<std::string>>());
+    else if (v->is_array()) set_layers_pattern(string_list(*v, "layers_pattern"));
     else fail("adapter config field `layers_pattern` must be a string, a list of strings or null, got ", v->dump());
   }
 }

@@ -368,7 +368,10 @@ Tensor Tensor::expand(const Shape& shape) const {
       sh[i] = this->shape()[i - off];
     }
   Shape in = this->shape();
-  return record_view("expand", *this, expand_raw(*this, sh),
+  // expand_raw returns the input itself for an unchanged shape; recording on it would make the
+  // input its own grad_fn (a reference cycle: LeakSanitizer in matmul's gradients).
+  Tensor out = sh == in ? make_view(*this, sh, strides(), offset()) : expand_raw(*this, sh);
+  return record_view("expand", *this, out,
                      [in](const Tensor& g) { return std::vector<Tensor>{sum_to(g, in)}; });
 }
 

@@ -114,7 +114,9 @@ Tensor norm(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   }
   Tensor out = keepdim ? outk : drop_dims(outk, rd);
   if (needs_grad({&a})) {
-    Tensor ad = a.detach(), ok = outk;
+    // ok is detached: with keepdim, out *is* outk, and a closure holding out's own handle
+    // would be a reference cycle (out -> grad_fn -> closure -> out).
+    Tensor ad = a.detach(), ok = outk.detach();
     int64_t rank = a.dim();
     record("norm", {a}, out, [ad, ok, rd, rank, keepdim](const Tensor& g) {
       Tensor gk = keepdim ? g : unsqueeze_reduced(g, rd, rank);

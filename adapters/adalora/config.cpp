@@ -27,11 +27,23 @@ void AdaLoraConfig::validate() const {
     warn("Note that `r` is not used in AdaLora and will be ignored.If you intended to set the initial rank, use "
          "`init_r` instead.");
   if (!total_step || *total_step <= 0) fail("AdaLoRA does not work when `total_step` is None, supply a value > 0.");
-  if (tinit >= *total_step - tfinal)
+  // In 128 bits: Python's ints do not overflow, and int64 subtraction could (UB).
+  if (__int128(tinit) >= __int128(*total_step) - __int128(tfinal))
     fail("The supplied schedule values don't allow for a budgeting phase. Decrease `tfinal`/`tinit` or increase "
          "`total_step`.");
   if (orth_reg_weight < 0) fail("orth_reg_weight should be greater than 0. ");
   if (init_r < 0) fail("`r` should be a positive integer or 0, but the value passed is ", init_r);
+  if (init_r > kMaxRank)
+    fail("AdaLoRA: init_r = ", init_r, " is above peft.cpp's limit of ", kMaxRank,
+         " (LoraConfig::kMaxRank): every targeted layer would allocate init_r x (in + out) weights; "
+         "the config is corrupt");
+  if (target_r < 0 || target_r > kMaxRank)
+    fail("AdaLoRA: target_r = ", target_r, " must lie in [0, ", kMaxRank, "] (LoraConfig::kMaxRank)");
+  if (rank_pattern)
+    for (const auto& [k, keep] : *rank_pattern)
+      if (int64_t(keep.size()) > kMaxRank)
+        fail("AdaLoRA: rank_pattern['", k, "'] lists ", keep.size(), " ranks, above peft.cpp's limit of ", kMaxRank,
+             " (LoraConfig::kMaxRank); the config is corrupt");
   if (!(beta1 > 0 && beta1 < 1)) fail("AdaLoRA: beta1 must lie in (0, 1), got ", beta1);
   if (!(beta2 > 0 && beta2 < 1)) fail("AdaLoRA: beta2 must lie in (0, 1), got ", beta2);
   if (deltaT <= 0) fail("AdaLoRA: deltaT must be a positive integer, got ", deltaT);
@@ -60,8 +72,9 @@ ordered_json AdaLoraConfig::to_json() const {
 
 std::shared_ptr<AdaLoraConfig> AdaLoraConfig::from_json(const ordered_json& j) {
   if (!j.is_object()) fail("adapter config must be a JSON object, got ", j.dump());
-  if (j.value("peft_type", std::string()) != "ADALORA")
-    fail("AdaLoraConfig: peft_type is '", j.value("peft_type", std::string()), "', expected 'ADALORA'");
+  if (!j.contains("peft_type") || !j["peft_type"].is_string() || j["peft_type"].get<std::string>() != "ADALORA")
+    fail("AdaLoraConfig: peft_type is ", j.contains("peft_type") ? j["peft_type"].dump() : "missing",
+         ", expected \"ADALORA\"");
   // The LoRA part through LoraConfig's parser (without AdaLoRA's fields).
   ordered_json lj = j;
   for (const char* k : kAdaFields) lj.erase(k);
@@ -75,8 +88,7 @@ std::shared_ptr<AdaLoraConfig> AdaLoraConfig::from_json(const ordered_json& j) {
   auto integer = [&](const char* k, int64_t& dst) {
     auto it = j.find(k);
     if (it == j.end()) return;
-    if (!it->is_number_integer()) fail("AdaLoraConfig: field `", k, "` must be an integer, got ", it->dump());
-    dst = it->get<int64_t>();
+    dst = config_int64("AdaLoraConfig", k, *it);
   };
   auto number = [&](const char* k, double& dst) {
     auto it = j.find(k);
@@ -93,8 +105,7 @@ std::shared_ptr<AdaLoraConfig> AdaLoraConfig::from_json(const ordered_json& j) {
   number("beta2", c->beta2);
   number("orth_reg_weight", c->orth_reg_weight);
   if (auto it = j.find("total_step"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_integer()) fail("AdaLoraConfig: field `total_step` must be an integer, got ", it->dump());
-    c->total_step = it->get<int64_t>();
+    c->total_step = config_int64("AdaLoraConfig", "total_step", *it);
   }
   if (auto it = j.find("rank_pattern"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) fail("AdaLoraConfig: field `rank_pattern` must be an object, got ", it->dump());

@@ -16,13 +16,7 @@ void IA3Config::validate() const {
 
 bool IA3Config::is_feedforward(const std::string& key) const {
   if (feedforward_modules.is_regex()) {
-    std::regex re;
-    try {
-      re = std::regex(feedforward_modules.pattern, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail("invalid regular expression in feedforward_modules: '", feedforward_modules.pattern, "' (", e.what(), ")");
-    }
-    return std::regex_match(key, re);
+    return std::regex_match(key, compile_user_regex(feedforward_modules.pattern, "feedforward_modules"));
   }
   if (feedforward_modules.is_list())
     for (const auto& f : feedforward_modules.names)

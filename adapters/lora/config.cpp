@@ -1,6 +1,7 @@
 #include "adapters/lora/config.h"
 
 #include <cmath>
+#include <limits>
 
 namespace peft {
 
@@ -15,9 +16,20 @@ ordered_json number_json(double v) {
 
 }  // namespace
 
+int64_t config_int64(const char* cls, const std::string& field, const ordered_json& v) {
+  if (!v.is_number_integer()) fail(cls, ": field `", field, "` must be an integer, got ", v.dump());
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
+    fail(cls, ": field `", field, "` = ", v.dump(), " does not fit a 64-bit signed integer");
+  return v.get<int64_t>();
+}
+
 void LoraConfig::validate() const {
   PeftConfig::validate();
   if (r <= 0) fail("`r` should be a positive integer value but the value passed is ", r);
+  if (r > kMaxRank)
+    fail("`r` = ", r, " is above peft.cpp's limit of ", kMaxRank,
+         " (LoraConfig::kMaxRank): every targeted layer would allocate r x (in + out) weights; "
+         "the config is corrupt");
   if (bias != "none" && bias != "all" && bias != "lora_only")
     fail("Requested bias: ", bias, ", is not implemented.");
   if (!init_lora_weights.is_bool() && init_lora_weights.as_string() != "gaussian")
@@ -28,8 +40,12 @@ void LoraConfig::validate() const {
     fail("The argument lora_bias=True is only supported with init_lora_weights=True or False.");
   if (!target_parameters.is_null() && !(target_parameters.is_array() && target_parameters.empty()))
     fail("target_parameters is not supported by peft.cpp yet");
-  for (const auto& [p, rr] : rank_pattern)
+  for (const auto& [p, rr] : rank_pattern) {
     if (rr <= 0) fail("`r` should be a positive integer value but the value passed is ", rr, " (rank_pattern '", p, "')");
+    if (rr > kMaxRank)
+      fail("rank_pattern['", p, "'] = ", rr, " is above peft.cpp's limit of ", kMaxRank,
+           " (LoraConfig::kMaxRank); the config is corrupt");
+  }
 }
 
 ordered_json LoraConfig::to_json() const {
@@ -98,10 +114,7 @@ std::shared_ptr<LoraConfig> LoraConfig::from_json(const ordered_json& j) {
     if (!v.is_boolean()) fail("LoraConfig: field `", k, "` must be a boolean, got ", v.dump());
     return v.get<bool>();
   };
-  if (auto* v = take("r")) {
-    if (!v->is_number_integer()) fail("LoraConfig: field `r` must be an integer, got ", v->dump());
-    c->r = v->get<int64_t>();
-  }
+  if (auto* v = take("r")) c->r = config_int64("LoraConfig", "r", *v);
   if (auto* v = take("lora_alpha")) c->lora_alpha = num("lora_alpha", *v);
   if (auto* v = take("lora_dropout")) c->lora_dropout = num("lora_dropout", *v);
   if (auto* v = take("fan_in_fan_out")) c->fan_in_fan_out = boolean("fan_in_fan_out", *v);
@@ -119,7 +132,7 @@ std::shared_ptr<LoraConfig> LoraConfig::from_json(const ordered_json& j) {
     if (!v->is_object()) fail("LoraConfig: field `rank_pattern` must be an object, got ", v->dump());
     for (auto it = v->begin(); it != v->end(); ++it) {
       if (!it.value().is_number_integer()) fail("LoraConfig: rank_pattern['", it.key(), "'] must be an integer");
-      c->rank_pattern.emplace_back(it.key(), it.value().get<int64_t>());
+      c->rank_pattern.emplace_back(it.key(), config_int64("LoraConfig", "rank_pattern['" + it.key() + "']", it.value()));
     }
   }
   if (auto* v = take("alpha_pattern"); v && !v->is_null()) {
@@ -138,7 +151,8 @@ std::shared_ptr<LoraConfig> LoraConfig::from_json(const ordered_json& j) {
   if (auto* v = take("velora_config")) c->velora_config = *v;
   if (auto* v = take("alora_invocation_tokens")) c->alora_invocation_tokens = *v;
   if (auto* v = take("use_qalora"); v && v->is_boolean()) c->use_qalora = v->get<bool>();
-  if (auto* v = take("qalora_group_size"); v && v->is_number_integer()) c->qalora_group_size = v->get<int64_t>();
+  if (auto* v = take("qalora_group_size"); v && v->is_number_integer())
+    c->qalora_group_size = config_int64("LoraConfig", "qalora_group_size", *v);
   if (auto* v = take("monteclora_config")) c->monteclora_config = *v;
   if (auto* v = take("layer_replication")) c->layer_replication = *v;
   if (auto* v = take("target_parameters")) c->target_parameters = *v;

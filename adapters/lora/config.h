@@ -27,6 +27,11 @@ struct InitLoraWeights {
 struct LoraConfig : PeftConfig {
   LoraConfig() { peft_type = "LORA"; }
 
+  // Ranks above this are refused by validate() before anything is allocated: a layer
+  // holds r x (in + out) adapter weights, so a corrupt or hostile r (2^40) would otherwise
+  // end in bad_alloc or the OOM killer. No real LoRA comes near it.
+  static constexpr int64_t kMaxRank = int64_t(1) << 16;
+
   int64_t r = 8;
   double lora_alpha = 8;
   double lora_dropout = 0.0;
@@ -66,5 +71,9 @@ struct LoraConfig : PeftConfig {
   int64_t rank_for(const std::string& key) const;
   double alpha_for(const std::string& key) const;
 };
+
+// A config field as int64, refusing non-integers and unsigned values above 2^63-1 (which
+// would otherwise wrap to negative ones); `cls` and `field` name it in the error.
+int64_t config_int64(const char* cls, const std::string& field, const ordered_json& v);
 
 }  // namespace peft
