@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang + ASan + UBSan into build-fuzz/ (or $1) and
+# writes their seed corpora (tools/fuzz/make_seeds.py). Usage: tools/fuzz/build.sh [builddir]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+B=${1:-build-fuzz}
+if [ ! -d "$B" ]; then
+  CXX=${CXX:-clang++} meson setup "$B" -Dfuzz=true -Dcuda=disabled \
+    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized \
+    -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all
+fi
+ninja -C "$B" -j"${JOBS:-2}" tools/fuzz/fuzz_safetensors tools/fuzz/fuzz_config \
+  tools/fuzz/fuzz_load_adapter tools/fuzz/fuzz_state_dict
+python3 tools/fuzz/make_seeds.py "$B/corpus"
+PEFT_FUZZ_WRITE_SEEDS="$B/corpus/state_dict" "$B/tools/fuzz/fuzz_state_dict"
+echo "built: $B/tools/fuzz/fuzz_{safetensors,config,load_adapter,state_dict}; seeds in $B/corpus/"
