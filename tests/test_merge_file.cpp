@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "adapters/peft.h"
@@ -140,5 +141,55 @@ TEST_CASE("peft merge: clear errors, and a failure leaves the previous output in
   size_t files = 0;
   for (const auto& e : fs::directory_iterator(tmp)) files += e.is_regular_file();
   CHECK(files == 1);
+  fs::remove_all(tmp);
+}
+
+TEST_CASE("peft merge: bias=\"all\" and modules_to_save tensors replace the base's, as merge_and_unload") {
+  // folders written by save_pretrained (byte-identical to PEFT's, tests/test_folder.cpp); the
+  // expected file is the in-model merge_and_unload, whose merges the parity suite checks
+  fs::path tmp = scratch("replace");
+  fs::path dir = "tests/data/peft/lora_mlp_bias_all";
+  std::ifstream in(dir / "case.json");
+  nlohmann::json meta = nlohmann::json::parse(in);
+  auto build = [&] {
+    auto m = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+    m->load_state_dict(io::load_safetensors((dir / "base.safetensors").string()), true);
+    return m;
+  };
+  {
+    auto m = build();
+    inject_adapter_in_model(*config_from_json(meta["adapters"][0]["config"].dump()), *m);
+    set_peft_model_state_dict(*m, io::load_safetensors((dir / "adapter_default.safetensors").string()));
+    // bias="all" trains every bias: give the untargeted ones new values
+    for (auto& [k, p] : m->named_parameters())
+      if (k.size() > 5 && k.compare(k.size() - 5, 5, ".bias") == 0) p.add_(full(p.shape(), 0.25));
+    save_pretrained(*m, (tmp / "bias_all").string());
+    tools::merge_into_file((dir / "base.safetensors").string(), {{(tmp / "bias_all").string()}},
+                           (tmp / "bias_all.safetensors").string());
+    merge_and_unload(*m);
+    StateDict got = io::load_safetensors((tmp / "bias_all.safetensors").string());
+    CHECK(got.size() == m->state_dict().size());
+    for (const auto& [k, v] : m->state_dict()) CHECK_ALLCLOSE(got.at(k), v, 1e-5, 1e-6);
+  }
+  {
+    auto m = build();
+    LoraConfig c;
+    c.target_modules = {"lin0"};
+    c.modules_to_save = std::vector<std::string>{"lin2"};
+    inject_adapter_in_model(c, *m);
+    auto w = std::dynamic_pointer_cast<ModulesToSaveWrapper>(m->get_submodule("lin2"));
+    REQUIRE(w);
+    Generator g(5);
+    w->modules_to_save()["default"].param("weight").copy_(randn(w->modules_to_save()["default"].param("weight").shape(), g));
+    m->get_submodule("lin0")->child("lora_B").child("default").param("weight").fill_(0.1);
+    save_pretrained(*m, (tmp / "mts").string());
+    tools::MergeReport r = tools::merge_into_file((dir / "base.safetensors").string(), {{(tmp / "mts").string()}},
+                                                  (tmp / "mts.safetensors").string());
+    CHECK(r.replaced == 2);  // lin2.weight and lin2.bias
+    merge_and_unload(*m);
+    StateDict got = io::load_safetensors((tmp / "mts.safetensors").string());
+    CHECK(got.size() == m->state_dict().size());
+    for (const auto& [k, v] : m->state_dict()) CHECK_ALLCLOSE(got.at(k), v, 1e-5, 1e-6);
+  }
   fs::remove_all(tmp);
 }
