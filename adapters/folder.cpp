@@ -219,6 +219,10 @@ LoadAdapterResult load_adapter(nn::Module& model, const std::string& dir,
   std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
   r.config = config_from_json(read_text(cfg_path));
   r.config->inference_mode = false;
+  for (auto it = r.config->extra.begin(); it != r.config->extra.end(); ++it) r.unknown_config_fields.push_back(it.key());
+  if (!r.unknown_config_fields.empty())
+    warn("load_adapter: " + cfg_path + " has fields peft.cpp does not know (kept, not used): " +
+         py_list(r.unknown_config_fields));
   // Read and validate the weights before touching the model.
   io::LoadOptions lo;
   lo.convert = true;

@@ -27,6 +27,9 @@ struct LoadAdapterResult {
   // Filtered as PeftModel.load_adapter: only adapter keys of this adapter.
   std::vector<std::string> missing_keys;
   std::vector<std::string> unexpected_keys;
+  // adapter_config.json fields this version does not know (another PEFT version's): kept
+  // in the config (and written back by save_pretrained) but not used; also logged via warn().
+  std::vector<std::string> unknown_config_fields;
 };
 
 // Reads DIR/adapter_config.json, injects the adapter under `adapter_name`

@@ -2,6 +2,8 @@
 // tools/python/make_extra_goldens.py): add_weighted_adapter (linear, cat, svd),
 // merge_and_unload / unload, inject_from_state_dict; and the scoped guards and set_scale,
 // checked against outputs of the same model computed another way.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -276,4 +278,36 @@ TEST_CASE("DisableAdapterGuard, RescaleAdapterScale and set_scale") {
   auto plain = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
   CHECK(testing::error_of([&] { RescaleAdapterScale g(*plain, 2.0); }) ==
         "scaling is only supported for models with `LoraLayer`s");
+}
+
+TEST_CASE("delete_adapter refuses a merged adapter with PEFT 0.21's message; load_adapter names unknown config fields") {
+  auto meta = case_json();
+  auto m = model_with_sources(meta);
+  merge_adapters(*m, false, {"x"});
+  CHECK(testing::error_of([&] { delete_adapter(*m, "x"); }) ==
+        "Cannot delete adapter(s) ['x'] while they are merged. Please unmerge them first.");
+  unmerge_adapters(*m);
+  delete_adapter(*m, "z");  // not merged: fine
+  CHECK(peft_state(*m)->find("z") == nullptr);
+
+  fs::path dir = fs::temp_directory_path() / ("peft_unknown_fields_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  save_pretrained(*m, dir.string(), {"y"});
+  fs::path cfg_path = dir / "y" / "adapter_config.json";
+  std::ifstream in(cfg_path);
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(in);
+  in.close();
+  cfg["field_from_peft_0_99"] = {{"a", 1}};
+  std::ofstream(cfg_path) << cfg.dump(2);
+  auto fresh = tools::build_host_model(meta["arch"].get<std::string>(), meta["arch_spec"]);
+  std::vector<std::string> warnings;
+  auto old = set_warning_handler([&](const std::string& w) { warnings.push_back(w); });
+  LoadAdapterResult r = load_adapter(*fresh, (dir / "y").string(), "y");
+  set_warning_handler(old);
+  CHECK(r.unknown_config_fields == std::vector<std::string>{"field_from_peft_0_99"});
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("['field_from_peft_0_99']") != std::string::npos);
+  CHECK(r.missing_keys.empty());
+  CHECK(r.unexpected_keys.empty());
+  fs::remove_all(dir);
 }
