@@ -353,11 +353,13 @@ TEST_CASE("a writer killed mid-way leaves the previous file intact (SIGKILL)") {
       }
       _exit(0);
     }
-    // Kill once a temporary file exists and has started to grow.
+    // Kill once this round's temporary file exists and has started to grow (round 0's killed
+    // writer left its own temporary file in dir, so round 1 looks in dir/adapter only).
+    const fs::path watch = round == 0 ? dir.path : dir.path / "adapter";
     bool killed = false;
     for (int i = 0; i < 20000 && !killed; ++i) {
       std::error_code ec;
-      for (const auto& e : fs::recursive_directory_iterator(dir.path, ec)) {
+      for (const auto& e : fs::directory_iterator(watch, ec)) {
         std::string n = e.path().filename().string();
         if (n[0] == '.' && has(n, ".tmp.") && e.is_regular_file(ec) && e.file_size(ec) > 65536 && !ec) {
           kill(child, SIGKILL);
