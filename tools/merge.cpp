@@ -233,9 +233,11 @@ MergeReport merge_into_file(const std::string& base_path, const std::vector<Merg
     if (adapted.count(module) && is_param) {
       auto it = done.find(module);
       if (it == done.end()) {
+        // Copies: merging in place into views of the private file mapping would leave every
+        // merged page copied-on-write in the mapping until the end (the whole model's size).
         ModuleWeights w;
-        w.weight = base->get(module + ".weight", DType::float32);
-        if (base->contains(module + ".bias")) w.bias = base->get(module + ".bias", DType::float32);
+        w.weight = base->get(module + ".weight", DType::float32).clone();
+        if (base->contains(module + ".bias")) w.bias = base->get(module + ".bias", DType::float32).clone();
         for (size_t i = 0; i < sources.size(); ++i)
           if (sources[i].module_keys.count(module)) w = merge_module(sources[i], module, w, i);
         it = done.emplace(module, w).first;
