@@ -86,9 +86,20 @@ int bench_inject(const std::vector<std::string>& args, Report& rep) {
   o.warmup = 1;
   std::vector<std::string> rest = parse_common(args, o);
   int layers = 32;
+  std::string write_to;  // internal: the child that writes the adapter file
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--layers" && i + 1 < rest.size()) layers = parse_int(rest[i], rest[i + 1], 1), ++i;
+    else if (rest[i] == "--write-adapter" && i + 1 < rest.size()) write_to = rest[++i];
     else throw UsageError{"unknown option " + rest[i]};
+  }
+  if (!write_to.empty()) {
+    auto m = llama_on_meta(layers);
+    inject_adapter_in_model(llama_lora(16), *m, "default", true);
+    StateDict sd;
+    Generator g(0);
+    for (const auto& [k, t] : get_peft_model_state_dict(*m)) sd.set(k, mul(randn(t.shape(), g), 0.01));
+    io::save_safetensors(write_to, sd);
+    return 0;
   }
   if (o.help) {
     std::printf(
@@ -112,23 +123,17 @@ int bench_inject(const std::vector<std::string>& args, Report& rep) {
     StateDict meta_sd = get_peft_model_state_dict(*m);
     for (const auto& [k, t] : meta_sd) adapter_params += t.numel();
     // The adapter file both sides load (PEFT's key names, random values), written by a
-    // child process: the 160 MB it takes would otherwise stay in this process's block
-    // cache, be reused by the timed steps and hide their memory growth.
+    // child `peft bench inject --write-adapter FILE`: the 160 MB it takes would otherwise
+    // stay in this process's block cache, be reused by the timed steps and hide their
+    // memory growth. A fresh program, not a bare fork: OpenMP's thread pool does not
+    // survive fork().
     std::fflush(nullptr);
     pid_t pid = ::fork();
     if (pid == 0) {
-      int rc = 0;
-      try {
-        StateDict sd;
-        Generator g(0);
-        for (const auto& [k, t] : meta_sd) sd.set(k, mul(randn(t.shape(), g), 0.01));
-        io::save_safetensors(file, sd);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "bench inject: writing %s: %s\n", file.c_str(), e.what());
-        rc = 1;
-      }
-      std::fflush(nullptr);
-      ::_exit(rc);
+      std::string n = std::to_string(layers);
+      const char* argv[] = {"peft", "bench", "inject", "--write-adapter", file.c_str(), "--layers", n.c_str(), nullptr};
+      ::execv("/proc/self/exe", const_cast<char* const*>(argv));
+      ::_exit(127);
     }
     int st = 0;
     if (pid < 0 || ::waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
