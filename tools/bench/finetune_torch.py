@@ -111,7 +111,8 @@ def main():
     for name, s, held in rows:
         print(f"{name:34s} {s / a.steps * 1e3:9.2f} {s:8.2f} {held:14.4f}")
     if len(rows) == 2:
-        print(f"peft.cpp is {rows[1][1] / rows[0][1]:.2f}x faster per step")
+        r = rows[1][1] / rows[0][1]
+        print(f"peft.cpp is {r:.2f}x faster per step" if r >= 1 else f"peft.cpp is {1 / r:.2f}x slower per step")
 
 
 if __name__ == "__main__":
