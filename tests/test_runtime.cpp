@@ -1831,3 +1831,65 @@ TEST_CASE("tanh float32 (vectorised kernel): within 2e-7 relative of tanh in flo
   Tensor m = x.narrow(0, 0, 400000).reshape({800, 500});
   CHECK(testing::max_abs_diff(tanh(m.t()), tanh(m.t().contiguous())) == 0.0);
 }
+
+TEST_CASE("float32 elementwise: the contiguous (per-ISA) loops give the strided loop's bits") {
+  // The contiguous float32 loops are built for AVX-512/AVX2/baseline without FMA
+  // contraction; a strided view takes the generic loop. Both must agree exactly.
+  Generator g(77);
+  Tensor pos = add(abs(randn({300, 2 * 257}, g)), 0.25);  // > 0: sqrt, rsqrt, division
+  Tensor any = mul(randn({300, 2 * 257}, g), 3.0);
+  Tensor other = add(abs(randn({300, 2 * 257}, g)), 0.5);
+  auto every_other = [](const Tensor& t) { return t.slice(1, 0, t.size(1), 2); };
+  struct Case {
+    const char* name;
+    std::function<Tensor(const Tensor&, const Tensor&)> f;
+    bool positive;
+  };
+  const std::vector<Case> cases{
+      {"neg", [](const Tensor& a, const Tensor&) { return neg(a); }, false},
+      {"abs", [](const Tensor& a, const Tensor&) { return abs(a); }, false},
+      {"relu", [](const Tensor& a, const Tensor&) { return relu(a); }, false},
+      {"tanh", [](const Tensor& a, const Tensor&) { return tanh(a); }, false},
+      {"add_scalar", [](const Tensor& a, const Tensor&) { return add(a, 0.3); }, false},
+      {"mul_scalar", [](const Tensor& a, const Tensor&) { return mul(a, -1.7); }, false},
+      {"div_scalar", [](const Tensor& a, const Tensor&) { return div(a, 3.0); }, false},
+      {"rsub_scalar", [](const Tensor& a, const Tensor&) { return rsub(a, 1.0); }, false},
+      {"rdiv_scalar", [](const Tensor& a, const Tensor&) { return rdiv(a, 2.0); }, true},
+      {"clamp", [](const Tensor& a, const Tensor&) { return clamp(a, -0.5, 0.7); }, false},
+      {"sqrt", [](const Tensor& a, const Tensor&) { return sqrt(a); }, true},
+      {"rsqrt", [](const Tensor& a, const Tensor&) { return rsqrt(a); }, true},
+      {"pow 2", [](const Tensor& a, const Tensor&) { return pow(a, 2.0); }, false},
+      {"add", [](const Tensor& a, const Tensor& b) { return add(a, b); }, false},
+      {"sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); }, false},
+      {"mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); }, false},
+      {"div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, false},
+      {"mul by a 1-element tensor", [](const Tensor& a, const Tensor&) { return mul(a, full({1}, 0.37)); }, false},
+  };
+  for (const Case& c : cases) {
+    const std::string name = c.name;
+    CAPTURE(name);
+    const Tensor a = every_other(c.positive ? pos : any), b = every_other(other);
+    REQUIRE(!a.is_contiguous());
+    Tensor strided = c.f(a, b), contiguous = c.f(a.contiguous(), b.contiguous());
+    REQUIRE(contiguous.is_contiguous());
+    CHECK(testing::max_abs_diff(strided, contiguous) == 0.0);
+    // and both are the right values (not just equally wrong): float64 within float32 rounding
+    Tensor want = c.f(a.to(DType::float64), b.to(DType::float64));
+    CHECK(max(abs(sub(contiguous.to(DType::float64), want))).item() <=
+          2e-7 * std::max(1.0, max(abs(want)).item()));
+  }
+}
+
+TEST_CASE("matmul float32 split across threads by rows and by columns matches float64") {
+  // sgemm_2d gives each thread a block of rows (M >= N) or of columns (M < N);
+  // transposed operands exercise each operand layout in both splits.
+  Generator g(99);
+  for (auto [M, K, N] : {std::array<int64_t, 3>{300, 130, 70}, std::array<int64_t, 3>{24, 200, 530}}) {
+    CAPTURE(M);
+    Tensor a = randn({M, K}, g), b = randn({K, N}, g), at = randn({K, M}, g), bt = randn({N, K}, g);
+    for (auto [x, y] : {std::pair{a, b}, std::pair{at.t(), b}, std::pair{a, bt.t()}, std::pair{at.t(), bt.t()}}) {
+      Tensor got = matmul(x, y), want = ref_mm(x, y);
+      CHECK(max(abs(sub(got.to(DType::float64), want))).item() < 1e-4);
+    }
+  }
+}

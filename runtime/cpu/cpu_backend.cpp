@@ -4,6 +4,7 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 
+#include <atomic>
 #include <bit>
 
 #include <Eigen/Dense>
@@ -16,6 +17,8 @@
 
 #include "runtime/backend.h"
 #include "runtime/cpu/loops.h"
+#include "runtime/cpu/math_f32.h"
+#include "runtime/cpu/vec_f32.h"
 #include "runtime/cpu/svd.h"
 #include "runtime/generator.h"
 #include "runtime/half.h"
@@ -24,6 +27,7 @@ namespace peft {
 namespace {
 
 using cpu::for_each;
+using cpu::tanh_f32;
 
 struct BF16 {
   uint16_t v;
@@ -119,34 +123,6 @@ inline T gelu_f(T x) {
 template <class T>
 inline T sigmoid_f(T x) {
   return T(1) / (T(1) + std::exp(-x));
-}
-
-// float32 tanh, vectorisable (libm's tanhf is a scalar call, ~11 ns/element, and was a
-// third of the fine-tuning step; this is ~2.2 ns). Cephes tanhf: x + x·z·P(z) below
-// |x| = 0.625, else 1 - 2/(e^{2|x|} + 1) with Cephes expf; max relative error 1.4e-7 in
-// [-20, 20]. Selects are bit masks so GCC vectorises it without -fno-trapping-math.
-inline float tanh_f32(float x) {
-  const uint32_t xb = std::bit_cast<uint32_t>(x);
-  const uint32_t sign = xb & 0x80000000u;
-  const float ax = std::bit_cast<float>(xb & 0x7fffffffu);
-  const float z = x * x;
-  const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
-                   3.33332819422e-1f) * z * x + x;
-  const uint32_t big = -uint32_t(ax > 44.0f);  // e^88 is the largest finite float
-  const float v =
-      2.0f * std::bit_cast<float>((std::bit_cast<uint32_t>(ax) & ~big) | (std::bit_cast<uint32_t>(44.0f) & big));
-  const int32_t i = int32_t(v * 1.44269504088896341f + 0.5f);  // v >= 0: truncation = floor
-  const float fx = float(i);
-  const float r = v - fx * 0.693359375f - fx * -2.12194440e-4f;
-  float e = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
-              1.6666665459e-1f) * r + 5.0000001201e-1f) * (r * r) + r + 1.0f;
-  e *= std::bit_cast<float>((uint32_t(i) + 127u) << 23);
-  const uint32_t t = std::bit_cast<uint32_t>(1.0f - 2.0f / (e + 1.0f)) | sign;
-  const uint32_t small = -uint32_t(ax < 0.625f);
-  const uint32_t nan = -uint32_t(x != x);
-  uint32_t res = ((std::bit_cast<uint32_t>(p) | sign) & small) | (t & ~small);
-  res = (res & ~nan) | (xb & nan);
-  return std::bit_cast<float>(res);
 }
 
 template <class T>
@@ -283,7 +259,7 @@ MatLayout mat_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
   return {false, 'N', 0};
 }
 
-constexpr double kSmallGemmFlops = 4e6;
+constexpr double kSmallGemmFlops = 1e6;
 
 void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sam,
               int64_t sak, const float* B, int64_t sbk, int64_t sbn, float beta, float* C) {
@@ -311,12 +287,39 @@ void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int6
   // oneDNN forks every OpenMP thread even for tiny products; below ~4 MFLOP (tens of
   // µs on one core) the fork/join costs more than it saves, and on a loaded machine a
   // team member waiting for a time slice stalls the call for milliseconds.
-  const bool small = 2.0 * double(M) * double(N) * double(K) < kSmallGemmFlops;
-  const int nt = small && !omp_in_parallel() ? omp_get_max_threads() : 1;
-  if (nt > 1) omp_set_num_threads(1);
-  dnnl_status_t st =
-      dnnl_sgemm(la.trans, lb.trans, M, N, K, alpha, A, la.ld, B, lb.ld, beta, C, N);
-  if (nt > 1) omp_set_num_threads(nt);
+  // Threads split C into row (or column) blocks, one sequential sgemm each: on the
+  // 2-core machines we measure, that ran 1.2x faster than oneDNN's own threading
+  // from 256x512x512 to 512x4096x4096 (205 vs 170 GFLOP/s; docs/perf-notes.md). Below
+  // ~1 MFLOP one thread is faster than any fork/join.
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int max_nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const bool by_rows = M >= N;
+  const int64_t extent = by_rows ? M : N, align = 16;
+  const int parts = flops < kSmallGemmFlops ? 1 : int(std::min<int64_t>(max_nt, extent / align));
+  dnnl_status_t st = dnnl_success;
+  if (parts <= 1) {
+    // oneDNN forks every OpenMP thread whatever the size unless told otherwise
+    if (max_nt > 1) omp_set_num_threads(1);
+    st = dnnl_sgemm(la.trans, lb.trans, M, N, K, alpha, A, la.ld, B, lb.ld, beta, C, N);
+    if (max_nt > 1) omp_set_num_threads(max_nt);
+  } else {
+    const int64_t chunk = ((extent + parts - 1) / parts + align - 1) / align * align;
+    const int64_t a_row = la.trans == 'N' ? la.ld : 1, b_col = lb.trans == 'N' ? 1 : lb.ld;
+    std::atomic<int> failed{dnnl_success};
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int part = 0; part < parts; ++part) {
+      const int64_t lo = part * chunk, n = std::min(extent, lo + chunk) - lo;
+      if (n <= 0) continue;
+      // inside the parallel region oneDNN runs sequentially
+      const dnnl_status_t s =
+          by_rows ? dnnl_sgemm(la.trans, lb.trans, n, N, K, alpha, A + lo * a_row, la.ld, B, lb.ld, beta,
+                               C + lo * N, N)
+                  : dnnl_sgemm(la.trans, lb.trans, M, n, K, alpha, A, la.ld, B + lo * b_col, lb.ld, beta,
+                               C + lo, N);
+      if (s != dnnl_success) failed = int(s);
+    }
+    st = dnnl_status_t(failed.load());
+  }
   if (st != dnnl_success) fail("[matmul] oneDNN sgemm failed with status ", int(st));
 }
 
@@ -589,6 +592,8 @@ class CpuBackend final : public Backend {
         if (st[0] == int64_t(sizeof(T)) && st[1] == int64_t(sizeof(T))) {
           T* o = reinterpret_cast<T*>(p[0]);
           const T* a = reinterpret_cast<const T*>(p[1]);
+          if constexpr (std::is_same_v<T, float>)
+            if (cpu::unary_f32(k, o, a, n, float(s0), float(s1))) return;
           // common kinds as separate loops so the compiler vectorises them
           switch (k) {
             case UnaryKind::mul_scalar: {
@@ -651,6 +656,8 @@ class CpuBackend final : public Backend {
         const T* y = reinterpret_cast<const T*>(p[2]);
         if constexpr (!std::is_same_v<T, bool>) {
         if (st[0] == E && st[1] == E && (st[2] == E || st[2] == 0)) {
+          if constexpr (std::is_same_v<T, float>)
+            if (st[2] == 0 ? cpu::binary_scalar_f32(k, o, x, y[0], n) : cpu::binary_f32(k, o, x, y, n)) return;
           if (st[2] == 0) {
             const T c = y[0];
             switch (k) {
