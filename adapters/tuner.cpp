@@ -9,6 +9,8 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <unordered_set>
 
 #include "adapters/peft.h"
 #include "runtime/autograd.h"
@@ -1027,11 +1029,27 @@ std::vector<std::string> adapter_prefixes(const nn::Module& model, const std::st
   return out;
 }
 
-bool under_any(const std::string& key, const std::vector<std::string>& prefixes) {
-  for (const auto& p : prefixes)
-    if (key == p || starts_with(key, p + ".")) return true;
-  return false;
-}
+// The adapter prefixes as a hash set: "is this key equal to or under ('p.') one of
+// them" costs one lookup per dotted prefix of the key, not a scan of every prefix
+// (1,344 prefixes x 900 keys for a Llama-7B-shaped model made loading its adapter
+// ~20 ms of string allocation).
+class PrefixSet {
+ public:
+  explicit PrefixSet(const std::vector<std::string>& prefixes) : set_(prefixes.begin(), prefixes.end()) {}
+  bool covers(std::string_view key) const {
+    if (set_.find(key) != set_.end()) return true;
+    for (size_t dot = key.find('.'); dot != std::string_view::npos; dot = key.find('.', dot + 1))
+      if (set_.find(key.substr(0, dot)) != set_.end()) return true;
+    return false;
+  }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_set<std::string, Hash, std::equal_to<>> set_;
+};
 
 const char* kPeftPrefix = "base_model.model.";
 
@@ -1053,11 +1071,11 @@ StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& 
   }
   if (items.empty()) items = full.items();
 
-  std::vector<std::string> prefixes = adapter_prefixes(model, method.prefix);
+  const PrefixSet prefixes(adapter_prefixes(model, method.prefix));
   std::vector<StateDict::Item> picked;
   std::set<std::string> seen;
   for (const auto& [k, v] : items)
-    if (under_any(k, prefixes)) {
+    if (prefixes.covers(k)) {
       picked.emplace_back(k, v);
       seen.insert(k);
     }
@@ -1124,9 +1142,9 @@ nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& sta
 
   // Re-insert the adapter name: checkpoint name of each of the model's own adapter keys.
   std::map<std::string, std::string> ckpt_to_model;
-  std::vector<std::string> prefixes = adapter_prefixes(model, method.prefix);
+  const PrefixSet prefixes(adapter_prefixes(model, method.prefix));
   for (const auto& [k, v] : full) {
-    if (!under_any(k, prefixes) || !key_has_adapter(k, adapter_name)) continue;
+    if (!prefixes.covers(k) || !key_has_adapter(k, adapter_name)) continue;
     std::string ck = method.to_checkpoint_key ? method.to_checkpoint_key(k, adapter_name) : k;
     ckpt_to_model[strip_adapter_name(ck, adapter_name)] = k;
   }
