@@ -27,6 +27,7 @@ namespace peft {
 namespace {
 
 using cpu::for_each;
+using cpu::exp_f32;
 using cpu::tanh_f32;
 
 struct BF16 {
@@ -150,7 +151,9 @@ inline T unary_value(UnaryKind k, T x, double s0, double s1) {
     }
     if constexpr (std::is_floating_point_v<T>) {
       switch (k) {
-        case UnaryKind::exp: return std::exp(x);
+        case UnaryKind::exp:
+          if constexpr (std::is_same_v<T, float>) return exp_f32(x);  // same bits on every layout
+          return std::exp(x);
         case UnaryKind::log: return std::log(x);
         case UnaryKind::sqrt: return std::sqrt(x);
         case UnaryKind::rsqrt: return T(1) / std::sqrt(x);
@@ -944,6 +947,19 @@ class CpuBackend final : public Backend {
         T mx = -std::numeric_limits<T>::infinity();
         for (int64_t j = 0; j < n; ++j) mx = std::max(mx, xr[j * inner]);
         if (!std::isfinite(mx)) mx = 0;
+        if constexpr (std::is_same_v<T, float>) {
+          if (inner == 1) {  // rows contiguous: vectorised exp, written to y first
+            const double s = cpu::exp_shifted_f32(xr, yr, n, mx);
+            if (log) {
+              const T ls = T(std::log(s));
+              for (int64_t j = 0; j < n; ++j) yr[j] = xr[j] - mx - ls;
+            } else {
+              const T inv = T(1.0 / s);
+              for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
+            }
+            return;
+          }
+        }
         double s = 0;
         for (int64_t j = 0; j < n; ++j) s += std::exp(double(xr[j * inner] - mx));
         if (log) {

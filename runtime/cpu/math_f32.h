@@ -35,4 +35,36 @@ inline float tanh_f32(float x) {
   return std::bit_cast<float>(res);
 }
 
+// float32 e^x, vectorisable (selects are bit masks or plain ternaries on floats).
+// Cephes expf: x = n·ln2 + r, |r| <= ln2/2, e^r by a degree-7 polynomial, 2^n from
+// the exponent bits; max relative error 1e-7 where the result is a normal float.
+// Results below FLT_MIN (x < -87.3365) flush to 0 (absolute error < 1.2e-38);
+// x > 88.7228 gives +inf; NaN stays NaN.
+inline float exp_f32(float x) {
+  const uint32_t xb = std::bit_cast<uint32_t>(x);
+  const uint32_t nan = -uint32_t(x != x);
+  const uint32_t tiny = -uint32_t(x < -87.33654f);
+  const uint32_t huge = -uint32_t(x > 88.72283f);
+  // Above 88.376, n = 128 has no float exponent: scale by 2^(n-1) and then by 2.
+  const int32_t high = int32_t(x > 88.37626f);
+  // the clamp as bit masks (GCC does not if-convert float ternaries under -ftrapping-math);
+  // NaN is replaced by 0 so that the integer conversion below is defined
+  const uint32_t keep = ~(tiny | huge | nan);
+  const float xc = std::bit_cast<float>((xb & keep) | (std::bit_cast<uint32_t>(-87.33654f) & tiny) |
+                                        (std::bit_cast<uint32_t>(88.72283f) & huge));
+  const float t = xc * 1.44269504088896341f + 0.5f;
+  int32_t i = int32_t(t);
+  i -= int32_t(float(i) > t);  // floor for negative t
+  const float fx = float(i);
+  const float r = xc - fx * 0.693359375f - fx * -2.12194440e-4f;
+  float e = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+              1.6666665459e-1f) * r + 5.0000001201e-1f) * (r * r) + r + 1.0f;
+  e *= std::bit_cast<float>(uint32_t(i + 127 - high) << 23);
+  e *= float(1 + high);
+  uint32_t res = std::bit_cast<uint32_t>(e) & ~tiny;
+  res = (res & ~huge) | (0x7f800000u & huge);
+  res = (res & ~nan) | (xb & nan);
+  return std::bit_cast<float>(res);
+}
+
 }  // namespace peft::cpu

@@ -33,6 +33,7 @@ bool unary_f32(UnaryKind k, float* o, const float* a, int64_t n, float s0, float
     case UnaryKind::sqrt: for (int64_t i = 0; i < n; ++i) o[i] = std::sqrt(a[i]); return true;
     case UnaryKind::rsqrt: for (int64_t i = 0; i < n; ++i) o[i] = 1.f / std::sqrt(a[i]); return true;
     case UnaryKind::tanh: for (int64_t i = 0; i < n; ++i) o[i] = tanh_f32(a[i]); return true;
+    case UnaryKind::exp: for (int64_t i = 0; i < n; ++i) o[i] = exp_f32(a[i]); return true;
     case UnaryKind::pow_scalar:
       if (s0 == 2.f) {
         for (int64_t i = 0; i < n; ++i) o[i] = a[i] * a[i];
@@ -64,6 +65,17 @@ bool binary_scalar_f32(BinaryKind k, float* o, const float* x, float y, int64_t 
     case BinaryKind::div: for (int64_t i = 0; i < n; ++i) o[i] = x[i] / y; return true;
     default: return false;
   }
+}
+
+PEFT_VEC_CLONES
+double exp_shifted_f32(const float* x, float* y, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_f32(x[i] - shift);
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // fixed order: the same sum on every ISA
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += double(y[i + l]);
+  for (; i < n; ++i) lanes[0] += double(y[i]);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
 }  // namespace peft::cpu

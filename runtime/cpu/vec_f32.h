@@ -17,4 +17,7 @@ bool binary_f32(BinaryKind k, float* out, const float* x, const float* y, int64_
 // out[i] = x[i] k y
 bool binary_scalar_f32(BinaryKind k, float* out, const float* x, float y, int64_t n);
 
+// y[i] = e^(x[i] - shift) for softmax rows; returns the sum of y in float64.
+double exp_shifted_f32(const float* x, float* y, int64_t n, float shift);
+
 }  // namespace peft::cpu
