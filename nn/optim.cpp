@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
+#include "runtime/cpu/vec_f32.h"
 #include "runtime/ops.h"
 
 namespace peft::nn {
@@ -190,10 +191,13 @@ void AdamW::step() {
     int64_t t = ++t_[k];
     if (cpu_loop_ok(p, o.use_ops)) {
       g = g.contiguous();
-      if (p.dtype() == DType::float32)
-        adamw_loop<float>(p.data_ptr<float>(), g.data_ptr<float>(), m_[k].data_ptr<float>(),
-                          v_[k].data_ptr<float>(), p.numel(), o, lr_, t);
-      else
+      if (p.dtype() == DType::float32) {
+        const double bc1 = 1 - std::pow(o.beta1, double(t)), bc2 = 1 - std::pow(o.beta2, double(t));
+        cpu::adamw_f32(p.data_ptr<float>(), g.data_ptr<float>(), m_[k].data_ptr<float>(),
+                       v_[k].data_ptr<float>(), p.numel(), o.maximize ? -1.0f : 1.0f,
+                       float(1 - lr_ * o.weight_decay), float(1 - o.beta1), float(o.beta2),
+                       float(1 - o.beta2), float(lr_ / bc1), float(std::sqrt(bc2)), float(o.eps));
+      } else
         adamw_loop<double>(p.data_ptr<double>(), g.data_ptr<double>(), m_[k].data_ptr<double>(),
                            v_[k].data_ptr<double>(), p.numel(), o, lr_, t);
       continue;

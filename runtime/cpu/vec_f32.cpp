@@ -68,6 +68,33 @@ bool binary_scalar_f32(BinaryKind k, float* o, const float* x, float y, int64_t 
 }
 
 PEFT_VEC_CLONES
+void adamw_f32(float* p, const float* g, float* m, float* v, int64_t n, float sign, float decay, float w1,
+               float beta2, float w2, float step_size, float bc2_sqrt, float eps) {
+  // torch.lerp: weight < 0.5 ? self + w*(end-self) : end - (end-self)*(1-w); two loops so
+  // neither has a branch
+  if (w1 < 0.5f) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = sign * g[i];
+      const float mi = m[i] + w1 * (gi - m[i]);
+      const float vi = v[i] * beta2 + w2 * gi * gi;  // mul_(b2).addcmul_(g, g, value=1-b2)
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = p[i] * decay - step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
+    }
+  } else {
+    const float w1c = 1.0f - w1;
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = sign * g[i];
+      const float mi = gi - (gi - m[i]) * w1c;
+      const float vi = v[i] * beta2 + w2 * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = p[i] * decay - step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
+    }
+  }
+}
+
+PEFT_VEC_CLONES
 double exp_shifted_f32(const float* x, float* y, int64_t n, float shift) {
   for (int64_t i = 0; i < n; ++i) y[i] = exp_f32(x[i] - shift);
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // fixed order: the same sum on every ISA
