@@ -1922,3 +1922,22 @@ TEST_CASE("exp float32 (vectorised kernel): within 1.5e-7 relative of float64 ex
   const double z = std::exp(1.0) + std::exp(2.0) + std::exp(0.5);
   CHECK(std::abs(pv[2] - std::exp(2.0) / z) < 1e-7);
 }
+
+TEST_CASE("matmul/linear float32 with few output columns (own packed kernel) match float64") {
+  // N <= 16 takes sgemm_2d's packed 8x8 kernel: odd M and N, every operand layout, and the
+  // bias (beta = 1) of linear, on one thread and split across threads.
+  Generator g(123);
+  for (auto [M, K, N] : {std::array<int64_t, 3>{37, 29, 5}, std::array<int64_t, 3>{300, 512, 8},
+                         std::array<int64_t, 3>{1029, 120, 13}, std::array<int64_t, 3>{64, 4096, 16}}) {
+    CAPTURE(M);
+    CAPTURE(N);
+    Tensor a = randn({M, K}, g), b = randn({K, N}, g), at = randn({K, M}, g), bt = randn({N, K}, g);
+    auto max_rel = [](const Tensor& got, const Tensor& want) {
+      return max(abs(sub(got.to(DType::float64), want))).item() / max(abs(want)).item();
+    };
+    for (auto [x, y] : {std::pair{a, b}, std::pair{at.t(), b}, std::pair{a, bt.t()}, std::pair{at.t(), bt.t()}})
+      CHECK(max_rel(matmul(x, y), ref_mm(x, y)) < 1e-5);
+    Tensor bias = randn({N}, g);
+    CHECK(max_rel(linear(a, bt, bias), add(ref_mm(a, bt.t()), bias.to(DType::float64))) < 1e-5);
+  }
+}

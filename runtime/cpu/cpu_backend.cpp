@@ -263,12 +263,38 @@ MatLayout mat_layout(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
 }
 
 constexpr double kSmallGemmFlops = 1e6;
+// Up to this many output columns sgemm_2d uses its own packed kernel (vec_f32.h); K is
+// bounded so the packed copy of B stays small (<= 256 KiB).
+constexpr int64_t kFewColumns = 16, kFewColumnsMaxK = 4096;
 
 void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sam,
               int64_t sak, const float* B, int64_t sbk, int64_t sbn, float beta, float* C) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0 ? 0.f : C[i] * beta;
+    return;
+  }
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int max_nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (N <= kFewColumns && K <= kFewColumnsMaxK && M >= N) {
+    // LoRA's rank-r products: own kernel, ~2.3x oneDNN's speed at N = 8 (perf-notes)
+    thread_local std::vector<float> packed;
+    packed.resize(size_t(cpu::packed8_size(K, N)));
+    cpu::pack8_f32(K, N, B, sbk, sbn, packed.data());
+    const int64_t row_blocks = (M + 7) / 8;
+    const int parts = flops < kSmallGemmFlops ? 1 : int(std::min<int64_t>(max_nt, row_blocks));
+    const float* pk = packed.data();
+    auto rows = [&](int part) {
+      const int64_t per = (row_blocks + parts - 1) / parts * 8;
+      const int64_t r0 = part * per, r1 = std::min(M, r0 + per);
+      if (r0 < r1) cpu::gemm_packed8_f32(r0, r1, N, K, alpha, A, sam, sak, pk, beta, C, N);
+    };
+    if (parts <= 1) {
+      rows(0);
+    } else {
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+      for (int part = 0; part < parts; ++part) rows(part);
+    }
     return;
   }
   MatLayout la = mat_layout(M, K, sam, sak), lb = mat_layout(K, N, sbk, sbn);
@@ -287,15 +313,10 @@ void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int6
     B = cb.data();
     lb = {true, 'N', N};
   }
-  // oneDNN forks every OpenMP thread even for tiny products; below ~4 MFLOP (tens of
-  // µs on one core) the fork/join costs more than it saves, and on a loaded machine a
-  // team member waiting for a time slice stalls the call for milliseconds.
   // Threads split C into row (or column) blocks, one sequential sgemm each: on the
   // 2-core machines we measure, that ran 1.2x faster than oneDNN's own threading
   // from 256x512x512 to 512x4096x4096 (205 vs 170 GFLOP/s; docs/perf-notes.md). Below
   // ~1 MFLOP one thread is faster than any fork/join.
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  const int max_nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   const bool by_rows = M >= N;
   const int64_t extent = by_rows ? M : N, align = 16;
   const int parts = flops < kSmallGemmFlops ? 1 : int(std::min<int64_t>(max_nt, extent / align));

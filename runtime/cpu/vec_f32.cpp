@@ -3,6 +3,7 @@
 // same bits whatever its layout or the CPU's vector width.
 #include "runtime/cpu/vec_f32.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/cpu/math_f32.h"
@@ -14,6 +15,69 @@
 #endif
 
 namespace peft::cpu {
+
+namespace {
+typedef float v8 __attribute__((vector_size(32)));
+inline __attribute__((always_inline)) v8 load8(const float* p) {
+  v8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+}  // namespace
+
+int64_t packed8_size(int64_t K, int64_t N) { return (N + 7) / 8 * K * 8; }
+
+void pack8_f32(int64_t K, int64_t N, const float* B, int64_t sbk, int64_t sbn, float* out) {
+  const int64_t blocks = (N + 7) / 8;
+  for (int64_t bl = 0; bl < blocks; ++bl)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < 8; ++j) {
+        const int64_t jj = bl * 8 + j;
+        out[(bl * K + k) * 8 + j] = jj < N ? B[k * sbk + jj * sbn] : 0.f;
+      }
+}
+
+PEFT_VEC_CLONES
+void gemm_packed8_f32(int64_t row0, int64_t row1, int64_t N, int64_t K, float alpha, const float* X, int64_t sxi,
+                      int64_t sxk, const float* packed, float beta, float* C, int64_t ldc) {
+  const int64_t blocks = (N + 7) / 8;
+  for (int64_t i0 = row0; i0 < row1; i0 += 8) {
+    const int nr = int(std::min<int64_t>(8, row1 - i0));
+    const float* xr[8];  // rows past the end repeat the last one; their sums are not stored
+    for (int r = 0; r < 8; ++r) xr[r] = X + (i0 + std::min(r, nr - 1)) * sxi;
+    for (int64_t bl = 0; bl < blocks; ++bl) {
+      const float* bp = packed + bl * K * 8;
+      const int nj = int(std::min<int64_t>(8, N - bl * 8));
+      // k in chunks of 128 summed into a total: rounding error like a blocked sgemm's,
+      // not like one running sum over K
+      v8 tot[8] = {};
+      for (int64_t k0 = 0; k0 < K; k0 += 128) {
+        const int64_t k1 = std::min(K, k0 + 128);
+        v8 acc[8] = {};
+        for (int64_t k = k0; k < k1; ++k) {
+          const v8 b = load8(bp + k * 8);
+          const int64_t o = k * sxk;
+          acc[0] += xr[0][o] * b;
+          acc[1] += xr[1][o] * b;
+          acc[2] += xr[2][o] * b;
+          acc[3] += xr[3][o] * b;
+          acc[4] += xr[4][o] * b;
+          acc[5] += xr[5][o] * b;
+          acc[6] += xr[6][o] * b;
+          acc[7] += xr[7][o] * b;
+        }
+        for (int r = 0; r < 8; ++r) tot[r] += acc[r];
+      }
+      for (int r = 0; r < nr; ++r) {
+        float* c = C + (i0 + r) * ldc + bl * 8;
+        for (int j = 0; j < nj; ++j) {
+          const float v = alpha == 1.f ? tot[r][j] : alpha * tot[r][j];
+          c[j] = beta == 0.f ? v : v + beta * c[j];
+        }
+      }
+    }
+  }
+}
 
 PEFT_VEC_CLONES
 bool unary_f32(UnaryKind k, float* o, const float* a, int64_t n, float s0, float s1) {

@@ -23,6 +23,16 @@ bool binary_scalar_f32(BinaryKind k, float* out, const float* x, float y, int64_
 void adamw_f32(float* p, const float* g, float* m, float* v, int64_t n, float sign, float decay, float w1,
                float beta2, float w2, float step_size, float bc2_sqrt, float eps);
 
+// Products with few output columns (LoRA's x·Aᵀ and g·B at rank r <= 16), where
+// sgemm libraries reach a third of their speed: B[k, j] (any strides) is packed as
+// [ceil(N/8)][K][8] once, then 8-row x 8-column register blocks accumulate over k in
+// order (the same sum on every ISA). C[i, j] = alpha·Σ_k X[i·sxi + k·sxk]·B[k, j]
+// + beta·C[i, j] for rows [row0, row1) of C (ldc), so threads can split rows.
+int64_t packed8_size(int64_t K, int64_t N);
+void pack8_f32(int64_t K, int64_t N, const float* B, int64_t sbk, int64_t sbn, float* packed);
+void gemm_packed8_f32(int64_t row0, int64_t row1, int64_t N, int64_t K, float alpha, const float* X, int64_t sxi,
+                      int64_t sxk, const float* packed, float beta, float* C, int64_t ldc);
+
 // y[i] = e^(x[i] - shift) for softmax rows; returns the sum of y in float64.
 double exp_shifted_f32(const float* x, float* y, int64_t n, float shift);
 
