@@ -8,9 +8,11 @@ replacement), LoRA r=8, alpha=16, dropout 0 on fc1, fc2, lm_head
 (inject_adapter_in_model, as peft finetune), AdamW lr 1e-2, weight decay 0, the
 same warmup (steps/20) + cosine schedule down to 5%, batch 256.
 
-With --peft PATH it first runs `peft finetune` with the same settings (into a
-temporary folder) and reads its time per step from report.json, so both numbers
-come from the same minutes of the same machine. Not bit-identical training: the
+With --peft PATH it also runs `peft finetune` with the same settings (into a
+temporary folder) and reads its time per step from report.json, alternating
+ours / PyTorch --rounds times (default 3) and reporting the median of each, so
+both numbers come from the same minutes of the same machine and drift (a shared
+VM's neighbours) hits both. Not bit-identical training: the
 word shuffle and the batch draws use different generators.
 
   PEFT_BENCH_PYTHON=/opt/torchenv/bin/python
@@ -98,15 +100,21 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peft", help="the peft program: also run `peft finetune` and compare")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations ours / PyTorch (medians reported)")
     a = ap.parse_args()
+    ours, theirs = [], []
+    for _ in range(max(1, a.rounds)):
+        if a.peft:
+            ours.append(run_ours(a))
+        theirs.append(run_torch(a))
+    median = lambda v: sorted(v)[len(v) // 2]
     rows = []
-    if a.peft:
-        s, held = run_ours(a)
-        rows.append(("peft.cpp (peft finetune)", s, held))
-    s, held, n = run_torch(a)
-    rows.append((f"PyTorch {torch.__version__.split('+')[0]} + PEFT", s, held))
+    if ours:
+        rows.append(("peft.cpp (peft finetune)", median([s for s, _ in ours]), ours[-1][1]))
+    n = theirs[-1][2]
+    rows.append((f"PyTorch {torch.__version__.split('+')[0]} + PEFT", median([s for s, _, _ in theirs]), theirs[-1][1]))
     print(f"fine-tuning job: {a.steps} steps, batch {a.batch}, {n} training words of {a.data}, "
-          f"threads {a.threads}")
+          f"threads {a.threads}, median of {len(theirs)} alternating runs each")
     print(f"{'':34s} {'ms/step':>9s} {'total s':>8s} {'held-out loss':>14s}")
     for name, s, held in rows:
         print(f"{name:34s} {s / a.steps * 1e3:9.2f} {s:8.2f} {held:14.4f}")
