@@ -230,13 +230,12 @@ constexpr int64_t kTinyMaxRank = 64;
 // accumulating into y (beta = 1). Skips the dropout/Linear module calls, the [T, out]
 // temporary and the add that the general path costs: at small shapes those dominate
 // (docs/perf-notes.md). Returns false when the general path must run.
-bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, nn::Module& A, nn::Module& B, nn::Module& drop,
+// lora_B must have no bias (the caller checks).
+bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, const Tensor& wb, nn::Module& drop,
                              double s) {
   if (is_grad_enabled() && (x.requires_grad() || result.requires_grad())) return false;
-  const Tensor& wa = A.param("weight");
-  const Tensor& wb = B.param("weight");
   if (is_grad_enabled() && (wa.requires_grad() || wb.requires_grad())) return false;
-  if (B.has_param("bias") || dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
+  if (dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
   if (x.device() != Device::cpu || wa.device() != Device::cpu || wb.device() != Device::cpu) return false;
   if (x.dtype() != DType::float32 || wa.dtype() != DType::float32 || wb.dtype() != DType::float32 ||
       result.dtype() != DType::float32)
@@ -246,15 +245,19 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, nn::Module& A, nn:
   if (x.size(-1) != in || result.size(-1) != out || wb.size(1) != r) return false;
   const int64_t M = x.numel() / std::max<int64_t>(in, 1);
   if (M == 0 || result.numel() != M * out) return false;
-  if (M * r * (in + out) <= kTinyLoraMacs) {
+  if (M * r * (in + out) <= kTinyLoraMacs && r <= kTinyMaxRank && wa.is_contiguous() && wb.is_contiguous()) {
     // Tiny products: plain loops beat two sgemm calls' dispatch (about 1 µs each).
     const float* xp = x.data_ptr<float>();
     const float* ap = wa.data_ptr<float>();
     const float* bp = wb.data_ptr<float>();
     float* yp = result.data_ptr<float>();
-    if (!wa.is_contiguous() || !wb.is_contiguous()) return false;
+    // Bᵀ [r, out] so the second product runs along contiguous rows of y
     float t[kTinyMaxRank];
-    if (r > kTinyMaxRank) return false;
+    thread_local std::vector<float> bt;
+    bt.resize(size_t(r * out));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t j = 0; j < r; ++j) bt[size_t(j * out + o)] = bp[o * r + j];
+    const float sf = float(s);
     for (int64_t i = 0; i < M; ++i) {
       const float* xi = xp + i * in;
       for (int64_t j = 0; j < r; ++j) {
@@ -262,14 +265,14 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, nn::Module& A, nn:
         float acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t k = 0; k < in; ++k) acc += xi[k] * aj[k];
-        t[j] = acc * float(s);
+        t[j] = acc * sf;
       }
       float* yi = yp + i * out;
-      for (int64_t o = 0; o < out; ++o) {
-        const float* bo = bp + o * r;
-        float acc = 0;
-        for (int64_t j = 0; j < r; ++j) acc += t[j] * bo[j];
-        yi[o] += acc;
+      for (int64_t j = 0; j < r; ++j) {
+        const float tj = t[j];
+        const float* bj = bt.data() + j * out;
+#pragma omp simd
+        for (int64_t o = 0; o < out; ++o) yi[o] += tj * bj[o];
       }
     }
     return true;
@@ -311,19 +314,23 @@ Tensor Linear::forward(const Tensor& x) {
     if (!lora_A().contains(a)) continue;
     nn::Module& A = lora_A()[a];
     nn::Module& B = lora_B()[a];
+    const Tensor& wa = A.param("weight");
+    const Tensor& wb = B.param("weight");
+    const bool b_bias = B.has_param("bias");
+    const bool is_dora = use_dora.at(a);
     // The full check builds every adapter tensor's name: only run it (to fail with its
     // message) when one of the tensors this forward reads is on meta.
-    if (!x.is_meta() && (weight_of(A).is_meta() || weight_of(B).is_meta() ||
-                         (B.has_param("bias") && B.param("bias").is_meta()) ||
-                         (lora_magnitude_vector().contains(a) && lora_magnitude_vector()[a].has_param("weight") &&
+    if (!x.is_meta() && (wa.is_meta() || wb.is_meta() || (b_bias && B.param("bias").is_meta()) ||
+                         (is_dora && lora_magnitude_vector().contains(a) &&
+                          lora_magnitude_vector()[a].has_param("weight") &&
                           lora_magnitude_vector()[a].param("weight").is_meta())))
       check_adapter_materialized(a);
     nn::Module& drop = lora_dropout()[a];
     const double s = scaling.at(a);
-    DType adt = weight_of(A).dtype();
+    const DType adt = wa.dtype();
     if (is_floating(xin.dtype()) && xin.dtype() != adt) xin = xin.to(adt);
-    if (!use_dora.at(a)) {
-      if (accumulate_lora_no_grad(result, xin, A, B, drop, s)) continue;
+    if (!is_dora) {
+      if (!b_bias && accumulate_lora_no_grad(result, xin, wa, wb, drop, s)) continue;
       Tensor lora_out = B.forward(A.forward(drop.forward(xin)));
       // Without autograd the product is accumulated into y in place (result is our own fresh tensor).
       if (!is_grad_enabled() || !autograd::needs_grad({&result, &lora_out})) {
