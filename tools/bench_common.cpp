@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "runtime/tensor.h"
 #include "tools/cli.h"
@@ -73,7 +74,13 @@ const char* kCommonHelp =
     "  --no-python     time ours only\n"
     "  --markdown      print the result table as markdown\n";
 
+constexpr int kSettleMs = 20;
+
 void Sampler::round(std::vector<double>& out) {
+  // Let the other side's OpenMP threads finish spin-waiting and sleep: on two cores
+  // their spinning took half the machine from the first samples of a round
+  // (worker.py pauses the same way).
+  std::this_thread::sleep_for(std::chrono::milliseconds(kSettleMs));
   if (inner_ == 0) {
     for (int i = 0; i < o_.warmup; ++i) {
       if (c_.prepare) c_.prepare();

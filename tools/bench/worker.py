@@ -36,8 +36,12 @@ class Case:
         self.notes = {}
 
 
+SETTLE_S = 0.02
+
+
 def sample(case, reps, warmup, min_sample_s):
     """Same procedure as the C++ Sampler (tools/bench_common.cpp)."""
+    time.sleep(SETTLE_S)  # the other side's OpenMP threads stop spinning first
     if case.inner == 0:
         for _ in range(warmup):
             if case.prepare:
