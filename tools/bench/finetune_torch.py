@@ -17,7 +17,7 @@ word shuffle and the batch draws use different generators.
 
   PEFT_BENCH_PYTHON=/opt/torchenv/bin/python
   $PEFT_BENCH_PYTHON tools/bench/finetune_torch.py --base out/base.safetensors \\
-      --data /usr/share/dict/french --steps 400 --peft build-bench/tools/peft
+      --data /usr/share/dict/french --steps 400 --peft build/tools/peft
 """
 import argparse
 import json

@@ -7,7 +7,7 @@ PeftModel.from_pretrained, and compares its logits for fixed random contexts wit
 the ones peft.cpp computes (`peft logits`), base model and adapter both.
 
 Needs PyTorch and PEFT; not part of the test suite.
-Usage: tools/python/check_lm_adapter.py [--peft build-bench/tools/peft]
+Usage: tools/python/check_lm_adapter.py [--peft build/tools/peft]
            [--base out/base.safetensors] [ADAPTER_DIR ...]   (default out/french)
 Exit status 0 when every folder matches within --atol.
 """
@@ -27,7 +27,7 @@ from charlm import load_base  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--peft", default="build-bench/tools/peft")
+    ap.add_argument("--peft", default="build/tools/peft")
     ap.add_argument("--base", default="out/base.safetensors")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--atol", type=float, default=1e-4)
