@@ -331,7 +331,15 @@ Tensor Linear::forward(const Tensor& x) {
     if (is_floating(xin.dtype()) && xin.dtype() != adt) xin = xin.to(adt);
     if (!is_dora) {
       if (!b_bias && accumulate_lora_no_grad(result, xin, wa, wb, drop, s)) continue;
-      Tensor lora_out = B.forward(A.forward(drop.forward(xin)));
+      Tensor t = A.forward(drop.forward(xin));
+      if (!b_bias && is_grad_enabled() && autograd::needs_grad({&t, &wb})) {
+        // Training: the scale on the rank-r activations (T x r) rather than on the
+        // T x out product: (s·t)·Bᵀ equals PEFT's (t·Bᵀ)·s up to rounding, and saves a
+        // pass over T x out forward and another backward.
+        result = add(result, B.forward(mul(t, s)));
+        continue;
+      }
+      Tensor lora_out = B.forward(t);
       // Without autograd the product is accumulated into y in place (result is our own fresh tensor).
       if (!is_grad_enabled() || !autograd::needs_grad({&result, &lora_out})) {
         if (result.dtype() != lora_out.dtype() || result.shape() != lora_out.shape() || !result.is_contiguous())
