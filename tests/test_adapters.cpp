@@ -762,3 +762,42 @@ TEST_CASE("mixed batch: errors as PEFT") {
   // after an error the layers are back to normal forwards
   CHECK_ALLCLOSE(run(*m, xs()), run(*m, xs()), 0, 0);
 }
+
+TEST_CASE("lora.Linear inference fast paths match the float64 formula y = Wx + b + s·B(Ax)") {
+  // Without autograd, float32 LoRA forwards skip the module calls: own loops for tiny
+  // products (any rank up to 64), two direct products above. The reference is the
+  // formula in float64, not another path of the code under test.
+  struct Shape {
+    int64_t tokens, d, r;
+  };
+  for (Shape sh : {Shape{8, 64, 4}, Shape{3, 16, 40}, Shape{64, 256, 8}, Shape{5, 300, 17}}) {
+    CAPTURE(sh.tokens);
+    CAPTURE(sh.r);
+    Generator g(uint64_t(sh.d * 7 + sh.r));
+    auto host = std::make_shared<nn::Module>("Host");
+    host->register_module("lin", std::make_shared<nn::Linear>(sh.d, sh.d, true, &g));
+    LoraConfig c;
+    c.r = sh.r;
+    c.lora_alpha = 3.0 * double(sh.r);
+    c.target_modules = TargetModules::list({"lin"});
+    c.init_lora_weights = "gaussian";
+    inject_adapter_in_model(c, *host);
+    auto& layer = host->child("lin");
+    {
+      NoGradGuard ng;  // lora_B starts at zero: give it values
+      layer.child("lora_B").child("default").param("weight").copy_(randn({sh.d, sh.r}, g));
+    }
+    Tensor x = randn({sh.tokens, sh.d}, g);
+    auto& base = static_cast<TunerLayer&>(layer).get_base_layer();
+    auto d64 = [](const Tensor& t) { return t.to(DType::float64); };
+    const Tensor W = d64(base.param("weight")), b = d64(base.param("bias"));
+    const Tensor A = d64(layer.child("lora_A").child("default").param("weight"));
+    const Tensor B = d64(layer.child("lora_B").child("default").param("weight"));
+    Tensor want = add(add(matmul(d64(x), W.t()), b), mul(matmul(matmul(d64(x), A.t()), B.t()), 3.0));
+    NoGradGuard ng;
+    for (const Tensor& in : {x, x.t().contiguous().t()}) {  // contiguous and column-major input
+      Tensor got = layer.forward(in);
+      CHECK(max(abs(sub(d64(got), want))).item() <= 2e-5 * std::max(1.0, max(abs(want)).item()));
+    }
+  }
+}

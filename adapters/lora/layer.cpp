@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
+#include "runtime/cpu/vec_f32.h"
 #include "runtime/backend.h"
 #include "runtime/ops.h"
 
@@ -252,29 +253,11 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, 
     const float* bp = wb.data_ptr<float>();
     float* yp = result.data_ptr<float>();
     // Bᵀ [r, out] so the second product runs along contiguous rows of y
-    float t[kTinyMaxRank];
     thread_local std::vector<float> bt;
     bt.resize(size_t(r * out));
     for (int64_t o = 0; o < out; ++o)
       for (int64_t j = 0; j < r; ++j) bt[size_t(j * out + o)] = bp[o * r + j];
-    const float sf = float(s);
-    for (int64_t i = 0; i < M; ++i) {
-      const float* xi = xp + i * in;
-      for (int64_t j = 0; j < r; ++j) {
-        const float* aj = ap + j * in;
-        float acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < in; ++k) acc += xi[k] * aj[k];
-        t[j] = acc * sf;
-      }
-      float* yi = yp + i * out;
-      for (int64_t j = 0; j < r; ++j) {
-        const float tj = t[j];
-        const float* bj = bt.data() + j * out;
-#pragma omp simd
-        for (int64_t o = 0; o < out; ++o) yi[o] += tj * bj[o];
-      }
-    }
+    cpu::lora_update_f32(M, in, r, out, xp, ap, bt.data(), float(s), yp);
     return true;
   }
   Backend& be = cpu_backend();

@@ -159,6 +159,31 @@ void adamw_f32(float* p, const float* g, float* m, float* v, int64_t n, float si
 }
 
 PEFT_VEC_CLONES
+void lora_update_f32(int64_t M, int64_t in, int64_t r, int64_t out, const float* x, const float* A, const float* bt,
+                     float s, float* y) {
+  float t[64];
+  for (int64_t i = 0; i < M; ++i) {
+    const float* xi = x + i * in;
+    for (int64_t j = 0; j < r; ++j) {
+      const float* aj = A + j * in;
+      float lanes[16] = {};  // explicit lanes: the same sum on every ISA
+      int64_t k = 0;
+      for (; k + 16 <= in; k += 16)
+        for (int l = 0; l < 16; ++l) lanes[l] += xi[k + l] * aj[k + l];
+      for (int l = 0; k + l < in; ++l) lanes[l] += xi[k + l] * aj[k + l];
+      for (int l = 0; l < 8; ++l) lanes[l] += lanes[l + 8];
+      t[j] = s * (((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])));
+    }
+    float* yi = y + i * out;
+    for (int64_t j = 0; j < r; ++j) {
+      const float tj = t[j];
+      const float* bj = bt + j * out;
+      for (int64_t o = 0; o < out; ++o) yi[o] += tj * bj[o];
+    }
+  }
+}
+
+PEFT_VEC_CLONES
 double exp_shifted_f32(const float* x, float* y, int64_t n, float shift) {
   for (int64_t i = 0; i < n; ++i) y[i] = exp_f32(x[i] - shift);
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // fixed order: the same sum on every ISA

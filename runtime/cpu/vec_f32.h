@@ -33,6 +33,12 @@ void pack8_f32(int64_t K, int64_t N, const float* B, int64_t sbk, int64_t sbn, f
 void gemm_packed8_f32(int64_t row0, int64_t row1, int64_t N, int64_t K, float alpha, const float* X, int64_t sxi,
                       int64_t sxk, const float* packed, float beta, float* C, int64_t ldc);
 
+// y[i, :] += s·(x[i, :]·Aᵀ)·Bᵀ for LoRA's inference forward at tiny sizes, where two
+// sgemm calls' dispatch costs more than the arithmetic. x [M, in], A [r, in], y [M, out]
+// contiguous; bt is Bᵀ [r, out] (B is [out, r]); r <= 64.
+void lora_update_f32(int64_t M, int64_t in, int64_t r, int64_t out, const float* x, const float* A, const float* bt,
+                     float s, float* y);
+
 // y[i] = e^(x[i] - shift) for softmax rows; returns the sum of y in float64.
 double exp_shifted_f32(const float* x, float* y, int64_t n, float shift);
 
