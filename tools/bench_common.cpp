@@ -66,8 +66,8 @@ std::vector<std::string> parse_common(const std::vector<std::string>& args, Opti
 }
 
 const char* kCommonHelp =
-    "  --reps N        timed samples per round and side (default 5); medians are reported\n"
-    "  --rounds N      alternations ours / PyTorch, so drift hits both (default 3)\n"
+    "  --reps N        timed samples per round and side (default 3); medians are reported\n"
+    "  --rounds N      alternations ours / PyTorch, so drift hits both (default 6)\n"
     "  --warmup N      untimed calls first (default 3)\n"
     "  --threads N     CPU threads for both sides (default: all cores, or PEFT_NUM_THREADS)\n"
     "  --python PATH   interpreter with torch + peft (default $PEFT_BENCH_PYTHON, else python3)\n"

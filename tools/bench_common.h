@@ -20,8 +20,8 @@ int parse_int(const std::string& opt, const std::string& v, int lo);
 // Options every benchmark shares.
 struct Options {
   int warmup = 3;            // untimed calls before the first round
-  int reps = 5;              // timed samples per round and side
-  int rounds = 3;            // ours / theirs alternations
+  int reps = 3;              // timed samples per round and side
+  int rounds = 6;            // ours / theirs alternations (many short rounds: a shared VM drifts)
   double min_sample_s = 2e-3;  // short calls are repeated until a sample lasts this long
   std::string python;        // --python, PEFT_BENCH_PYTHON, else python3
   bool no_python = false;

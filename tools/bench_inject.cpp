@@ -232,7 +232,7 @@ int bench_load(const std::vector<std::string>& args, Report& rep) {
       model = std::make_shared<lm::CharLM>(cfg, g);
     };
     c.run = [&] {
-      for (int i = 0; i < n; ++i) load_adapter(*model, dir, "a" + std::to_string(i));
+      for (int i = 0; i < n; ++i) load_adapter(*model, dir, std::string("a").append(std::to_string(i)));
     };
     c.after = [&] { model.reset(); };
     auto [ours, theirs] = interleave(c, py.get(), {{"case", "load"}, {"adapters", n}, {"dir", dir}}, o);

@@ -126,7 +126,8 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
 
 int bench_train_step(const std::vector<std::string>& args, Report& rep) {
   Options o;
-  o.reps = 10;
+  o.reps = 3;
+  o.rounds = 12;
   std::vector<std::string> rest = parse_common(args, o);
   int64_t batch = 256;
   for (size_t i = 0; i < rest.size(); ++i) {
