@@ -15,7 +15,8 @@ enum class UnaryKind {
   isfinite, logical_not, eq_scalar, ne_scalar, gt_scalar, lt_scalar, ge_scalar, le_scalar
 };
 
-enum class BinaryKind { add, sub, mul, div, pow, maximum, eq, ne, gt, lt, ge, le };
+// tanh_grad: a·(1 - b²), the gradient through tanh given its output b
+enum class BinaryKind { add, sub, mul, div, pow, maximum, tanh_grad, eq, ne, gt, lt, ge, le };
 
 enum class ReduceKind { sum, max, argmax };
 

@@ -11,7 +11,7 @@
   X(cat) X(stack) X(index_select) X(index_add) X(gather) X(scatter_add) X(masked_fill)       \
   X(where)                                                                                   \
   /* elementwise binary */                                                                   \
-  X(add) X(sub) X(mul) X(div) X(pow) X(maximum)                                              \
+  X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(tanh_backward)                            \
   X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
   /* elementwise unary (scalar variants included) */                                         \
   X(add_scalar) X(mul_scalar) X(div_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \

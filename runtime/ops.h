@@ -38,6 +38,8 @@ Tensor relu(const Tensor& a);
 Tensor gelu(const Tensor& a);  // exact (erf) form, PyTorch's default
 Tensor silu(const Tensor& a);
 Tensor tanh(const Tensor& a);
+// grad·(1 - y²): the gradient through tanh from its output y, in one pass (as torch.tanh_backward)
+Tensor tanh_backward(const Tensor& grad, const Tensor& y);
 Tensor sigmoid(const Tensor& a);
 Tensor clamp(const Tensor& a, double lo, double hi);
 

@@ -345,7 +345,23 @@ Tensor tanh(const Tensor& a) {
   Tensor out = unary_forward("tanh", UnaryKind::tanh, a, 0, 0, true);
   if (needs_grad({&a})) {
     Tensor od = out.detach();
-    record("tanh", {a}, out, [od](const Tensor& g) { return Grads{mul(g, rsub(mul(od, od), 1.0))}; });
+    record("tanh", {a}, out, [od](const Tensor& g) { return Grads{tanh_backward(g, od)}; });
+  }
+  return out;
+}
+
+Tensor tanh_backward(const Tensor& grad, const Tensor& y) {
+  DType r = binary_result("tanh_backward", grad, y);
+  if (!is_floating(r)) r = DType::float32;
+  Tensor out = binary_forward("tanh_backward", BinaryKind::tanh_grad, grad, y, r);
+  if (needs_grad({&grad, &y})) {  // double backward: d/dgrad = 1 - y², d/dy = -2·grad·y
+    Tensor gd = grad.detach(), yd = y.detach();
+    bool gg = grad.requires_grad(), gy = y.requires_grad();
+    Shape sg = grad.shape(), sy = y.shape();
+    record("tanh_backward", {grad, y}, out, [=](const Tensor& g) {
+      return Grads{gg ? sum_to(mul(g, rsub(mul(yd, yd), 1.0)), sg) : Tensor(),
+                   gy ? sum_to(mul(mul(g, gd), mul(yd, -2.0)), sy) : Tensor()};
+    });
   }
   return out;
 }

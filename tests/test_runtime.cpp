@@ -1864,6 +1864,7 @@ TEST_CASE("float32 elementwise: the contiguous (per-ISA) loops give the strided 
       {"sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); }, false},
       {"mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); }, false},
       {"div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, false},
+      {"tanh_backward", [](const Tensor& a, const Tensor& b) { return tanh_backward(a, b); }, false},
       {"mul by a 1-element tensor", [](const Tensor& a, const Tensor&) { return mul(a, full({1}, 0.37)); }, false},
   };
   for (const Case& c : cases) {
@@ -1940,4 +1941,30 @@ TEST_CASE("matmul/linear float32 with few output columns (own packed kernel) mat
     Tensor bias = randn({N}, g);
     CHECK(max_rel(linear(a, bt, bias), add(ref_mm(a, bt.t()), bias.to(DType::float64))) < 1e-5);
   }
+}
+
+TEST_CASE("tanh_backward: grad·(1 - y²) in one op, broadcasting, double backward by finite differences") {
+  Tensor g = rnd({3, 4}, 31), y = tanh(rnd({3, 4}, 32));
+  std::vector<double> gv = g.to_vector<double>(), yv = y.to_vector<double>();
+  std::vector<double> got = tanh_backward(g, y).to_vector<double>();
+  for (size_t i = 0; i < gv.size(); ++i) CHECK(got[i] == gv[i] * (1.0 - yv[i] * yv[i]));
+  // tanh's gradient goes through it: d tanh(x)/dx at x = 0.5
+  Tensor x = full({1}, 0.5, DType::float64).requires_grad_();
+  sum(tanh(x)).backward();
+  CHECK(std::abs(x.grad().item() - (1.0 - std::tanh(0.5) * std::tanh(0.5))) < 1e-15);
+  CHECK(tanh_backward(rnd({3, 1}, 33), rnd({1, 4}, 34)).shape() == Shape{3, 4});
+  CHECK(tanh_backward(empty({2, 5}, DType::float32, Device::meta), empty({5}, DType::float32, Device::meta)).shape() ==
+        Shape{2, 5});
+  CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return tanh_backward(in[0], in[1]); },
+                  (std::vector<Tensor>{rnd({3, 4}, 35), rnd({3, 4}, 36)}));
+  CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return tanh_backward(in[0], in[1]); },
+                  (std::vector<Tensor>{rnd({3, 1}, 37), rnd({4}, 38)}));
+  // second derivative of tanh through autograd: d²/dx² tanh = -2·tanh·(1 - tanh²)
+  Tensor x2 = full({1}, 0.3, DType::float64).requires_grad_();
+  CHECK_GRADCHECK([](const std::vector<Tensor>& in) {
+    Tensor y0 = tanh(in[0]);
+    return tanh_backward(full({1}, 1.0, DType::float64), y0);
+  }, (std::vector<Tensor>{x2}));
+  CHECK(testing::error_of([] { tanh_backward(zeros({2, 3}), zeros({4})); }).find("[tanh_backward]") !=
+        std::string::npos);
 }

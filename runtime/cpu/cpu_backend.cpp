@@ -217,6 +217,7 @@ inline T binary_value(BinaryKind k, T a, T b) {
       case BinaryKind::mul: return a * b;
       case BinaryKind::div: return a / b;
       case BinaryKind::maximum: return (a != a) ? a : (a > b ? a : b);
+      case BinaryKind::tanh_grad: return a * (T(1) - b * b);
       case BinaryKind::pow:
         if constexpr (std::is_floating_point_v<T>) return std::pow(a, b);
         else return T(std::pow(double(a), double(b)));

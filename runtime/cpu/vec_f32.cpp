@@ -116,6 +116,7 @@ bool binary_f32(BinaryKind k, float* o, const float* x, const float* y,
     case BinaryKind::sub: for (int64_t i = 0; i < n; ++i) o[i] = x[i] - y[i]; return true;
     case BinaryKind::mul: for (int64_t i = 0; i < n; ++i) o[i] = x[i] * y[i]; return true;
     case BinaryKind::div: for (int64_t i = 0; i < n; ++i) o[i] = x[i] / y[i]; return true;
+    case BinaryKind::tanh_grad: for (int64_t i = 0; i < n; ++i) o[i] = x[i] * (1.0f - y[i] * y[i]); return true;
     default: return false;
   }
 }
