@@ -642,13 +642,6 @@ class CpuBackend final : public Backend {
             case UnaryKind::neg:
               for (int64_t i = 0; i < n; ++i) o[i] = -a[i];
               return;
-            case UnaryKind::tanh:
-              if constexpr (std::is_same_v<T, float>) {
-                for (int64_t i = 0; i < n; ++i) o[i] = tanh_f32(a[i]);
-                return;
-              }
-              for (int64_t i = 0; i < n; ++i) o[i] = unary_value<T>(k, a[i], s0, s1);
-              return;
             default:
               for (int64_t i = 0; i < n; ++i) o[i] = unary_value<T>(k, a[i], s0, s1);
               return;

@@ -21,6 +21,8 @@ inline float tanh_f32(float x) {
   const uint32_t big = -uint32_t(ax > 44.0f);  // e^88 is the largest finite float
   const float v =
       2.0f * std::bit_cast<float>((std::bit_cast<uint32_t>(ax) & ~big) | (std::bit_cast<uint32_t>(44.0f) & big));
+  // exp_f32's core, inlined: v is in [0, 88], so none of its range handling is needed
+  // (calling exp_f32 here gives the same bits but made tanh 1.6x slower)
   const int32_t i = int32_t(v * 1.44269504088896341f + 0.5f);  // v >= 0: truncation = floor
   const float fx = float(i);
   const float r = v - fx * 0.693359375f - fx * -2.12194440e-4f;
