@@ -152,27 +152,29 @@ AdamW::AdamW(NamedTensors params, AdamWOptions o) : Optimizer(std::move(params),
 AdamW::AdamW(const std::vector<Tensor>& params, AdamWOptions o) : AdamW(number(params), o) {}
 
 namespace {
-template <class T>
-void adamw_loop(T* p, const T* g, T* m, T* v, int64_t n, const AdamWOptions& o, double lr, int64_t t) {
-  const T decay = T(1 - lr * o.weight_decay);
-  const T w1 = T(1 - o.beta1);  // lerp weight
-  const T b2 = T(o.beta2), w2 = T(1 - o.beta2);
+// The constants of one AdamW update at step t (PyTorch's formulas), computed once in
+// double for every code path; the float32 kernel narrows them.
+struct AdamWConstants {
+  double sign, decay, w1, beta2, w2, step_size, bc2_sqrt, eps;
+};
+AdamWConstants adamw_constants(const AdamWOptions& o, double lr, int64_t t) {
   const double bc1 = 1 - std::pow(o.beta1, double(t));
   const double bc2 = 1 - std::pow(o.beta2, double(t));
-  const T step_size = T(lr / bc1);
-  const T bc2_sqrt = T(std::sqrt(bc2));
-  const T eps = T(o.eps);
-  const bool lerp_lo = w1 < T(0.5);
+  return {o.maximize ? -1.0 : 1.0, 1 - lr * o.weight_decay, 1 - o.beta1, o.beta2, 1 - o.beta2, lr / bc1,
+          std::sqrt(bc2), o.eps};
+}
+
+// float64 twin of cpu::adamw_f32 (runtime/cpu/vec_f32.cpp)
+void adamw_loop_f64(double* p, const double* g, double* m, double* v, int64_t n, const AdamWConstants& c) {
+  const bool lerp_lo = c.w1 < 0.5;
   for (int64_t i = 0; i < n; ++i) {
-    T gi = o.maximize ? -g[i] : g[i];
-    T pi = p[i] * decay;
+    const double gi = c.sign * g[i];
     // torch.lerp: weight < 0.5 ? self + w*(end-self) : end - (end-self)*(1-w)
-    T mi = lerp_lo ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (T(1) - w1);
-    T vi = v[i] * b2 + w2 * gi * gi;  // mul_(b2).addcmul_(g, g, value=1-b2)
+    const double mi = lerp_lo ? m[i] + c.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0 - c.w1);
+    const double vi = v[i] * c.beta2 + c.w2 * gi * gi;  // mul_(b2).addcmul_(g, g, value=1-b2)
     m[i] = mi;
     v[i] = vi;
-    T denom = std::sqrt(vi) / bc2_sqrt + eps;
-    p[i] = pi - step_size * (mi / denom);
+    p[i] = p[i] * c.decay - c.step_size * (mi / (std::sqrt(vi) / c.bc2_sqrt + c.eps));
   }
 }
 }  // namespace
@@ -188,31 +190,27 @@ void AdamW::step() {
     if (p.is_meta()) continue;
     state_like(m_[k], p);
     state_like(v_[k], p);
-    int64_t t = ++t_[k];
+    const AdamWConstants c = adamw_constants(o, lr_, ++t_[k]);
     if (cpu_loop_ok(p, o.use_ops)) {
       g = g.contiguous();
-      if (p.dtype() == DType::float32) {
-        const double bc1 = 1 - std::pow(o.beta1, double(t)), bc2 = 1 - std::pow(o.beta2, double(t));
+      if (p.dtype() == DType::float32)
         cpu::adamw_f32(p.data_ptr<float>(), g.data_ptr<float>(), m_[k].data_ptr<float>(),
-                       v_[k].data_ptr<float>(), p.numel(), o.maximize ? -1.0f : 1.0f,
-                       float(1 - lr_ * o.weight_decay), float(1 - o.beta1), float(o.beta2),
-                       float(1 - o.beta2), float(lr_ / bc1), float(std::sqrt(bc2)), float(o.eps));
-      } else
-        adamw_loop<double>(p.data_ptr<double>(), g.data_ptr<double>(), m_[k].data_ptr<double>(),
-                           v_[k].data_ptr<double>(), p.numel(), o, lr_, t);
+                       v_[k].data_ptr<float>(), p.numel(), float(c.sign), float(c.decay), float(c.w1),
+                       float(c.beta2), float(c.w2), float(c.step_size), float(c.bc2_sqrt), float(c.eps));
+      else
+        adamw_loop_f64(p.data_ptr<double>(), g.data_ptr<double>(), m_[k].data_ptr<double>(),
+                       v_[k].data_ptr<double>(), p.numel(), c);
       continue;
     }
     Tensor pd = p.detach();
     if (o.maximize) g = neg(g);
-    Tensor pn = mul(pd, 1 - lr_ * o.weight_decay);
-    Tensor m = add(m_[k], mul(sub(g, m_[k]), 1 - o.beta1));
-    Tensor v = add(mul(v_[k], o.beta2), mul(mul(g, g), 1 - o.beta2));
+    Tensor pn = mul(pd, c.decay);
+    Tensor m = add(m_[k], mul(sub(g, m_[k]), c.w1));
+    Tensor v = add(mul(v_[k], c.beta2), mul(mul(g, g), c.w2));
     m_[k].copy_(m);
     v_[k].copy_(v);
-    double bc1 = 1 - std::pow(o.beta1, double(t));
-    double bc2 = 1 - std::pow(o.beta2, double(t));
-    Tensor denom = add(div(sqrt(v_[k]), std::sqrt(bc2)), o.eps);
-    p.copy_(sub(pn, mul(div(m_[k], denom), lr_ / bc1)));
+    Tensor denom = add(div(sqrt(v_[k]), c.bc2_sqrt), c.eps);
+    p.copy_(sub(pn, mul(div(m_[k], denom), c.step_size)));
   }
 }
 
