@@ -96,11 +96,14 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
     std::vector<Tensor> trainable;
     for (const auto& [n, p] : layer.named_parameters())
       if (p.requires_grad()) trainable.push_back(p);
+    Case base_fwd, lora_fwd;
+    base_fwd.run = [&] { NoGradGuard ng; base.forward(x); };
+    lora_fwd.run = [&] { NoGradGuard ng; layer.forward(x); };
     for (const char* kind : kLayerCases) {
       Case c;
       std::string k = kind;
-      if (k == "base") c.run = [&] { NoGradGuard ng; base.forward(x); };
-      else if (k == "lora") c.run = [&] { NoGradGuard ng; layer.forward(x); };
+      if (k == "base") c = base_fwd;
+      else if (k == "lora") c = lora_fwd;
       else if (k == "merged") c.run = [&] { NoGradGuard ng; merged.forward(x); };
       else
         c.run = [&] {
@@ -118,12 +121,9 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
     // The target is LoRA forward over base forward: measured on its own with the two
     // alternating in short rounds, so that the machine's drift between the rows above
     // does not enter the ratio.
-    Case cb, cl;
-    cb.run = [&] { NoGradGuard ng; base.forward(x); };
-    cl.run = [&] { NoGradGuard ng; layer.forward(x); };
     Options po = o;
     po.reps = 2;
-    Sampler sb(cb, po), sl(cl, po);
+    Sampler sb(base_fwd, po), sl(lora_fwd, po);
     std::vector<double> tb, tl;
     for (int round = 0; round < std::max(o.rounds, 10); ++round) {
       sb.round(tb);

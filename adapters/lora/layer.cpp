@@ -7,8 +7,8 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
-#include "runtime/cpu/vec_f32.h"
 #include "runtime/backend.h"
+#include "runtime/cpu/vec_f32.h"
 #include "runtime/ops.h"
 
 namespace peft::lora {
