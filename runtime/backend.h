@@ -9,14 +9,15 @@
 namespace peft {
 
 enum class UnaryKind {
-  neg, exp, log, sqrt, rsqrt, abs, sign, erf, relu, gelu, silu, tanh, sigmoid,
+  neg, exp, log, sqrt, rsqrt, abs, sign, erf, relu, gelu, silu, tanh, sigmoid, gelu_tanh,
   add_scalar, mul_scalar, div_scalar, rsub_scalar, rdiv_scalar, pow_scalar, clamp,
   // results are bool:
   isfinite, logical_not, eq_scalar, ne_scalar, gt_scalar, lt_scalar, ge_scalar, le_scalar
 };
 
-// tanh_grad: a·(1 - b²), the gradient through tanh given its output b
-enum class BinaryKind { add, sub, mul, div, pow, maximum, tanh_grad, eq, ne, gt, lt, ge, le };
+// tanh_grad: a·(1 - b²), the gradient through tanh given its output b;
+// gelu_tanh_grad: a·gelu_tanh'(b), the gradient through gelu_tanh given its input b
+enum class BinaryKind { add, sub, mul, div, pow, maximum, tanh_grad, gelu_tanh_grad, eq, ne, gt, lt, ge, le };
 
 enum class ReduceKind { sum, max, argmax };
 
@@ -58,6 +59,69 @@ class Backend {
   // normal(mean a, std b) or bernoulli(keep probability a) as 0/1.
   virtual void random(RandomKind k, Tensor& out, double a, double b, uint64_t seed,
                       uint64_t counter) = 0;
+
+  // ---- transformer blocks (runtime/ops_transformer.cpp, layer_norm in ops_nn.cpp) ----
+  // Fused kernels; a device without them fails clearly. All tensors share one float dtype
+  // (float32 or float64) unless said otherwise; "rows" are the leading dims flattened.
+
+  // x contiguous [rows, N]; weight, bias undefined or contiguous [N]; out contiguous like x;
+  // mean, rstd contiguous [rows]: out = (x - mean)·rstd·weight + bias, rstd = 1/√(var + eps).
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                          Tensor& out, Tensor& mean, Tensor& rstd) {
+    (void)x, (void)weight, (void)bias, (void)eps, (void)out, (void)mean, (void)rstd;
+    fail("[layer_norm] has no kernel on this device");
+  }
+  // grad, x contiguous [rows, N]; mean, rstd from the forward. dx contiguous like x;
+  // dweight, dbias [N] (undefined: not wanted) are overwritten with the sums over rows.
+  virtual void layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                   Tensor& dbias) {
+    (void)grad, (void)x, (void)weight, (void)mean, (void)rstd, (void)dx, (void)dweight, (void)dbias;
+    fail("[layer_norm_backward] has no kernel on this device");
+  }
+  // x contiguous [rows, N]; weight undefined or contiguous [N]; out = round(x·rstd)·weight with
+  // rstd = 1/√(mean(x²) + eps) saved contiguous [rows]; round() rounds to `round_to` (x's
+  // original dtype: bfloat16, float16, float32 or float64) and back.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out,
+                        Tensor& rstd) {
+    (void)x, (void)weight, (void)eps, (void)round_to, (void)out, (void)rstd;
+    fail("[rms_norm] has no kernel on this device");
+  }
+  // dx = rstd·(g·w - x̂·mean(g·w·x̂)) with x̂ = x·rstd; dweight [N] = Σ_rows g·round(x̂)
+  // (undefined: not wanted). grad, x contiguous [rows, N]; dx contiguous like x.
+  virtual void rms_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                 const Tensor& rstd, DType round_to, Tensor& dx, Tensor& dweight) {
+    (void)grad, (void)x, (void)weight, (void)rstd, (void)round_to, (void)dx, (void)dweight;
+    fail("[rms_norm_backward] has no kernel on this device");
+  }
+  // x [B, H, T, D] any strides; cos, sin [B, T, D] any strides (zero strides for broadcast);
+  // out contiguous [B, H, T, D]. out = x·cos + rotate_half(x)·sin, or with `transpose` the
+  // transposed map (the backward): out = x·cos + rotate_halfᵀ(x·sin).
+  virtual void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool transpose,
+                                Tensor& out) {
+    (void)x, (void)cos, (void)sin, (void)transpose, (void)out;
+    fail("[rotary_embedding] has no kernel on this device");
+  }
+  // q [B, Hq, Tq, D], k, v [B, Hkv, Tk, D] any strides; mask undefined or contiguous bool
+  // [B, Tk]; causal as scaled_dot_product_attention documents. out contiguous [B, Hq, Tq, D];
+  // lse contiguous [B, Hq, Tq]: the log-sum-exp of each row's visible scaled scores (-inf
+  // for a row with none, whose output is 0).
+  virtual void scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& mask, bool causal, double scale, Tensor& out,
+                                            Tensor& lse) {
+    (void)q, (void)k, (void)v, (void)mask, (void)causal, (void)scale, (void)out, (void)lse;
+    fail("[scaled_dot_product_attention] has no kernel on this device");
+  }
+  // The gradients of the above for the output gradient `grad` (any strides), given the
+  // forward's out and lse; dq, dk, dv contiguous of q's, k's and v's shapes (overwritten).
+  virtual void scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                     const Tensor& mask, bool causal, double scale,
+                                                     const Tensor& out, const Tensor& lse,
+                                                     const Tensor& grad, Tensor& dq, Tensor& dk, Tensor& dv) {
+    (void)q, (void)k, (void)v, (void)mask, (void)causal, (void)scale, (void)out, (void)lse, (void)grad;
+    (void)dq, (void)dk, (void)dv;
+    fail("[scaled_dot_product_attention_backward] has no kernel on this device");
+  }
 };
 
 Backend& backend(Device dev);

@@ -11,7 +11,7 @@
   X(cat) X(stack) X(index_select) X(index_add) X(gather) X(scatter_add) X(masked_fill)       \
   X(where)                                                                                   \
   /* elementwise binary */                                                                   \
-  X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(tanh_backward)                            \
+  X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(tanh_backward) X(gelu_tanh_backward)      \
   X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
   /* elementwise unary (scalar variants included) */                                         \
   X(add_scalar) X(mul_scalar) X(div_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \
@@ -22,7 +22,11 @@
   /* reductions */                                                                           \
   X(sum) X(mean) X(amax) X(argmax) X(norm) X(softmax) X(log_softmax)                         \
   /* nn */                                                                                   \
-  X(embedding) X(dropout) X(mse_loss) X(cross_entropy) X(layer_norm)
+  X(embedding) X(dropout) X(mse_loss) X(cross_entropy) X(layer_norm) X(layer_norm_backward)  \
+  /* transformer blocks (fused kernels; their *_backward ops are internal) */                   \
+  X(gelu_tanh) X(rms_norm) X(rms_norm_backward) X(rotary_embedding)                          \
+  X(rotary_embedding_backward) X(scaled_dot_product_attention)                               \
+  X(scaled_dot_product_attention_backward) X(chunk)
 
 namespace peft {
 

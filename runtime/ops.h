@@ -4,6 +4,7 @@
 // The canonical list of op names is runtime/op_list.h.
 #pragma once
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "runtime/tensor.h"
@@ -107,6 +108,36 @@ Tensor mse_loss(const Tensor& input, const Tensor& target);  // mean reduction
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100);
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                   const Tensor& bias, double eps = 1e-5);
+
+// ---- transformer blocks ----
+// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (transformers'
+// gelu_new / gelu_pytorch_tanh, torch's gelu(approximate='tanh')).
+Tensor gelu_tanh(const Tensor& a);
+// grad·gelu_tanh'(x) in one pass (gelu_tanh's backward; not itself differentiable).
+Tensor gelu_tanh_backward(const Tensor& grad, const Tensor& x);
+// x·rsqrt(mean(x², -1) + eps)·weight over the last dim (LlamaRMSNorm: statistics in float32,
+// the normalised value rounded to x's dtype before the weight multiplies it).
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+// Rotary position embedding as transformers' apply_rotary_pos_emb: x·cos + rotate_half(x)·sin
+// with rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]). x [B, H, T, D]; cos, sin [B, T, D]
+// (or [T, D]), broadcast over heads.
+Tensor rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin);
+// cos and sin [B, T, D] for int64 position_ids [B, T] as LlamaRotaryEmbedding (default rope
+// type): inv_freq = 1 / theta^(2i/D) in float32, angles = position·inv_freq, emb = cat(a, a).
+// Not differentiable (no parameters).
+std::pair<Tensor, Tensor> rotary_cos_sin(const Tensor& position_ids, int64_t head_dim, double theta,
+                                         DType dt = DType::float32);
+// softmax(q·kᵀ·scale + mask)·v. q [B, Hq, Tq, D]; k, v [B, Hkv, Tk, D] with Hq a multiple of Hkv
+// (grouped-query attention: query head h reads key/value head h / (Hq / Hkv)); any strides
+// (permuted views are read in place). key_padding_mask: undefined, or bool / int64 [B, Tk]
+// (nonzero = attend). causal: query i sits at position Tk - Tq + i and sees keys j <= that
+// (a KV cache's new queries see the whole cache). A query row with no visible key gives 0.
+// scale defaults to 1/√D. Returns [B, Hq, Tq, D].
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& key_padding_mask = Tensor(), bool causal = false,
+                                    std::optional<double> scale = {});
+// torch.chunk: `chunks` views along dim (the last one smaller when the size does not divide).
+std::vector<Tensor> chunk(const Tensor& a, int64_t chunks, int64_t dim);
 
 // ---- operators ----
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }

@@ -21,5 +21,8 @@ std::vector<int64_t> reduce_dims(const char* op, const std::vector<int64_t>& dim
 // Re-inserts size-1 dims at the reduced positions of a keepdim=false result.
 Tensor unsqueeze_reduced(const Tensor& g, const std::vector<int64_t>& dims, int64_t rank);
 void check_defined(const char* op, const Tensor& t, const char* what = "input");
+// layer_norm after its argument checks: the fused kernel over the last N elements
+// (ops_transformer.cpp).
+Tensor layer_norm_fused(const Tensor& x, int64_t N, const Tensor& weight, const Tensor& bias, double eps);
 
 }  // namespace peft::detail

@@ -120,21 +120,12 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     fail("[layer_norm] bias ", bias.desc(), " must have normalized_shape ",
          shape_str(normalized_shape));
   if (!is_floating(x.dtype())) fail("[layer_norm] needs a floating-point input, got ", x.desc());
-  // bf16/f16: statistics and normalisation in float32, one rounding at the end (as torch)
-  const DType cd = compute_dtype(x.dtype());
-  if (cd != x.dtype()) {
-    auto up = [cd](const Tensor& t) { return t.defined() ? t.to(cd) : t; };
-    return layer_norm(up(x), normalized_shape, up(weight), up(bias), eps).to(x.dtype());
-  }
-  std::vector<int64_t> dims;
-  for (int64_t i = 0; i < k; ++i) dims.push_back(x.dim() - k + i);
-  Tensor mu = mean(x, dims, true);
-  Tensor xc = sub(x, mu);
-  Tensor var = mean(mul(xc, xc), dims, true);
-  Tensor y = mul(xc, rsqrt(add(var, eps)));
-  if (weight.defined()) y = mul(y, weight);
-  if (bias.defined()) y = add(y, bias);
-  return y;
+  if (weight.defined()) common_device("layer_norm", x, weight);
+  if (bias.defined()) common_device("layer_norm", x, bias);
+  if (!(eps >= 0) || !std::isfinite(eps)) fail("[layer_norm] eps must be finite and >= 0, got ", eps);
+  int64_t N = 1;
+  for (int64_t n : normalized_shape) N *= n;
+  return layer_norm_fused(x, N, weight, bias, eps);
 }
 
 }  // namespace peft

@@ -18,6 +18,7 @@
 #include "runtime/backend.h"
 #include "runtime/cpu/loops.h"
 #include "runtime/cpu/math_f32.h"
+#include "runtime/cpu/cpu_transformer.h"
 #include "runtime/cpu/vec_f32.h"
 #include "runtime/cpu/svd.h"
 #include "runtime/generator.h"
@@ -122,6 +123,18 @@ inline T gelu_f(T x) {
   return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
 }
 template <class T>
+inline T gelu_tanh_f(T x) {
+  if constexpr (std::is_same_v<T, float>) return cpu::gelu_tanh_f32(x);  // same bits on every layout
+  return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * (x * x * x))));
+}
+template <class T>
+inline T gelu_tanh_grad_f(T g, T x) {
+  if constexpr (std::is_same_v<T, float>) return cpu::gelu_tanh_grad_f32(g, x);
+  const T x2 = x * x, t = std::tanh(T(0.7978845608028654) * (x + T(0.044715) * (x2 * x)));
+  const T du = T(0.7978845608028654) * (T(1) + T(0.134145) * x2);
+  return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du);
+}
+template <class T>
 inline T sigmoid_f(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
@@ -159,6 +172,7 @@ inline T unary_value(UnaryKind k, T x, double s0, double s1) {
         case UnaryKind::rsqrt: return T(1) / std::sqrt(x);
         case UnaryKind::erf: return std::erf(x);
         case UnaryKind::gelu: return gelu_f(x);
+        case UnaryKind::gelu_tanh: return gelu_tanh_f(x);
         case UnaryKind::silu: return x * sigmoid_f(x);
         case UnaryKind::tanh:
           if constexpr (std::is_same_v<T, float>) return tanh_f32(x);  // same bits on every layout
@@ -218,6 +232,9 @@ inline T binary_value(BinaryKind k, T a, T b) {
       case BinaryKind::div: return a / b;
       case BinaryKind::maximum: return (a != a) ? a : (a > b ? a : b);
       case BinaryKind::tanh_grad: return a * (T(1) - b * b);
+      case BinaryKind::gelu_tanh_grad:
+        if constexpr (std::is_floating_point_v<T>) return gelu_tanh_grad_f(a, b);
+        else return a;
       case BinaryKind::pow:
         if constexpr (std::is_floating_point_v<T>) return std::pow(a, b);
         else return T(std::pow(double(a), double(b)));
@@ -944,6 +961,36 @@ class CpuBackend final : public Backend {
   }
 
   void svd(const Tensor& a, Tensor& u, Tensor& s, Tensor& vh) override { cpu::svd_f64(a, u, s, vh); }
+
+  // transformer blocks: runtime/cpu/cpu_transformer.cpp
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& out, Tensor& mean,
+                  Tensor& rstd) override {
+    cpu::layer_norm(x, w, b, eps, out, mean, rstd);
+  }
+  void layer_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
+                           const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) override {
+    cpu::layer_norm_backward(g, x, w, mean, rstd, dx, dw, db);
+  }
+  void rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, Tensor& out, Tensor& rstd) override {
+    cpu::rms_norm(x, w, eps, rt, out, rstd);
+  }
+  void rms_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& rstd, DType rt,
+                         Tensor& dx, Tensor& dw) override {
+    cpu::rms_norm_backward(g, x, w, rstd, rt, dx, dw);
+  }
+  void rotary_embedding(const Tensor& x, const Tensor& c, const Tensor& s, bool tr, Tensor& out) override {
+    cpu::rotary_embedding(x, c, s, tr, out);
+  }
+  void scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                                    bool causal, double scale, Tensor& out, Tensor& lse) override {
+    cpu::attention(q, k, v, mask, causal, scale, out, lse);
+  }
+  void scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const Tensor& mask, bool causal, double scale, const Tensor& out,
+                                             const Tensor& lse, const Tensor& g, Tensor& dq, Tensor& dk,
+                                             Tensor& dv) override {
+    cpu::attention_backward(q, k, v, mask, causal, scale, out, lse, g, dq, dk, dv);
+  }
 
   void softmax(const Tensor& x, int64_t dim, bool log, Tensor& out) override {
     // x and out contiguous; view as [outer, n, inner]

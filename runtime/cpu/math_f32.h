@@ -69,4 +69,18 @@ inline float exp_f32(float x) {
   return std::bit_cast<float>(res);
 }
 
+// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), on tanh_f32 (vectorisable).
+inline float gelu_tanh_f32(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+  return 0.5f * x * (1.0f + tanh_f32(u));
+}
+
+// g·d/dx gelu_tanh(x) = g·(0.5·(1 + t) + 0.5·x·(1 - t²)·√(2/π)·(1 + 3·0.044715·x²)), t = tanh(u).
+inline float gelu_tanh_grad_f32(float g, float x) {
+  const float x2 = x * x;
+  const float t = tanh_f32(0.7978845608028654f * (x + 0.044715f * (x2 * x)));
+  const float du = 0.7978845608028654f * (1.0f + 0.134145f * x2);
+  return g * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+}
+
 }  // namespace peft::cpu

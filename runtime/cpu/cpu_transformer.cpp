@@ -1,0 +1,788 @@
+// CPU kernels of the transformer blocks (cpu_transformer.h): layer_norm and rms_norm as one
+// pass per row (statistics, then normalise + affine) with fused backwards whose
+// dweight/dbias are reduced over rows through per-thread partial sums; rotary embeddings
+// read through any strides; scaled_dot_product_attention flash-attention style.
+//
+// Attention. Keys are processed in tiles of kTile (64): for a block of query rows the
+// tile's scores are computed, masked (padding mask as an additive 0/-inf bias, causal as a
+// per-row count of visible keys), and folded into the output with an online softmax
+// (running max m and sum l per row), so no more than one tile of the Tq x Tk scores
+// exists at a time. The query rows of one work item are the Hq/Hkv query heads that share a
+// key/value head (grouped-query attention), so each key tile is packed once for all of
+// them (a decode step's 8 query heads read 2 packed kv heads). The backward follows
+// FlashAttention-2: the scores are recomputed per tile from q, k and the saved
+// log-sum-exp, Di = rowsum(dO∘O), dS = P∘(dP - Di), and dq, dk, dv are accumulated; one
+// work item is one (batch, kv head), which owns its dk/dv rows and the dq rows of its query
+// heads, so threads never write the same memory.
+//
+// The float32 inner loops are register-blocked products written with GCC vector
+// extensions (acc_rows: out[0..w) += Σ_i c_i·row_i[0..w), 16-float vectors, up to 4
+// accumulators) and built per ISA with target_clones, like vec_f32.cpp; each output element
+// is summed in the same order whatever the width, so a strided view gives the bits of a
+// contiguous one (the v3/v4 clones may contract into FMAs, so bits can differ across CPUs).
+#include "runtime/cpu/cpu_transformer.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "runtime/cpu/loops.h"
+#include "runtime/cpu/math_f32.h"
+#include "runtime/half.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PEFT_TX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PEFT_TX_CLONES
+#endif
+#define PEFT_TX_INLINE inline __attribute__((always_inline))
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace peft::cpu {
+
+namespace {
+
+template <class F>
+void dispatch_ff(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::float32: f(float{}); break;
+    case DType::float64: f(double{}); break;
+    default: fail("[", op, "] internal: CPU kernel needs float32/float64, got ", dtype_name(dt));
+  }
+}
+
+// Runs body(i) for i in [0, n) on up to `nt` threads (dynamic schedule: items differ in cost).
+template <class F>
+void parallel_items(int64_t n, int nt, F&& body) {
+  nt = int(std::min<int64_t>(nt, n));
+  if (nt > 1 && !omp_in_parallel()) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+}
+
+template <class T>
+PEFT_TX_INLINE T exp_t(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return exp_f32(x);
+  else
+    return std::exp(x);
+}
+
+// Rounds v to dtype `rt` and back (LlamaRMSNorm's hidden_states.to(input_dtype)).
+template <class T, int R>
+PEFT_TX_INLINE T round_as(T v) {
+  if constexpr (R == 1) return T(float(v));
+  if constexpr (R == 2) return T(bf16_to_float(float_to_bf16(float(v))));
+  if constexpr (R == 3) return T(f16_to_float(float_to_f16(float(v))));
+  return v;
+}
+template <class T>
+int round_mode(DType rt) {
+  switch (rt) {
+    case DType::float32: return std::is_same_v<T, float> ? 0 : 1;
+    case DType::bfloat16: return 2;
+    case DType::float16: return 3;
+    default: return 0;
+  }
+}
+template <class T, class F>
+void dispatch_round(int mode, F&& f) {
+  switch (mode) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+// Splits `rows` into parts of whole rows, one per thread, for kernels that keep per-thread
+// partial sums.
+int threads_for_rows(int64_t rows, int64_t N) {
+  if (omp_in_parallel()) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(num_threads_for(rows * N), rows)));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// layer_norm
+
+void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& out,
+                Tensor& mean, Tensor& rstd) {
+  const int64_t rows = x.size(0), N = x.size(1);
+  dispatch_ff(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data_ptr<T>();
+    const T* w = weight.defined() ? weight.data_ptr<T>() : nullptr;
+    const T* b = bias.defined() ? bias.data_ptr<T>() : nullptr;
+    T* y = out.data_ptr<T>();
+    T* mp = mean.data_ptr<T>();
+    T* rp = rstd.data_ptr<T>();
+    auto row = [&](int64_t r) {
+      const T* xr = xp + r * N;
+      T* yr = y + r * N;
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = 0; j < N; ++j) s += double(xr[j]);
+      const double mu = s / double(N);
+      double v = 0;
+#pragma omp simd reduction(+ : v)
+      for (int64_t j = 0; j < N; ++j) {
+        const double d = double(xr[j]) - mu;
+        v += d * d;
+      }
+      const double rs = 1.0 / std::sqrt(v / double(N) + eps);
+      mp[r] = T(mu);
+      rp[r] = T(rs);
+      const T m = T(mu), rr = T(rs);
+      if (w && b) {
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * rr * w[j] + b[j];
+      } else if (w) {
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * rr * w[j];
+      } else if (b) {
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * rr + b[j];
+      } else {
+        for (int64_t j = 0; j < N; ++j) yr[j] = (xr[j] - m) * rr;
+      }
+    };
+    const int nt = threads_for_rows(rows, N);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t r = 0; r < rows; ++r) row(r);
+  });
+}
+
+void layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                         const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias) {
+  const int64_t rows = x.size(0), N = x.size(1);
+  dispatch_ff(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = grad.data_ptr<T>();
+    const T* xp = x.data_ptr<T>();
+    const T* w = weight.defined() ? weight.data_ptr<T>() : nullptr;
+    const T* mp = mean.data_ptr<T>();
+    const T* rp = rstd.data_ptr<T>();
+    T* dxp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+    const bool want_w = dweight.defined(), want_b = dbias.defined();
+    const int nt = threads_for_rows(rows, N);
+    // per-thread partial sums of g·x̂ and g over their rows, in float64
+    std::vector<double> part(size_t(nt) * size_t(N) * 2, 0.0);
+    auto range = [&](int t) {
+      const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+      double* pw = part.data() + size_t(t) * size_t(N) * 2;
+      double* pb = pw + N;
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* gr = gp + r * N;
+        const T* xr = xp + r * N;
+        const T m = mp[r], rs = rp[r];
+        if (want_w)
+          for (int64_t j = 0; j < N; ++j) pw[j] += double(gr[j]) * double((xr[j] - m) * rs);
+        if (want_b)
+          for (int64_t j = 0; j < N; ++j) pb[j] += double(gr[j]);
+        if (!dxp) continue;
+        // dx = rstd·(gw - mean(gw) - x̂·mean(gw·x̂)), gw = g·w
+        double a = 0, c = 0;
+        if (w) {
+#pragma omp simd reduction(+ : a, c)
+          for (int64_t j = 0; j < N; ++j) {
+            const double gw = double(gr[j]) * double(w[j]);
+            a += gw;
+            c += gw * double((xr[j] - m) * rs);
+          }
+        } else {
+#pragma omp simd reduction(+ : a, c)
+          for (int64_t j = 0; j < N; ++j) {
+            a += double(gr[j]);
+            c += double(gr[j]) * double((xr[j] - m) * rs);
+          }
+        }
+        const T ma = T(a / double(N)), mc = T(c / double(N));
+        T* d = dxp + r * N;
+        if (w) {
+          for (int64_t j = 0; j < N; ++j) d[j] = rs * (gr[j] * w[j] - ma - (xr[j] - m) * rs * mc);
+        } else {
+          for (int64_t j = 0; j < N; ++j) d[j] = rs * (gr[j] - ma - (xr[j] - m) * rs * mc);
+        }
+      }
+    };
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
+    for (int t = 0; t < nt; ++t) range(t);
+    for (int k = 0; k < 2; ++k) {
+      if (!(k == 0 ? want_w : want_b)) continue;
+      T* o = (k == 0 ? dweight : dbias).data_ptr<T>();
+      for (int64_t j = 0; j < N; ++j) {
+        double s = 0;
+        for (int t = 0; t < nt; ++t) s += part[size_t(t) * size_t(N) * 2 + size_t(k) * size_t(N) + size_t(j)];
+        o[j] = T(s);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// rms_norm
+
+void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out, Tensor& rstd) {
+  const int64_t rows = x.size(0), N = x.size(1);
+  dispatch_ff(x.dtype(), "rms_norm", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_round<T>(round_mode<T>(round_to), [&](auto rm) {
+      constexpr int R = decltype(rm)::value;
+      const T* xp = x.data_ptr<T>();
+      const T* w = weight.defined() ? weight.data_ptr<T>() : nullptr;
+      T* y = out.data_ptr<T>();
+      T* rp = rstd.data_ptr<T>();
+      const int nt = threads_for_rows(rows, N);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* xr = xp + r * N;
+        T* yr = y + r * N;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < N; ++j) s += double(xr[j]) * double(xr[j]);
+        const T rs = T(1.0 / std::sqrt(s / double(N) + eps));
+        rp[r] = rs;
+        if (w) {
+          for (int64_t j = 0; j < N; ++j) yr[j] = round_as<T, R>(xr[j] * rs) * w[j];
+        } else {
+          for (int64_t j = 0; j < N; ++j) yr[j] = round_as<T, R>(xr[j] * rs);
+        }
+      }
+    });
+  });
+}
+
+void rms_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                       DType round_to, Tensor& dx, Tensor& dweight) {
+  const int64_t rows = x.size(0), N = x.size(1);
+  dispatch_ff(x.dtype(), "rms_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_round<T>(round_mode<T>(round_to), [&](auto rm) {
+      constexpr int R = decltype(rm)::value;
+      const T* gp = grad.data_ptr<T>();
+      const T* xp = x.data_ptr<T>();
+      const T* w = weight.defined() ? weight.data_ptr<T>() : nullptr;
+      const T* rp = rstd.data_ptr<T>();
+      T* dxp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+      const bool want_w = dweight.defined();
+      const int nt = threads_for_rows(rows, N);
+      std::vector<double> part(want_w ? size_t(nt) * size_t(N) : 0, 0.0);
+      auto range = [&](int t) {
+        const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        double* pw = want_w ? part.data() + size_t(t) * size_t(N) : nullptr;
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* gr = gp + r * N;
+          const T* xr = xp + r * N;
+          const T rs = rp[r];
+          if (pw)
+            for (int64_t j = 0; j < N; ++j) pw[j] += double(gr[j]) * double(round_as<T, R>(xr[j] * rs));
+          if (!dxp) continue;
+          // dx = rstd·(gw - x̂·mean(gw·x̂)), gw = g·w, x̂ = x·rstd
+          double c = 0;
+          if (w) {
+#pragma omp simd reduction(+ : c)
+            for (int64_t j = 0; j < N; ++j) c += double(gr[j]) * double(w[j]) * double(xr[j] * rs);
+          } else {
+#pragma omp simd reduction(+ : c)
+            for (int64_t j = 0; j < N; ++j) c += double(gr[j]) * double(xr[j] * rs);
+          }
+          const T mc = T(c / double(N));
+          T* d = dxp + r * N;
+          if (w) {
+            for (int64_t j = 0; j < N; ++j) d[j] = rs * (gr[j] * w[j] - xr[j] * rs * mc);
+          } else {
+            for (int64_t j = 0; j < N; ++j) d[j] = rs * (gr[j] - xr[j] * rs * mc);
+          }
+        }
+      };
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
+      for (int t = 0; t < nt; ++t) range(t);
+      if (want_w) {
+        T* o = dweight.data_ptr<T>();
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0;
+          for (int t = 0; t < nt; ++t) s += part[size_t(t) * size_t(N) + size_t(j)];
+          o[j] = T(s);
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// rotary embedding
+
+void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool transpose, Tensor& out) {
+  const int64_t B = x.size(0), H = x.size(1), T_ = x.size(2), D = x.size(3), half = D / 2;
+  dispatch_ff(x.dtype(), "rotary_embedding", [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data_ptr<T>();
+    const T* cp = cos.data_ptr<T>();
+    const T* sp = sin.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    const int64_t xb = x.stride(0), xh = x.stride(1), xt = x.stride(2), xd = x.stride(3);
+    const int64_t cb = cos.stride(0), ct = cos.stride(1), cd = cos.stride(2);
+    const int64_t sb = sin.stride(0), st = sin.stride(1), sd = sin.stride(2);
+    const bool unit = xd == 1 && cd == 1 && sd == 1;
+    const int64_t rows = B * H * T_;
+    const int nt = omp_in_parallel() ? 1 : num_threads_for(rows * D);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = r % T_, h = (r / T_) % H, b = r / (T_ * H);
+      const T* xr = xp + b * xb + h * xh + t * xt;
+      const T* c = cp + b * cb + t * ct;
+      const T* s = sp + b * sb + t * st;
+      T* o = op + r * D;
+      if (unit) {
+        const T *x1 = xr, *x2 = xr + half;
+        if (!transpose) {
+          for (int64_t i = 0; i < half; ++i) o[i] = x1[i] * c[i] - x2[i] * s[i];
+          for (int64_t i = 0; i < half; ++i) o[half + i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+        } else {
+          for (int64_t i = 0; i < half; ++i) o[i] = x1[i] * c[i] + x2[i] * s[half + i];
+          for (int64_t i = 0; i < half; ++i) o[half + i] = x2[i] * c[half + i] - x1[i] * s[i];
+        }
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          const T a = xr[i * xd], bb = xr[(half + i) * xd];
+          const T c1 = c[i * cd], c2 = c[(half + i) * cd], s1 = s[i * sd], s2 = s[(half + i) * sd];
+          if (!transpose) {
+            o[i] = a * c1 - bb * s1;
+            o[half + i] = bb * c2 + a * s2;
+          } else {
+            o[i] = a * c1 + bb * s2;
+            o[half + i] = bb * c2 - a * s1;
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// attention
+
+namespace {
+
+constexpr int64_t kTile = 64;   // keys per tile
+constexpr int64_t kRows = 64;   // query rows per block
+
+typedef float vf16 __attribute__((vector_size(64)));
+
+PEFT_TX_INLINE vf16 ld16(const float* p) {
+  vf16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+PEFT_TX_INLINE void st16(float* p, vf16 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// out[0..w) (+)= Σ_{i<n} c[i·cs]·rows[i·ld + 0..w); `init` starts from 0 instead of out.
+// Every element sums its terms in order i = 0, 1, ..., whatever w and the vector width.
+template <class T>
+PEFT_TX_INLINE void acc_rows(T* out, const T* c, int64_t cs, const T* rows, int64_t ld, int64_t n, int64_t w,
+                             bool init) {
+  int64_t d0 = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; d0 + 64 <= w; d0 += 64) {
+      vf16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      if (!init) {
+        a0 = ld16(out + d0), a1 = ld16(out + d0 + 16), a2 = ld16(out + d0 + 32), a3 = ld16(out + d0 + 48);
+      }
+      const float* rp = rows + d0;
+      for (int64_t i = 0; i < n; ++i, rp += ld) {
+        const float ci = c[i * cs];
+        a0 += ci * ld16(rp);
+        a1 += ci * ld16(rp + 16);
+        a2 += ci * ld16(rp + 32);
+        a3 += ci * ld16(rp + 48);
+      }
+      st16(out + d0, a0), st16(out + d0 + 16, a1), st16(out + d0 + 32, a2), st16(out + d0 + 48, a3);
+    }
+    if (d0 + 32 <= w) {
+      vf16 a0 = {}, a1 = {};
+      if (!init) a0 = ld16(out + d0), a1 = ld16(out + d0 + 16);
+      const float* rp = rows + d0;
+      for (int64_t i = 0; i < n; ++i, rp += ld) {
+        const float ci = c[i * cs];
+        a0 += ci * ld16(rp);
+        a1 += ci * ld16(rp + 16);
+      }
+      st16(out + d0, a0), st16(out + d0 + 16, a1);
+      d0 += 32;
+    }
+    if (d0 + 16 <= w) {
+      vf16 a0 = {};
+      if (!init) a0 = ld16(out + d0);
+      const float* rp = rows + d0;
+      for (int64_t i = 0; i < n; ++i, rp += ld) a0 += c[i * cs] * ld16(rp);
+      st16(out + d0, a0);
+      d0 += 16;
+    }
+  }
+  if (d0 >= w) return;
+  const int64_t rest = w - d0;
+  if (init)
+    for (int64_t d = 0; d < rest; ++d) out[d0 + d] = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T ci = c[i * cs];
+    const T* rp = rows + i * ld + d0;
+    T* o = out + d0;
+    for (int64_t d = 0; d < rest; ++d) o[d] += ci * rp[d];
+  }
+}
+
+template <class T>
+struct AttnArgs {
+  int64_t B, Hq, Hkv, Tq, Tk, D, g, off;
+  const T *q, *k, *v;
+  int64_t qs[4], ks[4], vs[4];
+  const bool* mask;  // [B, Tk] or null
+  bool causal;
+  T scale;
+  T* out;  // [B, Hq, Tq, D]
+  T* lse;  // [B, Hq, Tq]
+  // backward
+  const T *o, *dout;
+  int64_t gs[4];
+  T *dq, *dk, *dv;
+};
+
+// Query row r of kv head `kvh`'s group: query head, time.
+template <class T>
+PEFT_TX_INLINE void row_of(const AttnArgs<T>& a, int64_t kvh, int64_t r, int64_t& hq, int64_t& t) {
+  hq = kvh * a.g + r / a.Tq;
+  t = r % a.Tq;
+}
+
+// Number of keys query time t sees (all of them without causal).
+template <class T>
+PEFT_TX_INLINE int64_t visible_keys(const AttnArgs<T>& a, int64_t t) {
+  return a.causal ? std::min(a.Tk, a.off + t + 1) : a.Tk;
+}
+
+// bias[j] = 0 for an attended key j0 + j, -inf otherwise; false when the tile has none.
+template <class T>
+PEFT_TX_INLINE bool tile_bias(const AttnArgs<T>& a, int64_t b, int64_t j0, int64_t n, T* bias) {
+  if (!a.mask) return true;
+  const bool* m = a.mask + b * a.Tk + j0;
+  bool any = false;
+  for (int64_t j = 0; j < n; ++j) {
+    bias[j] = m[j] ? T(0) : -std::numeric_limits<T>::infinity();
+    any |= m[j];
+  }
+  return any;
+}
+
+// kt[d·kTile + j] = k[b, kvh, j0 + j, d] for j < n, zero up to w.
+template <class T>
+PEFT_TX_INLINE void pack_transposed(const T* base, const int64_t* s, int64_t b, int64_t kvh, int64_t j0, int64_t n,
+                                    int64_t w, int64_t D, T* kt) {
+  const T* p = base + b * s[0] + kvh * s[1] + j0 * s[2];
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = p + j * s[2];
+    for (int64_t d = 0; d < D; ++d) kt[d * kTile + j] = row[d * s[3]];
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = n; j < w; ++j) kt[d * kTile + j] = T(0);
+}
+
+// Rows j0..j0+n of k or v as a [n, D] matrix with leading dimension ld: in place when its
+// last dim is contiguous, else copied into buf.
+template <class T>
+PEFT_TX_INLINE const T* rows_of(const T* base, const int64_t* s, int64_t b, int64_t kvh, int64_t j0, int64_t n,
+                                int64_t D, T* buf, int64_t& ld) {
+  const T* p = base + b * s[0] + kvh * s[1] + j0 * s[2];
+  if (s[3] == 1) {
+    ld = s[2];
+    return p;
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) buf[j * D + d] = p[j * s[2] + d * s[3]];
+  ld = D;
+  return buf;
+}
+
+template <class T>
+PEFT_TX_INLINE void load_row(const T* base, const int64_t* s, int64_t b, int64_t h, int64_t t, int64_t D, T mul,
+                             T* dst) {
+  const T* p = base + b * s[0] + h * s[1] + t * s[2];
+  if (s[3] == 1) {
+    for (int64_t d = 0; d < D; ++d) dst[d] = p[d] * mul;
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = p[d * s[3]] * mul;
+  }
+}
+
+inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+template <class T>
+std::vector<T>& scratch() {
+  thread_local std::vector<T> buf;
+  return buf;
+}
+
+// One forward work item: rows [r0, r0 + R) of batch b, kv head kvh's group.
+template <class T>
+PEFT_TX_INLINE void attn_fwd_item(const AttnArgs<T>& a, int64_t b, int64_t kvh, int64_t r0, int64_t R) {
+  const int64_t D = a.D;
+  std::vector<T>& buf = scratch<T>();
+  const size_t need = size_t(R * D * 2 + R * 3 + D * kTile + kTile * D + kTile * 2);
+  if (buf.size() < need) buf.resize(need);
+  T* Q = buf.data();       // [R, D] scaled queries
+  T* O = Q + R * D;        // [R, D] unnormalised output
+  T* m = O + R * D;        // running max
+  T* l = m + R;            // running sum
+  T* lim = l + R;          // visible key count (as T)
+  T* kt = lim + R;         // [D, kTile]
+  T* vbuf = kt + D * kTile;  // [kTile, D] when v is not row-contiguous
+  T* S = vbuf + kTile * D;   // [kTile] scores, then probabilities, of one row
+  T* bias = S + kTile;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  int64_t jend = 0;
+  for (int64_t i = 0; i < R; ++i) {
+    int64_t hq, t;
+    row_of(a, kvh, r0 + i, hq, t);
+    load_row(a.q, a.qs, b, hq, t, D, a.scale, Q + i * D);
+    for (int64_t d = 0; d < D; ++d) O[i * D + d] = T(0);
+    m[i] = ninf;
+    l[i] = T(0);
+    const int64_t vis = visible_keys(a, t);
+    lim[i] = T(vis);
+    jend = std::max(jend, vis);
+  }
+  for (int64_t j0 = 0; j0 < jend; j0 += kTile) {
+    const int64_t n = std::min(kTile, jend - j0), w = round16(n);
+    if (!tile_bias(a, b, j0, n, bias)) continue;
+    pack_transposed(a.k, a.ks, b, kvh, j0, n, w, D, kt);
+    int64_t ldv;
+    const T* vr = rows_of(a.v, a.vs, b, kvh, j0, n, D, vbuf, ldv);
+    for (int64_t i = 0; i < R; ++i) {
+      const int64_t nv = std::min(n, int64_t(lim[i]) - j0);
+      if (nv <= 0) continue;
+      T* s = S;
+      acc_rows(s, Q + i * D, 1, kt, kTile, D, w, true);  // s[j] = Σ_d q[d]·k[j, d]
+      if (a.mask)
+        for (int64_t j = 0; j < nv; ++j) s[j] += bias[j];
+      T mx = ninf;
+#pragma omp simd reduction(max : mx)
+      for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, s[j]);
+      if (mx == ninf) continue;  // every key of this tile hidden from this row
+      const T mnew = std::max(m[i], mx);
+      const T alpha = exp_t(m[i] - mnew);  // 0 on the first visible tile (m = -inf)
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < nv; ++j) {
+        const T p = exp_t(s[j] - mnew);
+        s[j] = p;
+        sum += p;
+      }
+      l[i] = l[i] * alpha + sum;
+      m[i] = mnew;
+      T* o = O + i * D;
+      if (alpha != T(1))
+        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+      acc_rows(o, s, 1, vr, ldv, nv, D, false);  // o += Σ_j p[j]·v[j]
+    }
+  }
+  for (int64_t i = 0; i < R; ++i) {
+    int64_t hq, t;
+    row_of(a, kvh, r0 + i, hq, t);
+    const int64_t at = (b * a.Hq + hq) * a.Tq + t;
+    T* dst = a.out + at * D;
+    if (l[i] > T(0)) {
+      const T inv = T(1) / l[i];
+      for (int64_t d = 0; d < D; ++d) dst[d] = O[i * D + d] * inv;
+      a.lse[at] = m[i] + std::log(l[i]);
+    } else {  // no visible key: 0 (and no gradient)
+      for (int64_t d = 0; d < D; ++d) dst[d] = T(0);
+      a.lse[at] = ninf;
+    }
+  }
+}
+
+// One backward work item: batch b, kv head kvh, all query rows of its group.
+template <class T>
+PEFT_TX_INLINE void attn_bwd_item(const AttnArgs<T>& a, int64_t b, int64_t kvh) {
+  const int64_t D = a.D, R = a.g * a.Tq;
+  std::vector<T>& buf = scratch<T>();
+  const size_t need = size_t(R * D * 3 + R * 3 + D * kTile * 2 + kTile * D * 3 + kRows * kTile * 2 + kTile);
+  if (buf.size() < need) buf.resize(need);
+  T* Q = buf.data();        // [R, D] scaled queries
+  T* dO = Q + R * D;        // [R, D] output gradient
+  T* dQ = dO + R * D;       // [R, D] Σ dS·k (scaled at the end)
+  T* Di = dQ + R * D;       // rowsum(dO∘O)
+  T* L = Di + R;            // saved log-sum-exp
+  T* lim = L + R;           // visible key count (0 for rows with none)
+  T* kt = lim + R;          // [D, kTile]
+  T* vt = kt + D * kTile;   // [D, kTile]
+  T* kbuf = vt + D * kTile;  // [kTile, D] when k is not row-contiguous
+  T* dK = kbuf + kTile * D;  // [kTile, D]
+  T* dV = dK + kTile * D;    // [kTile, D]
+  T* P = dV + kTile * D;     // [kRows, kTile]
+  T* dS = P + kRows * kTile;  // [kRows, kTile]
+  T* bias = dS + kRows * kTile;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  int64_t jend = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t hq, t;
+    row_of(a, kvh, r, hq, t);
+    load_row(a.q, a.qs, b, hq, t, D, a.scale, Q + r * D);
+    load_row(a.dout, a.gs, b, hq, t, D, T(1), dO + r * D);
+    const int64_t at = (b * a.Hq + hq) * a.Tq + t;
+    const T* o = a.o + at * D;
+    T di = 0;
+    for (int64_t d = 0; d < D; ++d) di += dO[r * D + d] * o[d];
+    Di[r] = di;
+    L[r] = a.lse[at];
+    const int64_t vis = L[r] == ninf ? 0 : visible_keys(a, t);
+    lim[r] = T(vis);
+    jend = std::max(jend, vis);
+    for (int64_t d = 0; d < D; ++d) dQ[r * D + d] = T(0);
+  }
+  // dk, dv rows of keys no query sees stay 0
+  T* dkb = a.dk + (b * a.Hkv + kvh) * a.Tk * D;
+  T* dvb = a.dv + (b * a.Hkv + kvh) * a.Tk * D;
+  for (int64_t i = 0; i < a.Tk * D; ++i) dkb[i] = dvb[i] = T(0);
+  for (int64_t j0 = 0; j0 < jend; j0 += kTile) {
+    const int64_t n = std::min(kTile, jend - j0), w = round16(n);
+    if (!tile_bias(a, b, j0, n, bias)) continue;
+    pack_transposed(a.k, a.ks, b, kvh, j0, n, w, D, kt);
+    pack_transposed(a.v, a.vs, b, kvh, j0, n, w, D, vt);
+    int64_t ldk;
+    const T* kr = rows_of(a.k, a.ks, b, kvh, j0, n, D, kbuf, ldk);
+    for (int64_t i = 0; i < n * D; ++i) dK[i] = dV[i] = T(0);
+    for (int64_t rb = 0; rb < R; rb += kRows) {
+      const int64_t Rb = std::min(kRows, R - rb);
+      bool any = false;
+      for (int64_t i = 0; i < Rb; ++i) {
+        const int64_t r = rb + i;
+        T* p = P + i * kTile;
+        T* ds = dS + i * kTile;
+        const int64_t nv = std::min(n, int64_t(lim[r]) - j0);
+        if (nv <= 0) {
+          for (int64_t j = 0; j < n; ++j) p[j] = ds[j] = T(0);
+          continue;
+        }
+        any = true;
+        acc_rows(p, Q + r * D, 1, kt, kTile, D, w, true);  // scores
+        const T lr = L[r];
+        if (a.mask) {
+#pragma omp simd
+          for (int64_t j = 0; j < nv; ++j) p[j] = exp_t(p[j] + bias[j] - lr);
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < nv; ++j) p[j] = exp_t(p[j] - lr);
+        }
+        for (int64_t j = nv; j < n; ++j) p[j] = T(0);
+        acc_rows(ds, dO + r * D, 1, vt, kTile, D, w, true);  // dP[j] = dO·v[j]
+        const T di = Di[r];
+        for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - di);
+        acc_rows(dQ + r * D, ds, 1, kr, ldk, nv, D, false);  // dQ += dS·k
+      }
+      if (!any) continue;
+      for (int64_t j = 0; j < n; ++j) {
+        acc_rows(dV + j * D, P + j, kTile, dO + rb * D, D, Rb, D, false);  // dV[j] += Σ_r P[r, j]·dO[r]
+        acc_rows(dK + j * D, dS + j, kTile, Q + rb * D, D, Rb, D, false);  // dK[j] += Σ_r dS[r, j]·q[r]
+      }
+    }
+    for (int64_t i = 0; i < n * D; ++i) {
+      dkb[j0 * D + i] = dK[i];
+      dvb[j0 * D + i] = dV[i];
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t hq, t;
+    row_of(a, kvh, r, hq, t);
+    T* dst = a.dq + ((b * a.Hq + hq) * a.Tq + t) * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = dQ[r * D + d] * a.scale;
+  }
+}
+
+PEFT_TX_CLONES void attn_fwd_item_f32(const AttnArgs<float>& a, int64_t b, int64_t kvh, int64_t r0, int64_t R) {
+  attn_fwd_item<float>(a, b, kvh, r0, R);
+}
+void attn_fwd_item_f64(const AttnArgs<double>& a, int64_t b, int64_t kvh, int64_t r0, int64_t R) {
+  attn_fwd_item<double>(a, b, kvh, r0, R);
+}
+PEFT_TX_CLONES void attn_bwd_item_f32(const AttnArgs<float>& a, int64_t b, int64_t kvh) {
+  attn_bwd_item<float>(a, b, kvh);
+}
+void attn_bwd_item_f64(const AttnArgs<double>& a, int64_t b, int64_t kvh) { attn_bwd_item<double>(a, b, kvh); }
+
+template <class T>
+AttnArgs<T> attn_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+                      double scale) {
+  AttnArgs<T> a{};
+  a.B = q.size(0), a.Hq = q.size(1), a.Tq = q.size(2), a.D = q.size(3);
+  a.Hkv = k.size(1), a.Tk = k.size(2);
+  a.g = a.Hq / a.Hkv;
+  a.off = a.Tk - a.Tq;
+  a.q = q.data_ptr<T>(), a.k = k.data_ptr<T>(), a.v = v.data_ptr<T>();
+  for (int d = 0; d < 4; ++d) a.qs[d] = q.stride(d), a.ks[d] = k.stride(d), a.vs[d] = v.stride(d);
+  a.mask = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  a.causal = causal;
+  a.scale = T(scale);
+  return a;
+}
+
+// Threads for `macs` multiply-adds of attention (a thread per ~64k).
+int attn_threads(double macs) {
+  if (omp_in_parallel()) return 1;
+  return int(std::max<double>(1, std::min<double>(omp_get_max_threads(), macs / 65536.0)));
+}
+
+}  // namespace
+
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal, double scale,
+               Tensor& out, Tensor& lse) {
+  dispatch_ff(q.dtype(), "scaled_dot_product_attention", [&](auto tag) {
+    using T = decltype(tag);
+    AttnArgs<T> a = attn_args<T>(q, k, v, mask, causal, scale);
+    a.out = out.data_ptr<T>();
+    a.lse = lse.data_ptr<T>();
+    if (a.B == 0 || a.Hq == 0 || a.Tq == 0) return;
+    const int64_t R = a.g * a.Tq, blocks = (R + kRows - 1) / kRows, items = a.B * a.Hkv * blocks;
+    const double macs = 2.0 * double(a.B * a.Hq * a.Tq) * double(a.Tk) * double(std::max<int64_t>(a.D, 1));
+    parallel_items(items, attn_threads(macs), [&](int64_t it) {
+      const int64_t blk = it % blocks, kvh = (it / blocks) % a.Hkv, b = it / (blocks * a.Hkv);
+      const int64_t r0 = blk * kRows, nr = std::min(kRows, R - r0);
+      if constexpr (std::is_same_v<T, float>)
+        attn_fwd_item_f32(a, b, kvh, r0, nr);
+      else
+        attn_fwd_item_f64(a, b, kvh, r0, nr);
+    });
+  });
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+                        double scale, const Tensor& out, const Tensor& lse, const Tensor& grad, Tensor& dq,
+                        Tensor& dk, Tensor& dv) {
+  dispatch_ff(q.dtype(), "scaled_dot_product_attention_backward", [&](auto tag) {
+    using T = decltype(tag);
+    AttnArgs<T> a = attn_args<T>(q, k, v, mask, causal, scale);
+    a.o = out.data_ptr<T>();
+    a.lse = lse.data_ptr<T>();
+    a.dout = grad.data_ptr<T>();
+    for (int d = 0; d < 4; ++d) a.gs[d] = grad.stride(d);
+    a.dq = dq.data_ptr<T>(), a.dk = dk.data_ptr<T>(), a.dv = dv.data_ptr<T>();
+    if (a.B == 0 || a.Hkv == 0) return;
+    const int64_t items = a.B * a.Hkv;
+    const double macs = 5.0 * double(a.B * a.Hq * a.Tq) * double(a.Tk) * double(std::max<int64_t>(a.D, 1));
+    parallel_items(items, attn_threads(macs), [&](int64_t it) {
+      const int64_t kvh = it % a.Hkv, b = it / a.Hkv;
+      if constexpr (std::is_same_v<T, float>)
+        attn_bwd_item_f32(a, b, kvh);
+      else
+        attn_bwd_item_f64(a, b, kvh);
+    });
+  });
+}
+
+}  // namespace peft::cpu
