@@ -12,7 +12,9 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "adapters/defaults.h"
 #include "adapters/peft.h"
+#include "nn/transformers/common.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 
@@ -828,14 +830,18 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
         replaced = true;
       }
     if (!replaced) probe.configs.emplace_back(adapter_name, cfg);
-    if (method->prepare_config) method->prepare_config(*cfg);
+    if (method->prepare_config) method->prepare_config(*cfg, host_model_type(model));
     if (method->check_new_adapter_config) method->check_new_adapter_config(probe, *cfg);
   }
 
   auto named = model.named_modules();  // taken before any replacement
 
-  // "all-linear": every nn::Linear (and Linear-like tuner layer), not below tuner layers.
+  // "all-linear": every nn::Linear (Conv1D included) and Linear-like tuner layer, not below
+  // tuner layers, minus a transformer's output embeddings (lm_head), as PEFT's
+  // _maybe_include_all_linear_layers.
   if (cfg->target_modules.is_regex() && lower(cfg->target_modules.pattern) == "all-linear") {
+    std::string output_embeddings;
+    if (const auto* pm = dynamic_cast<const nn::PreTrainedModel*>(&model)) output_embeddings = pm->output_embeddings_name();
     std::vector<std::string> tuner_names;
     for (auto& [n, m] : named)
       if (dynamic_cast<TunerLayer*>(m.get())) tuner_names.push_back(n);
@@ -848,7 +854,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
       if (below) continue;
       bool is_linear = dynamic_cast<nn::Linear*>(m.get()) != nullptr ||
                        (dynamic_cast<TunerLayer*>(m.get()) && m->type_name().find("Linear") != std::string::npos);
-      if (is_linear && !contains(names, n)) names.push_back(n);
+      if (is_linear && n != output_embeddings && !contains(names, n)) names.push_back(n);
     }
     cfg->target_modules = TargetModules::list(names);
   }

@@ -257,13 +257,17 @@ struct TunerMethod {
   std::string prefix;       // "lora_"
   std::string model_class;  // "LoraModel" (used in messages)
   std::function<PeftConfigPtr(const ordered_json&)> parse_config;
-  // Mutates the stored config before injection (e.g. target_modules None -> error).
-  std::function<void(PeftConfig&)> prepare_config;
+  // Mutates the stored config before injection (PEFT's _prepare_adapter_config): target_modules
+  // None -> the method's defaults for the host's model_type ("custom" for a host that is not
+  // an nn::PreTrainedModel), or PEFT's error when it has none.
+  std::function<void(PeftConfig&, const std::string& model_type)> prepare_config;
   // Checks the new config against the model's existing adapters.
   std::function<void(const PeftState&, const PeftConfig&)> check_new_adapter_config;
   // Wraps `target` (a new module is returned and put in its place) or adds the
   // adapter to an existing tuner layer of this method (nullptr returned).
-  std::function<nn::ModulePtr(const PeftConfig&, const std::string& adapter, const nn::ModulePtr& target,
+  // The config is the adapter's stored one: like PEFT, a layer type that overrides a flag
+  // (fan_in_fan_out for Linear / Conv1D) writes the corrected value back into it.
+  std::function<nn::ModulePtr(PeftConfig&, const std::string& adapter, const nn::ModulePtr& target,
                               const std::string& key, bool low_cpu_mem_usage)>
       create_and_replace;
   // Renames one saved key (adapter name still present); default: unchanged.

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/deps.sh
+# the real all-MiniLM-L6-v2 for the hf_minilm_lora_real case (downloaded once into the cache)
+PEFT_MINILM_DIR="$(bash scripts/fetch_minilm.sh)"
+export PEFT_MINILM_DIR
 status=0
 meson test -C build --print-errorlogs --num-processes 1 "$@" || status=$?
 python3 - <<'PY' || status=1

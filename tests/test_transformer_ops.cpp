@@ -97,6 +97,16 @@ TEST_CASE("rms_norm: LlamaRMSNorm's arithmetic, gradients by finite differences"
   CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return rms_norm(in[0], in[1], 1e-6); }, {x, w});
   CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return rms_norm(in[0], Tensor(), 1e-6); },
                   {x.transpose(0, 1)});
+  // float32 backward (its own kernel instantiation) against float64
+  {
+    Tensor x32 = x.to(DType::float32).requires_grad_(true), w32 = w.to(DType::float32).requires_grad_(true);
+    Tensor x64 = x.detach().requires_grad_(true), w64 = w.detach().requires_grad_(true);
+    Tensor seed = rnd(x.shape(), 9);
+    sum(mul(rms_norm(x32, w32, 1e-6), seed.to(DType::float32))).backward();
+    sum(mul(rms_norm(x64, w64, 1e-6), seed)).backward();
+    CHECK_ALLCLOSE(x32.grad(), x64.grad(), 1e-4, 1e-5);
+    CHECK_ALLCLOSE(w32.grad(), w64.grad(), 1e-4, 1e-5);
+  }
   // bfloat16: statistics in float32, x̂ rounded to bfloat16, then the bfloat16 weight multiplies
   Tensor xb = x.to(DType::bfloat16), wb = w.to(DType::bfloat16);
   Tensor xf = xb.to(DType::float32);
@@ -139,7 +149,7 @@ TEST_CASE("scaled_dot_product_attention: padding, causal, grouped-query, tiles, 
     bool mask, causal;
   };
   // Tk > 64 crosses key tiles; Tq > 64 crosses query blocks; Tq < Tk with causal is a KV-cache step
-  const Case cases[] = {{2, 2, 2, 5, 5, 4, false, false}, {2, 4, 2, 7, 7, 8, true, false},
+  const Case cases[] = {{2, 2, 2, 5, 5, 4, false, false}, {2, 4, 2, 7, 7, 8, true, false}, {2, 4, 2, 10, 10, 8, false, true},
                         {2, 4, 1, 6, 6, 8, true, true},   {1, 2, 2, 1, 9, 4, false, true},
                         {2, 2, 1, 3, 70, 16, true, true}, {1, 2, 2, 70, 150, 40, true, true},
                         {1, 1, 1, 66, 66, 68, false, true}};
@@ -175,6 +185,13 @@ TEST_CASE("scaled_dot_product_attention: padding, causal, grouped-query, tiles, 
       CHECK_ALLCLOSE(q1.grad(), q2.grad(), 1e-9, 1e-9);
       CHECK_ALLCLOSE(k1.grad(), k2.grad(), 1e-9, 1e-9);
       CHECK_ALLCLOSE(v1.grad(), v2.grad(), 1e-9, 1e-9);
+      // the float32 kernels (vectorised, a separate code path) against the float64 gradients
+      Tensor q3 = q.to(DType::float32).requires_grad_(true), k3 = k.to(DType::float32).requires_grad_(true),
+             v3 = v.to(DType::float32).requires_grad_(true);
+      sum(mul(scaled_dot_product_attention(q3, k3, v3, mask, cs.causal), seed.to(DType::float32))).backward();
+      CHECK_ALLCLOSE(q3.grad(), q2.grad(), 1e-3, 1e-4);
+      CHECK_ALLCLOSE(k3.grad(), k2.grad(), 1e-3, 1e-4);
+      CHECK_ALLCLOSE(v3.grad(), v2.grad(), 1e-3, 1e-4);
     }
   }
 }

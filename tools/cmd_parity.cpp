@@ -11,15 +11,25 @@ namespace {
 
 int run_parity(const std::vector<std::string>& args) {
   std::vector<std::string> dirs;
-  for (const auto& a : args) {
+  std::string model_dir;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: peft parity CASE_DIR...\n"
+          "usage: peft parity [--model-dir DIR] CASE_DIR...\n"
           "  Rebuilds each golden case (case.json, base.safetensors, adapter_*.safetensors, io.safetensors),\n"
           "  injects its adapters and compares repr, keys, trainable names, init, outputs, gradients,\n"
           "  merged weights, low_cpu_mem_usage loading and training against PEFT 0.21.\n"
+          "  Cases on Hugging Face hosts (hf_*) load their model/ folder; --model-dir DIR gives the\n"
+          "  checkpoint for a case that names a model_source instead (hf_minilm_lora_real:\n"
+          "  scripts/fetch_minilm.sh prints the folder).\n"
           "  Prints PASS/FAIL/SKIP per check; exits 1 if any check failed.\n");
       return 0;
+    }
+    if (a == "--model-dir") {
+      if (i + 1 >= args.size()) throw UsageError{"--model-dir needs a folder"};
+      model_dir = args[++i];
+      continue;
     }
     if (!a.empty() && a[0] == '-') throw UsageError{"unknown option " + a};
     dirs.push_back(a);
@@ -30,7 +40,7 @@ int run_parity(const std::vector<std::string>& args) {
     tools::ParityReport r = tools::run_parity_case(d, [](const tools::ParityCheck& c) {
       std::printf("%s\n", tools::format_check(c).c_str());
       std::fflush(stdout);
-    });
+    }, {}, model_dir);
     passed += r.passed;
     failed += r.failed;
     skipped += r.skipped;

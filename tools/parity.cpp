@@ -17,6 +17,7 @@
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "tools/host_models.h"
+#include "tools/parity_compare.h"
 
 namespace fs = std::filesystem;
 
@@ -46,104 +47,7 @@ std::string format_check(const ParityCheck& c) {
 namespace {
 
 using Status = ParityCheck::Status;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) fail("cannot read ", p.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
-  return s;
-}
-
-// Describes the first difference between two string lists.
-std::string list_diff(const std::vector<std::string>& got, const std::vector<std::string>& want) {
-  std::set<std::string> g(got.begin(), got.end()), w(want.begin(), want.end());
-  std::vector<std::string> extra, missing;
-  for (const auto& x : got)
-    if (!w.count(x)) extra.push_back(x);
-  for (const auto& x : want)
-    if (!g.count(x)) missing.push_back(x);
-  if (extra.empty() && missing.empty()) {
-    for (size_t i = 0; i < got.size() && i < want.size(); ++i)
-      if (got[i] != want[i]) return "order differs at " + std::to_string(i) + ": got " + got[i] + ", want " + want[i];
-    return "lengths differ";
-  }
-  std::string s;
-  if (!extra.empty()) s += "unexpected [" + join(extra) + "]";
-  if (!missing.empty()) s += std::string(s.empty() ? "" : "; ") + "missing [" + join(missing) + "]";
-  return s;
-}
-
-std::vector<std::string> str_list(const ordered_json& j) {
-  std::vector<std::string> v;
-  for (const auto& e : j) v.push_back(e.get<std::string>());
-  return v;
-}
-
-struct Compare {
-  double err = 0;
-  bool ok = true;
-  std::string detail;
-};
-
-Compare compare(const Tensor& got, const Tensor& want, const ParityTolerance& tol, const std::string& what) {
-  Compare c;
-  if (!got.defined()) {
-    c.ok = false;
-    c.err = INFINITY;
-    c.detail = what + ": not computed";
-    return c;
-  }
-  if (got.shape() != want.shape()) {
-    c.ok = false;
-    c.err = INFINITY;
-    c.detail = what + ": shape " + shape_str(got.shape()) + " vs expected " + shape_str(want.shape());
-    return c;
-  }
-  if (got.is_meta()) {
-    c.ok = false;
-    c.err = INFINITY;
-    c.detail = what + ": tensor is on meta";
-    return c;
-  }
-  std::vector<double> a = got.to(DType::float64).to_vector<double>(), b = want.to(DType::float64).to_vector<double>();
-  double maxb = 0, err = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    maxb = std::max(maxb, std::fabs(b[i]));
-    double d = std::fabs(a[i] - b[i]);
-    if (std::isnan(d)) d = INFINITY;
-    err = std::max(err, d);
-  }
-  c.err = err;
-  c.ok = err <= tol.atol + tol.rtol * maxb;
-  if (!c.ok) c.detail = what;
-  return c;
-}
-
-// Accumulates several tensor comparisons into one check.
-struct Accum {
-  double err = 0;
-  bool ok = true;
-  std::vector<std::string> bad;
-  void add(const Compare& c) {
-    err = std::max(err, c.err);
-    if (!c.ok) {
-      ok = false;
-      if (bad.size() < 3) bad.push_back(c.detail);
-    }
-  }
-  void fail_with(const std::string& d) {
-    ok = false;
-    err = INFINITY;
-    if (bad.size() < 3) bad.push_back(d);
-  }
-};
+using namespace parity_detail;
 
 class CaseRunner {
  public:
@@ -862,7 +766,18 @@ class CaseRunner {
 }  // namespace
 
 ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check,
-                             const ParityTolerance& tol) {
+                             const ParityTolerance& tol, const std::string& model_dir) {
+  const fs::path meta_path = fs::path(case_dir) / "case.json";
+  if (fs::is_regular_file(meta_path)) {
+    ordered_json meta;
+    try {
+      meta = ordered_json::parse(read_text(meta_path));
+    } catch (const std::exception&) {
+      meta = ordered_json();  // CaseRunner reports the parse error
+    }
+    if (meta.is_object() && meta.value("host", std::string()) == "hf")
+      return run_hf_case(case_dir, meta, model_dir, on_check, tol);
+  }
   CaseRunner r(case_dir, on_check, tol);
   return r.run();
 }

@@ -33,8 +33,10 @@ struct ParityTolerance {
 // Runs every supported check of one case folder. `on_check` is called as each
 // check finishes (for streaming output). Never throws for a failing case: an
 // exception becomes a FAIL line.
+// Cases on Hugging Face hosts ("host": "hf") load the case's model/ folder, or `model_dir`
+// when given (cases that name a model_source instead of carrying model/).
 ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check = {},
-                             const ParityTolerance& tol = {});
+                             const ParityTolerance& tol = {}, const std::string& model_dir = "");
 
 // "PASS case check 1.2e-07" / "FAIL case check 3.0e-02 (detail)" / "SKIP case check (reason)".
 std::string format_check(const ParityCheck& c);

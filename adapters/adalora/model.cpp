@@ -1,5 +1,8 @@
 #include "adapters/adalora/model.h"
 
+#include "adapters/defaults.h"
+#include "nn/transformers/common.h"
+
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 
@@ -42,7 +45,7 @@ int64_t count_true(const std::vector<bool>& keep) {
 
 }  // namespace
 
-nn::ModulePtr create_and_replace(const AdaLoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(AdaLoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage) {
   (void)key;
   AdapterArgs args;
@@ -58,10 +61,19 @@ nn::ModulePtr create_and_replace(const AdaLoraConfig& cfg, const std::string& ad
   }
   nn::Module* base = target.get();
   while (auto* t = dynamic_cast<TunerLayer*>(base)) base = &t->base_layer();
+  if (dynamic_cast<nn::Conv1D*>(base)) {  // before Linear: a Conv1D is a Linear stored [in, out]
+    if (!cfg.fan_in_fan_out) {
+      warn("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+      cfg.fan_in_fan_out = true;  // PEFT writes it back into the config
+    }
+    return std::make_shared<SVDLinear>(target, adapter, args, /*fan_in_fan_out=*/true);
+  }
   if (dynamic_cast<nn::Linear*>(base)) {
-    if (cfg.fan_in_fan_out)
+    if (cfg.fan_in_fan_out) {
       warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to "
            "False.");
+      cfg.fan_in_fan_out = false;
+    }
     return std::make_shared<SVDLinear>(target, adapter, args, /*fan_in_fan_out=*/false);
   }
   fail("Target module ", target->repr(),
@@ -139,8 +151,11 @@ void register_adalora_method() {
   m.prefix = "lora_";
   m.model_class = "AdaLoraModel";
   m.parse_config = [](const ordered_json& j) -> PeftConfigPtr { return AdaLoraConfig::from_json(j); };
-  m.prepare_config = [](PeftConfig& c) {
-    if (c.target_modules.is_none()) fail("Please specify `target_modules` in `peft_config`");
+  m.prepare_config = [](PeftConfig& c, const std::string& model_type) {
+    if (!c.target_modules.is_none()) return;
+    auto defaults = default_target_modules("ADALORA", model_type);
+    if (!defaults) fail("Please specify `target_modules` in `peft_config`");
+    c.target_modules = TargetModules::list(*defaults);
   };
   m.check_new_adapter_config = [](const PeftState& state, const PeftConfig& c) {
     if (state.configs.size() > 1 && c.bias_mode() != "none")
@@ -153,9 +168,9 @@ void register_adalora_method() {
       fail("AdaLoraModel supports only 1 trainable adapter. When using multiple adapters, set inference_mode to "
            "True for all adapters except the one you want to train.");
   };
-  m.create_and_replace = [](const PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
+  m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
                             const std::string& key, bool low_cpu) -> nn::ModulePtr {
-    const auto* ac = dynamic_cast<const AdaLoraConfig*>(&c);
+    auto* ac = dynamic_cast<AdaLoraConfig*>(&c);
     if (!ac) fail("AdaLoRA injection needs an AdaLoraConfig (peft_type ADALORA)");
     return create_and_replace(*ac, adapter, target, key, low_cpu);
   };

@@ -15,7 +15,7 @@ namespace peft::adalora {
 // Registers the ADALORA method with the tuner core (idempotent).
 void register_adalora_method();
 
-nn::ModulePtr create_and_replace(const AdaLoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(AdaLoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage);
 
 // PEFT's resize_modules_by_rank_pattern: each layer named in `rank_pattern` is

@@ -1,5 +1,8 @@
 #include "adapters/ia3/model.h"
 
+#include "adapters/defaults.h"
+#include "nn/transformers/common.h"
+
 namespace peft::ia3 {
 
 namespace {
@@ -9,7 +12,7 @@ const char* const kUnsupported =
 
 }  // namespace
 
-nn::ModulePtr create_and_replace(const IA3Config& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(IA3Config& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage) {
   if (auto existing = std::dynamic_pointer_cast<IA3Layer>(target)) {
     // PEFT keeps the layer's feed-forward flag for every further adapter.
@@ -19,10 +22,20 @@ nn::ModulePtr create_and_replace(const IA3Config& cfg, const std::string& adapte
   const bool ff = cfg.is_feedforward(key);
   nn::Module* base = target.get();
   while (auto* t = dynamic_cast<TunerLayer*>(base)) base = &t->base_layer();
+  if (dynamic_cast<nn::Conv1D*>(base)) {  // before Linear: a Conv1D is a Linear stored [in, out]
+    if (!cfg.fan_in_fan_out) {
+      warn("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+      cfg.fan_in_fan_out = true;  // PEFT writes it back into the config
+    }
+    return std::make_shared<Linear>(target, adapter, ff, cfg.init_ia3_weights, /*fan_in_fan_out=*/true,
+                                    low_cpu_mem_usage, cfg.inference_mode);
+  }
   if (dynamic_cast<nn::Linear*>(base)) {
-    if (cfg.fan_in_fan_out)
+    if (cfg.fan_in_fan_out) {
       warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to "
            "False.");
+      cfg.fan_in_fan_out = false;
+    }
     return std::make_shared<Linear>(target, adapter, ff, cfg.init_ia3_weights, /*fan_in_fan_out=*/false,
                                     low_cpu_mem_usage, cfg.inference_mode);
   }
@@ -35,16 +48,24 @@ void register_ia3_method() {
   m.prefix = "ia3_";
   m.model_class = "IA3Model";
   m.parse_config = [](const ordered_json& j) -> PeftConfigPtr { return IA3Config::from_json(j); };
-  m.prepare_config = [](PeftConfig& c) {
+  m.prepare_config = [](PeftConfig& c, const std::string& model_type) {
     // A custom (non-transformers) model has no default module lists.
-    if (c.target_modules.is_none()) fail("Please specify `target_modules` in `peft_config`");
     auto* ic = dynamic_cast<IA3Config*>(&c);
     if (!ic) fail("IA3 injection needs an IA3Config (peft_type IA3)");
-    if (ic->feedforward_modules.is_none()) fail("Please specify `feedforward_modules` in `peft_config`");
+    if (c.target_modules.is_none()) {
+      auto defaults = default_target_modules("IA3", model_type);
+      if (!defaults) fail("Please specify `target_modules` in `peft_config`");
+      c.target_modules = TargetModules::list(*defaults);
+    }
+    if (ic->feedforward_modules.is_none()) {
+      auto defaults = default_feedforward_modules(model_type);
+      if (!defaults) fail("Please specify `feedforward_modules` in `peft_config`");
+      ic->feedforward_modules = TargetModules::list(*defaults);
+    }
   };
-  m.create_and_replace = [](const PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
+  m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
                             const std::string& key, bool low_cpu) -> nn::ModulePtr {
-    const auto* ic = dynamic_cast<const IA3Config*>(&c);
+    auto* ic = dynamic_cast<IA3Config*>(&c);
     if (!ic) fail("IA3 injection needs an IA3Config (peft_type IA3)");
     return create_and_replace(*ic, adapter, target, key, low_cpu);
   };

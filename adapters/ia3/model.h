@@ -17,7 +17,7 @@ void register_ia3_method();
 // Wraps `target` for `adapter` (or adds the adapter to an existing IA3 layer,
 // returning nullptr). Non-Linear targets (Embedding, ...) are rejected with
 // PEFT's message.
-nn::ModulePtr create_and_replace(const IA3Config& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(IA3Config& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage);
 
 }  // namespace peft::ia3

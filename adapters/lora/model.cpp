@@ -1,5 +1,8 @@
 #include "adapters/lora/model.h"
 
+#include "adapters/defaults.h"
+#include "nn/transformers/common.h"
+
 #include <algorithm>
 #include <set>
 
@@ -18,7 +21,7 @@ const char* const kUnsupported =
 
 }  // namespace
 
-nn::ModulePtr create_and_replace(const LoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(LoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage) {
   AdapterArgs args;
   args.r = cfg.rank_for(key);
@@ -38,10 +41,19 @@ nn::ModulePtr create_and_replace(const LoraConfig& cfg, const std::string& adapt
   nn::Module* base = target.get();
   while (auto* t = dynamic_cast<TunerLayer*>(base)) base = &t->base_layer();
   if (dynamic_cast<nn::Embedding*>(base)) return std::make_shared<Embedding>(target, adapter, args);
+  if (dynamic_cast<nn::Conv1D*>(base)) {  // before Linear: a Conv1D is a Linear stored [in, out]
+    if (!cfg.fan_in_fan_out) {
+      warn("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+      cfg.fan_in_fan_out = true;  // PEFT writes it back into the config
+    }
+    return std::make_shared<Linear>(target, adapter, args, /*fan_in_fan_out=*/true);
+  }
   if (dynamic_cast<nn::Linear*>(base)) {
-    if (cfg.fan_in_fan_out)
+    if (cfg.fan_in_fan_out) {
       warn("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out to "
            "False.");
+      cfg.fan_in_fan_out = false;
+    }
     return std::make_shared<Linear>(target, adapter, args, /*fan_in_fan_out=*/false);
   }
   fail("Target module ", target->repr(), kUnsupported);
@@ -53,18 +65,20 @@ void register_lora_method() {
   m.prefix = "lora_";
   m.model_class = "LoraModel";
   m.parse_config = [](const ordered_json& j) -> PeftConfigPtr { return LoraConfig::from_json(j); };
-  m.prepare_config = [](PeftConfig& c) {
-    if (c.target_modules.is_none())
-      fail("Please specify `target_modules` or `target_parameters`in `peft_config`");
+  m.prepare_config = [](PeftConfig& c, const std::string& model_type) {
+    if (!c.target_modules.is_none()) return;
+    auto defaults = default_target_modules("LORA", model_type);
+    if (!defaults) fail("Please specify `target_modules` or `target_parameters`in `peft_config`");
+    c.target_modules = TargetModules::list(*defaults);
   };
   m.check_new_adapter_config = [](const PeftState& state, const PeftConfig& c) {
     if (state.configs.size() > 1 && c.bias_mode() != "none")
       fail("LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all "
            "adapters.");
   };
-  m.create_and_replace = [](const PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
+  m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
                             const std::string& key, bool low_cpu) -> nn::ModulePtr {
-    const auto* lc = dynamic_cast<const LoraConfig*>(&c);
+    auto* lc = dynamic_cast<LoraConfig*>(&c);
     if (!lc) fail("LoRA injection needs a LoraConfig (peft_type LORA)");
     return create_and_replace(*lc, adapter, target, key, low_cpu);
   };

@@ -15,7 +15,7 @@ void register_lora_method();
 
 // Wraps `target` for `adapter` (or adds the adapter to an existing LoRA layer,
 // returning nullptr).
-nn::ModulePtr create_and_replace(const LoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
+nn::ModulePtr create_and_replace(LoraConfig& cfg, const std::string& adapter, const nn::ModulePtr& target,
                                  const std::string& key, bool low_cpu_mem_usage);
 
 }  // namespace peft::lora

@@ -1,0 +1,48 @@
+// Internal: the comparison helpers shared by the parity runners (parity.cpp for the
+// hand-built hosts, parity_hf.cpp for Hugging Face transformer hosts).
+#pragma once
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/tensor.h"
+#include "tools/parity.h"
+
+namespace peft::tools::parity_detail {
+
+using ordered_json = nlohmann::ordered_json;
+
+std::string read_text(const std::filesystem::path& p);
+std::string join(const std::vector<std::string>& v, const char* sep = ", ");
+// Describes the first difference between two string lists.
+std::string list_diff(const std::vector<std::string>& got, const std::vector<std::string>& want);
+std::vector<std::string> str_list(const ordered_json& j);
+
+struct Compare {
+  double err = 0;
+  bool ok = true;
+  std::string detail;
+};
+
+// max|got - want| against atol + rtol·max|want|; shape, meta and undefined are failures.
+Compare compare(const Tensor& got, const Tensor& want, const ParityTolerance& tol, const std::string& what);
+
+// Accumulates several tensor comparisons into one check.
+struct Accum {
+  double err = 0;
+  bool ok = true;
+  std::vector<std::string> bad;
+  void add(const Compare& c);
+  void fail_with(const std::string& d);
+};
+
+}  // namespace peft::tools::parity_detail
+
+namespace peft::tools {
+// The hf_* cases (parity_hf.cpp); model_dir overrides the case's model/ folder.
+ParityReport run_hf_case(const std::string& case_dir, const nlohmann::ordered_json& meta, const std::string& model_dir,
+                         const std::function<void(const ParityCheck&)>& on_check, const ParityTolerance& tol);
+}  // namespace peft::tools
