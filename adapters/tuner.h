@@ -337,6 +337,10 @@ void delete_adapter(nn::Module& model, const std::string& adapter_name);
 // adapter), PEFT's model(x, adapter_names=...). Errors as PEFT for unknown
 // names, a length mismatch, merged adapters and DoRA.
 Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector<std::string>& adapter_names);
+// The same around any computation on `model` (a transformer forward with ModelInputs, a whole
+// generate() call): while `fn` runs, row i of every LoRA layer's input uses adapter_names[i].
+Tensor forward_mixed_batch(nn::Module& model, const std::vector<std::string>& adapter_names,
+                           const std::function<Tensor()>& fn);
 // Names of trainable parameters (requires_grad), in named_parameters order.
 std::vector<std::string> trainable_parameter_names(const nn::Module& model);
 

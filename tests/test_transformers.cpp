@@ -11,6 +11,7 @@
 #include "nn/transformers/generate.h"
 #include "nn/transformers/pretrained.h"
 #include "tests/testing.h"
+#include "tools/merge.h"
 #include "tools/parity.h"
 
 using namespace peft;
@@ -377,4 +378,49 @@ TEST_CASE("generation: greedy = sampling with top_k 1; seeded sampling repeats; 
   auto bert = nn::load_pretrained(std::string(kCases) + "hf_bert_lora_default_targets/model");
   CHECK(error_of([&] { nn::generate(*bert, prompt, Tensor(), greedy); }).find("is not a decoder") !=
         std::string::npos);
+}
+
+TEST_CASE("peft merge on a GPT-2 folder merges Conv1D transposed; a bare file is refused") {
+  const std::string c = std::string(kCases) + "hf_gpt2_lora_conv1d";
+  const fs::path out = fs::temp_directory_path() / ("peft_hf_merged_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  tools::MergeReport r = tools::merge_into_folder(c + "/model", {{c + "/peft", 1.0}}, out.string());
+  CHECK(r.merged_modules == 8);
+  CHECK(fs::exists(out / "config.json"));
+  auto m = nn::load_pretrained(out.string());
+  StateDict io = case_io("hf_gpt2_lora_conv1d");
+  {
+    NoGradGuard ng;
+    Tensor got = m->forward(inputs_of(io));
+    CHECK_ALLCLOSE(got, io.at("merged_output"), 1e-4, 1e-5);
+  }
+  CHECK(error_of([&] {
+          tools::merge_into_file(c + "/model/model.safetensors", {{c + "/peft", 1.0}}, (out / "x.safetensors").string());
+        }).find("fan_in_fan_out=true") != std::string::npos);
+  CHECK(!fs::exists(out / "x.safetensors"));
+  fs::remove_all(out);
+}
+
+TEST_CASE("generation with per-row adapters in one batch (mixed batch)") {
+  const std::string c = std::string(kCases) + "hf_llama_lora_all_linear";
+  auto m = nn::load_pretrained(c + "/model");
+  auto quiet = set_warning_handler([](const std::string&) {});
+  load_adapter(*m, c + "/peft", "tuned");
+  set_warning_handler(quiet);
+  StateDict io = case_io("hf_llama_lora_all_linear");
+  const Tensor prompt = io.at("generate.prompt");  // [1, 5]
+  Tensor batch = cat({prompt, prompt}, 0);
+  nn::GenerateOptions o = nn::read_generation_config(c + "/model");
+  o.max_new_tokens = 8;
+  Tensor mixed = forward_mixed_batch(*m, {"tuned", "__base__"}, [&] { return nn::generate(*m, batch, Tensor(), o); });
+  // row 0: the adapter's greedy continuation recorded by transformers + PEFT
+  CHECK(mixed.narrow(0, 0, 1).contiguous().to_vector<int64_t>() == io.at("default.generate").to_vector<int64_t>());
+  // row 1: the base model alone
+  enable_adapters(*m, false);
+  Tensor base = nn::generate(*m, prompt, Tensor(), o);
+  enable_adapters(*m, true);
+  CHECK(mixed.narrow(0, 1, 1).contiguous().to_vector<int64_t>() == base.to_vector<int64_t>());
+  CHECK(base.to_vector<int64_t>() != io.at("default.generate").to_vector<int64_t>());
+  CHECK(error_of([&] { forward_mixed_batch(*m, {"nope", "tuned"}, [&] { return nn::generate(*m, batch, Tensor(), o); }); })
+            .find("Trying to infer with non-existing adapter(s): nope") != std::string::npos);
 }

@@ -1,6 +1,7 @@
 // `peft merge --base BASE.safetensors --adapter DIR [--adapter DIR2 --weight w ...] --out OUT`:
 // merges adapter folders into a base file under the host model's own keys (tools/merge.h).
 #include <cstdio>
+#include <filesystem>
 
 #include "tools/args.h"
 #include "tools/cli.h"
@@ -13,8 +14,13 @@ namespace {
 const char* kHelp =
     "usage: peft merge --base BASE.safetensors --adapter DIR [--weight W] [--adapter DIR2 [--weight W2] ...]\n"
     "                  --out OUT.safetensors [--dtype float32|bfloat16|float16]\n"
+    "       peft merge --base MODEL_DIR --adapter DIR ... --out OUT_DIR\n"
     "  Merges PEFT adapter folders (LoRA, DoRA, AdaLoRA, IA3) into base weights stored under\n"
     "  the host model's own keys (e.g. 'linear.weight'), without knowing the architecture.\n"
+    "  With a Hugging Face model folder (config.json + model.safetensors) as --base, the\n"
+    "  architecture is read so GPT-2's Conv1D layers (weights stored [in, out]) merge\n"
+    "  transposed; OUT_DIR gets model.safetensors and copies of the folder's other files.\n"
+    "  A bare file with an adapter saved with fan_in_fan_out=true is refused, never merged wrong.\n"
     "  Adapters are merged in the order given; --weight scales the preceding adapter's delta\n"
     "  (LoRA/AdaLoRA without DoRA; default 1). Tensors are processed one at a time, so memory\n"
     "  stays near one layer; the output is written atomically (the old file survives errors).\n"
@@ -68,7 +74,8 @@ int run_merge(const std::vector<std::string>& argv) {
     if (done == 1) bar = Progress("merge", int64_t(total));
     bar.update(int64_t(done), "tensors");
   };
-  tools::MergeReport r = tools::merge_into_file(base, inputs, out, o);
+  const bool folder = std::filesystem::is_directory(base);
+  tools::MergeReport r = folder ? tools::merge_into_folder(base, inputs, out, o) : tools::merge_into_file(base, inputs, out, o);
   std::printf("merge: wrote %s: %zu tensors, %zu modules merged, %zu tensors taken from the adapter(s)\n",
               out.c_str(), r.tensors, r.merged_modules, r.replaced);
   return 0;

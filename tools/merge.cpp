@@ -9,6 +9,7 @@
 #include "adapters/peft.h"
 #include "io/safetensors.h"
 #include "nn/layers.h"
+#include "nn/transformers/pretrained.h"
 #include "runtime/ops.h"
 
 namespace peft::tools {
@@ -119,7 +120,7 @@ struct ModuleWeights {
 };
 
 // Merges one adapter into one module's weights.
-ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWeights w, size_t index) {
+ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWeights w, size_t index, bool conv1d) {
   const auto& keys = s.module_keys.at(module);
   bool embedding = false;
   for (const auto& k : keys) embedding |= k.find(".lora_embedding_") != std::string::npos;
@@ -132,6 +133,13 @@ ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWei
                                              DType::float32, Device::meta);
     e->weight().set_data(w.weight);
     leaf = e;
+  } else if (conv1d) {
+    // weight [nx, nf] = [in, out]; the adapter is injected with fan_in_fan_out as PEFT does
+    auto c = std::make_shared<nn::Conv1D>(w.weight.size(1), w.weight.size(0), DType::float32, Device::meta);
+    c->weight().set_data(w.weight);
+    if (w.bias.defined()) c->param("bias").set_data(w.bias);
+    else c->remove_parameter("bias");
+    leaf = c;
   } else {
     auto l = std::make_shared<nn::Linear>(w.weight.size(1), w.weight.size(0), w.bias.defined(), nullptr, DType::float32,
                                           Device::meta);
@@ -190,6 +198,14 @@ MergeReport merge_into_file(const std::string& base_path, const std::vector<Merg
   std::map<std::string, std::pair<size_t, std::string>> replaced;  // host key -> (source, file key); last wins
   for (size_t i = 0; i < sources.size(); ++i) {
     const Source& s = sources[i];
+    bool fifo = false;
+    if (auto lc = std::dynamic_pointer_cast<LoraConfig>(s.cfg)) fifo = lc->fan_in_fan_out;
+    if (auto ac = std::dynamic_pointer_cast<AdaLoraConfig>(s.cfg)) fifo = ac->fan_in_fan_out;
+    if (auto ic = std::dynamic_pointer_cast<IA3Config>(s.cfg)) fifo = ic->fan_in_fan_out;
+    if (fifo && !opts.conv1d_modules)
+      fail("peft merge: ", s.dir, " was saved with fan_in_fan_out=true: it adapts Conv1D layers (GPT-2 style, weights "
+           "stored [in, out]), which a bare safetensors file cannot tell from Linear layers. Pass the model folder "
+           "(with config.json) as --base so they are merged transposed");
     for (const auto& [m, keys] : s.module_keys) {
       if (!base->contains(m + ".weight"))
         fail("peft merge: ", s.dir, " adapts module '", m, "' but ", base_path, " has no tensor '", m,
@@ -238,8 +254,9 @@ MergeReport merge_into_file(const std::string& base_path, const std::vector<Merg
         ModuleWeights w;
         w.weight = base->get(module + ".weight", DType::float32).clone();
         if (base->contains(module + ".bias")) w.bias = base->get(module + ".bias", DType::float32).clone();
+        const bool conv1d = opts.conv1d_modules && opts.conv1d_modules->count(module);
         for (size_t i = 0; i < sources.size(); ++i)
-          if (sources[i].module_keys.count(module)) w = merge_module(sources[i], module, w, i);
+          if (sources[i].module_keys.count(module)) w = merge_module(sources[i], module, w, i, conv1d);
         it = done.emplace(module, w).first;
         ++report.merged_modules;
       }
@@ -258,6 +275,38 @@ MergeReport merge_into_file(const std::string& base_path, const std::vector<Merg
   }
   writer.commit();
   return report;
+}
+
+MergeReport merge_into_folder(const std::string& base_dir, const std::vector<MergeInput>& adapters,
+                              const std::string& out_dir, MergeOptions opts) {
+  const fs::path base(base_dir), out(out_dir);
+  const nlohmann::ordered_json config = nn::read_model_config(base_dir);
+  if (!fs::exists(base / "model.safetensors")) {
+    if (fs::exists(base / "model.safetensors.index.json"))
+      fail("peft merge: ", base_dir, " is a sharded checkpoint (model.safetensors.index.json); merging sharded "
+           "checkpoints is not supported yet");
+    fail("peft merge: ", base_dir, " has no model.safetensors");
+  }
+  std::error_code ec;
+  if (fs::exists(out) && fs::equivalent(out, base, ec))
+    fail("peft merge: --out ", out_dir, " is the base folder; write the merged model to a new folder");
+  // which modules are Conv1D: the architecture built on meta (no weights read)
+  auto model = nn::build_pretrained(config, "", DType::float32, Device::meta);
+  std::set<std::string> conv1d;
+  for (const auto& [name, m] : model->named_modules())
+    if (dynamic_cast<const nn::Conv1D*>(m.get())) conv1d.insert(name);
+  opts.conv1d_modules = conv1d;
+  fs::create_directories(out);
+  MergeReport r = merge_into_file((base / "model.safetensors").string(), adapters, (out / "model.safetensors").string(),
+                                  opts);
+  // the rest of the folder (config, generation config, tokenizer) as it is
+  for (const auto& e : fs::directory_iterator(base)) {
+    if (!e.is_regular_file()) continue;
+    const std::string n = e.path().filename().string();
+    if (n == "model.safetensors" || n.rfind(".", 0) == 0) continue;
+    fs::copy_file(e.path(), out / n, fs::copy_options::overwrite_existing);
+  }
+  return r;
 }
 
 }  // namespace peft::tools

@@ -7,6 +7,7 @@
 #pragma once
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct MergeInput {
 
 struct MergeOptions {
   std::optional<DType> dtype;  // of the output's floating tensors; default: as in the base file
+  // Modules whose weight is stored [in, out] (transformers' Conv1D, GPT-2), merged transposed.
+  // Known only when the base is a model folder (merge_into_folder fills it); with a bare
+  // file, an adapter saved with fan_in_fan_out=true is refused rather than merged wrongly.
+  std::optional<std::set<std::string>> conv1d_modules;
   // Called after each output tensor: (done, total, name).
   std::function<void(size_t, size_t, const std::string&)> progress;
 };
@@ -36,5 +41,11 @@ struct MergeReport {
 // atomically: on any error the previous file at `out_path` is intact.
 MergeReport merge_into_file(const std::string& base_path, const std::vector<MergeInput>& adapters,
                             const std::string& out_path, const MergeOptions& opts = {});
+
+// The same on a Hugging Face model folder (config.json + model.safetensors): the architecture
+// is read from config.json so Conv1D layers merge transposed; out_dir receives the merged
+// model.safetensors and copies of the folder's other files (config, tokenizer, ...).
+MergeReport merge_into_folder(const std::string& base_dir, const std::vector<MergeInput>& adapters,
+                              const std::string& out_dir, MergeOptions opts = {});
 
 }  // namespace peft::tools

@@ -96,6 +96,11 @@ void register_lora_method() {
 namespace peft {
 
 Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector<std::string>& adapter_names) {
+  return forward_mixed_batch(model, adapter_names, [&] { return model.forward(x); });
+}
+
+Tensor forward_mixed_batch(nn::Module& model, const std::vector<std::string>& adapter_names,
+                           const std::function<Tensor()>& fn) {
   std::vector<std::shared_ptr<lora::LoraLayer>> layers;
   std::set<std::string> known;
   for (auto& [n, t] : tuner_layers(model))
@@ -121,7 +126,7 @@ Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector
     }
   } reset{layers};
   for (auto& l : layers) l->set_mixed_batch(adapter_names);
-  return model.forward(x);
+  return fn();
 }
 
 }  // namespace peft
