@@ -777,6 +777,8 @@ ParityReport run_parity_case(const std::string& case_dir, const std::function<vo
     }
     if (meta.is_object() && meta.value("host", std::string()) == "hf")
       return run_hf_case(case_dir, meta, model_dir, on_check, tol);
+    if (meta.is_object() && meta.value("host", std::string()) == "tokenizer")
+      return run_tokenizer_parity(case_dir, meta, on_check);
   }
   CaseRunner r(case_dir, on_check, tol);
   return r.run();

@@ -43,6 +43,9 @@ struct Accum {
 
 namespace peft::tools {
 // The hf_* cases (parity_hf.cpp); model_dir overrides the case's model/ folder.
+// The tok_* cases: ids, ids_no_special and decoded text of each of `cases` exactly equal.
+ParityReport run_tokenizer_parity(const std::string& case_dir, const nlohmann::ordered_json& meta,
+                                  const std::function<void(const ParityCheck&)>& on_check);
 ParityReport run_hf_case(const std::string& case_dir, const nlohmann::ordered_json& meta, const std::string& model_dir,
                          const std::function<void(const ParityCheck&)>& on_check, const ParityTolerance& tol);
 }  // namespace peft::tools

@@ -6,11 +6,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "adapters/folder.h"
 #include "adapters/peft.h"
 #include "io/safetensors.h"
+#include "io/tokenizer.h"
 #include "nn/transformers/generate.h"
 #include "nn/transformers/pretrained.h"
 #include "runtime/autograd.h"
@@ -340,6 +342,59 @@ class HfCaseRunner {
 };
 
 }  // namespace
+
+ParityReport run_tokenizer_parity(const std::string& case_dir, const ordered_json& meta,
+                                  const std::function<void(const ParityCheck&)>& on_check) {
+  ParityReport report;
+  const std::string name = meta.value("name", fs::path(case_dir).filename().string());
+  auto emit = [&](const std::string& check, bool ok, const std::string& detail) {
+    ParityCheck c;
+    c.case_name = name;
+    c.check = check;
+    c.status = ok ? Status::pass : Status::fail;
+    c.max_abs_err = ok ? 0.0 : INFINITY;
+    c.detail = detail;
+    if (on_check) on_check(c);
+    report.add(std::move(c));
+  };
+  std::optional<Tokenizer> tok;
+  try {
+    tok.emplace(Tokenizer::from_file((fs::path(case_dir) / "tokenizer.json").string()));
+    emit("load_tokenizer", true, "");
+  } catch (const std::exception& e) {
+    emit("load_tokenizer", false, std::string("error: ") + e.what());
+    return report;
+  }
+  auto show = [](const std::vector<int64_t>& v) {
+    std::string s;
+    for (size_t k = 0; k < v.size() && k < 16; ++k) s += (k ? " " : "") + std::to_string(v[k]);
+    return s + (v.size() > 16 ? " ..." : "");
+  };
+  std::vector<std::string> bad_ids, bad_plain, bad_decoded;
+  const ordered_json cases = meta.value("cases", ordered_json::array());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
+    const std::string text = c.at("text").get<std::string>(), at = "text " + std::to_string(i);
+    try {
+      const auto want = c.at("ids").get<std::vector<int64_t>>();
+      const auto got = tok->encode(text, true).ids;
+      if (got != want) bad_ids.push_back(at + ": got [" + show(got) + "], want [" + show(want) + "]");
+      const auto want_plain = c.at("ids_no_special").get<std::vector<int64_t>>();
+      const auto got_plain = tok->encode(text, false).ids;
+      if (got_plain != want_plain)
+        bad_plain.push_back(at + ": got [" + show(got_plain) + "], want [" + show(want_plain) + "]");
+      const std::string d = tok->decode(want, true), want_d = c.at("decoded").get<std::string>();
+      if (d != want_d) bad_decoded.push_back(at + ": got '" + d + "', want '" + want_d + "'");
+    } catch (const std::exception& e) {
+      bad_ids.push_back(at + ": error: " + e.what());
+    }
+  }
+  auto first = [](const std::vector<std::string>& v) { return v.empty() ? std::string() : v[0] + (v.size() > 1 ? " (+" + std::to_string(v.size() - 1) + " more)" : ""); };
+  emit("ids[" + std::to_string(cases.size()) + " texts]", bad_ids.empty(), first(bad_ids));
+  emit("ids_no_special", bad_plain.empty(), first(bad_plain));
+  emit("decoded", bad_decoded.empty(), first(bad_decoded));
+  return report;
+}
 
 ParityReport run_hf_case(const std::string& case_dir, const ordered_json& meta, const std::string& model_dir,
                          const std::function<void(const ParityCheck&)>& on_check, const ParityTolerance& tol) {
