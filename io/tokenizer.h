@@ -71,6 +71,10 @@ class Tokenizer {
   // Encodes each text, then pads the batch (BatchLongest pads to the longest one).
   std::vector<Encoding> encode_batch(const std::vector<std::string>& texts,
                                      bool add_special_tokens = true) const;
+  // The same with these truncation / padding settings instead of the file's.
+  std::vector<Encoding> encode_batch(const std::vector<std::string>& texts, bool add_special_tokens,
+                                     const std::optional<TruncationParams>& truncation,
+                                     const std::optional<PaddingParams>& padding) const;
   // Unknown ids are skipped (as the Rust library does).
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;
   std::vector<std::string> decode_batch(const std::vector<std::vector<int64_t>>& batch,

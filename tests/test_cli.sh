@@ -38,5 +38,30 @@ expect_rc "merge without --adapter exits 2" 2 "$peft" merge --base $g/lora_dora_
 expect_rc "merge of a missing folder exits 1" 1 "$peft" merge --base $g/lora_dora_mlp/base.safetensors --adapter "$tmp/none" --out "$tmp/m3.safetensors"
 check "a failed merge wrote nothing" test ! -e "$tmp/m3.safetensors"
 
+# Hugging Face model folders: inspect, generate (a word-level tokenizer over the test Llama's
+# 120 ids, so the golden's greedy continuation can be checked from text), embed.
+h=tests/data/hf
+check "inspect a model folder lists PEFT's default targets" bash -c \
+  "'$peft' inspect --json $h/hf_llama_ia3_default_targets/model | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"architecture\"]==\"LlamaForCausalLM\"; t=d[\"default_targets\"][\"IA3\"]; assert t[\"feedforward_modules\"]==[\"down_proj\"]; assert len(t[\"modules\"])==6, t'"
+mkdir -p "$tmp/llama"
+cp $h/hf_llama_lora_all_linear/model/* "$tmp/llama/"
+python3 - "$tmp/llama/tokenizer.json" <<'PY'
+import json, sys
+vocab = {f"t{i}": i for i in range(120)}
+json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": None, "decoder": None,
+           "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}}, open(sys.argv[1], "w"))
+PY
+check "generate --model streams the golden's greedy continuation" bash -c \
+  "'$peft' generate --model $tmp/llama --adapter $h/hf_llama_lora_all_linear/peft --prompt 't1 t9 t44 t3 t70' --max-new-tokens 8 | grep -qx 't1 t9 t44 t3 t70t111 t48 t96 t107 t111 t96 t35 t56'"
+check "generate --model with two adapters prints one row each" bash -c \
+  "'$peft' generate --model $tmp/llama --adapter $h/hf_llama_lora_all_linear/peft --adapter $h/hf_llama_lora_all_linear/peft --prompt 't1 t9' --max-new-tokens 3 | grep -c '^\[' | grep -qx 2"
+expect_rc "generate --model mixing a LoRA and an IA3 adapter exits 1" 1 "$peft" generate --model "$tmp/llama" \
+  --adapter $h/hf_llama_lora_all_linear/peft --adapter $h/hf_llama_ia3_default_targets/peft --prompt 't1' --max-new-tokens 2
+expect_rc "generate --model on an encoder exits 1" 1 "$peft" generate --model $h/hf_bert_lora_default_targets/model --prompt "t1"
+expect_rc "generate --model without --prompt exits 2" 2 "$peft" generate --model "$tmp/llama"
+expect_rc "embed without text exits 2" 2 "$peft" embed --model "$tmp/llama"
+expect_rc "embed on a folder without tokenizer.json exits 1" 1 "$peft" embed --model $h/hf_bert_lora_default_targets/model "hello"
+
 echo "cli: $failures failure(s)"
 exit $((failures > 0))

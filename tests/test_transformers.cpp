@@ -13,6 +13,7 @@
 #include "tests/testing.h"
 #include "tools/merge.h"
 #include "tools/parity.h"
+#include "tools/text_model.h"
 
 using namespace peft;
 using namespace peft::testing;
@@ -423,4 +424,24 @@ TEST_CASE("generation with per-row adapters in one batch (mixed batch)") {
   CHECK(base.to_vector<int64_t>() != io.at("default.generate").to_vector<int64_t>());
   CHECK(error_of([&] { forward_mixed_batch(*m, {"nope", "tuned"}, [&] { return nn::generate(*m, batch, Tensor(), o); }); })
             .find("Trying to infer with non-existing adapter(s): nope") != std::string::npos);
+}
+
+TEST_CASE("text to sentence embedding on the real all-MiniLM-L6-v2 (what peft embed runs)") {
+  const std::string dir = minilm_dir();
+  REQUIRE(fs::exists(dir + "/tokenizer.json"));
+  tools::TextModel tm = tools::TextModel::load(dir);
+  CHECK(tm.sentence.from_sentence_transformers);
+  CHECK(tm.sentence.pool == "mean");
+  CHECK(tm.sentence.normalize);
+  CHECK(tm.sentence.max_seq_length == size_t(256));
+  std::ifstream in(std::string(kCases) + "hf_minilm_lora_real/case.json");
+  const auto texts = ordered_json::parse(in).at("texts").get<std::vector<std::string>>();
+  StateDict io = case_io("hf_minilm_lora_real");
+  NoGradGuard ng;
+  CHECK_ALLCLOSE(tm.embed(texts), io.at("embedding_base"), 0.0, 2e-5);
+  auto quiet = set_warning_handler([](const std::string&) {});
+  load_adapter(*tm.model, std::string(kCases) + "hf_minilm_lora_real/peft");
+  set_warning_handler(quiet);
+  tm.model->eval();
+  CHECK_ALLCLOSE(tm.embed(texts), io.at("default.embedding"), 0.0, 2e-5);
 }

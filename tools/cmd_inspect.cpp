@@ -9,8 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/defaults.h"
 #include "adapters/peft.h"
 #include "io/safetensors.h"
+#include "nn/transformers/pretrained.h"
 #include "tools/args.h"
 #include "tools/cli.h"
 
@@ -78,6 +80,88 @@ ojson adapter_json(const fs::path& dir, const std::string& name) {
   return j;
 }
 
+// A Hugging Face model folder: the architecture load_pretrained builds, its size and dtypes,
+// and the modules PEFT 0.21 targets when a config names none.
+ojson model_json(const fs::path& dir) {
+  ojson j;
+  nn::PretrainedInfo info;
+  auto model = nn::load_pretrained(dir.string(), {}, &info);
+  j["architecture"] = info.architecture;
+  j["model_type"] = model->model_type();
+  j["files"] = info.files;
+  uint64_t params = 0;
+  std::map<std::string, uint64_t> by_dtype;
+  for (const auto& f : info.files) {
+    auto sf = io::SafetensorsFile::open(f);
+    for (const auto& t : sf->tensors()) {
+      uint64_t n = 1;
+      for (int64_t d : t.shape) n *= uint64_t(d);
+      const std::string dt = io::st_dtype_name(t.dtype);
+      if (dt == "F32" || dt == "F16" || dt == "BF16" || dt == "F64") params += n;  // not integer buffers
+      by_dtype[dt] += n;
+    }
+  }
+  j["parameters"] = params;
+  j["parameters_by_dtype"] = by_dtype;
+  j["layers"] = model->num_layers();
+  j["max_positions"] = model->max_positions();
+  j["ignored_checkpoint_keys"] = info.ignored_keys;
+  j["tokenizer"] = fs::exists(dir / "tokenizer.json");
+  std::vector<std::string> module_names;
+  for (const auto& [n, m] : model->named_modules())
+    if (!n.empty()) module_names.push_back(n);
+  auto matching = [&](const std::vector<std::string>& targets) {
+    std::vector<std::string> out;
+    for (const auto& n : module_names)
+      for (const auto& t : targets)
+        if (n == t || (n.size() > t.size() && n.compare(n.size() - t.size() - 1, t.size() + 1, "." + t) == 0)) {
+          out.push_back(n);
+          break;
+        }
+    return out;
+  };
+  ojson defaults = ojson::object();
+  for (const char* method : {"LORA", "IA3", "ADALORA"}) {
+    auto t = default_target_modules(method, model->model_type());
+    if (!t) {
+      defaults[method] = nullptr;
+      continue;
+    }
+    ojson d = {{"target_modules", *t}, {"modules", matching(*t)}};
+    if (std::string(method) == "IA3") {
+      auto ff = default_feedforward_modules(model->model_type());
+      if (ff) d["feedforward_modules"] = *ff;
+    }
+    defaults[method] = d;
+  }
+  j["default_targets"] = defaults;
+  return j;
+}
+
+void print_model(const ojson& m) {
+  std::printf("%s (model_type %s): %llu parameters, %lld layers, %lld positions\n",
+              m["architecture"].get<std::string>().c_str(), m["model_type"].get<std::string>().c_str(),
+              (unsigned long long)m["parameters"].get<uint64_t>(), (long long)m["layers"].get<int64_t>(),
+              (long long)m["max_positions"].get<int64_t>());
+  std::printf("  dtypes on disk:");
+  for (const auto& [k, v] : m["parameters_by_dtype"].items())
+    std::printf(" %s (%llu)", k.c_str(), (unsigned long long)v.get<uint64_t>());
+  std::printf("\n  files: %zu, tokenizer.json: %s\n", m["files"].size(), m["tokenizer"].get<bool>() ? "yes" : "no");
+  if (!m["ignored_checkpoint_keys"].empty())
+    std::printf("  checkpoint keys not used: %zu\n", m["ignored_checkpoint_keys"].size());
+  std::printf("  PEFT 0.21 default targets (target_modules unset):\n");
+  for (const auto& [method, d] : m["default_targets"].items()) {
+    if (d.is_null()) {
+      std::printf("    %-8s none for this model_type (target_modules must be given)\n", method.c_str());
+      continue;
+    }
+    std::printf("    %-8s %s -> %zu modules", method.c_str(), d["target_modules"].dump().c_str(), d["modules"].size());
+    if (d.contains("feedforward_modules")) std::printf(", feed-forward %s", d["feedforward_modules"].dump().c_str());
+    if (!d["modules"].empty()) std::printf(" (e.g. %s)", d["modules"][0].get<std::string>().c_str());
+    std::printf("\n");
+  }
+}
+
 std::string shape_text(const ojson& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i].get<int64_t>());
@@ -122,6 +206,8 @@ int run_inspect(const std::vector<std::string>& argv) {
   if (a.help) {
     std::printf(
         "usage: peft inspect DIR|FILE [--json]\n"
+        "  DIR with config.json: a Hugging Face model folder: architecture, parameter count,\n"
+        "  dtypes on disk, and the modules PEFT would target by default for LoRA, IA3, AdaLoRA.\n"
         "  DIR: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) and its\n"
         "  named sub-folders: config summary, targeted modules, tensors (name, dtype, shape),\n"
         "  parameter counts. FILE: a .safetensors file (metadata, tensors, parameters) or an\n"
@@ -134,7 +220,11 @@ int run_inspect(const std::vector<std::string>& argv) {
   if (!fs::exists(p, ec)) fail("peft inspect: ", p.string(), " does not exist");
   ojson out;
   out["path"] = p.string();
-  if (fs::is_directory(p)) {
+  if (fs::is_directory(p) && fs::exists(p / "config.json") && !fs::exists(p / "adapter_config.json")) {
+    out["kind"] = "model_folder";
+    ojson mj = model_json(p);
+    for (auto& [k, v] : mj.items()) out[k] = v;
+  } else if (fs::is_directory(p)) {
     out["kind"] = "adapter_folder";
     ojson adapters = ojson::array();
     if (fs::exists(p / "adapter_config.json")) adapters.push_back(adapter_json(p, "default"));
@@ -161,7 +251,9 @@ int run_inspect(const std::vector<std::string>& argv) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  if (out["kind"] == "adapter_folder") {
+  if (out["kind"] == "model_folder") {
+    print_model(out);
+  } else if (out["kind"] == "adapter_folder") {
     for (const auto& ad : out["adapters"]) print_adapter(ad);
   } else if (out["kind"] == "adapter_config") {
     std::printf("%s\n", out["config"].dump(2).c_str());
@@ -175,7 +267,7 @@ int run_inspect(const std::vector<std::string>& argv) {
   return 0;
 }
 
-Registrar reg({"inspect", "show what an adapter folder or safetensors file holds (--json)", run_inspect});
+Registrar reg({"inspect", "show what a model folder, adapter folder or safetensors file holds (--json)", run_inspect});
 
 }  // namespace
 }  // namespace peft::cli

@@ -19,6 +19,7 @@
 #include "tools/charlm.h"
 #include "tools/cli.h"
 #include "tools/progress.h"
+#include "tools/text_commands.h"
 
 namespace peft::cli {
 
@@ -265,6 +266,7 @@ int run_finetune(const std::vector<std::string>& argv) {
 }
 
 const char* kGenerateHelp = R"(usage: peft generate --base BASE.safetensors [--adapter DIR ...] [options]
+       peft generate --model HF_MODEL_DIR --prompt TEXT ...   (see peft generate --model x --help)
 
 Samples words from the base model, or with one or more LoRA adapters. With
 several adapters the rows of one batch use different adapters (mixed-batch
@@ -279,6 +281,8 @@ options:
 )";
 
 int run_generate(const std::vector<std::string>& argv) {
+  for (const auto& s : argv)
+    if (s == "--model" || s.rfind("--model=", 0) == 0) return run_text_generate(argv);
   Args a(argv, {"base", "n", "temperature", "seed"}, {"merge"}, {"adapter"});
   if (a.help) {
     std::printf("%s", kGenerateHelp);

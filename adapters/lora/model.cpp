@@ -113,6 +113,13 @@ Tensor forward_mixed_batch(nn::Module& model, const std::vector<std::string>& ad
     if (a != "__base__" && !known.count(a) && std::find(unknown.begin(), unknown.end(), a) == unknown.end())
       unknown.push_back(a);
   if (!unknown.empty()) {
+    // an adapter of another method (IA3, AdaLoRA) is known but cannot be mixed per row
+    if (const PeftState* st = peft_state(model))
+      for (const auto& u : unknown)
+        for (const auto& [n, c] : st->configs)
+          if (n == u)
+            fail("adapter '", u, "' is ", c->peft_type,
+                 ": mixed batches (a different adapter per row) work with LoRA adapters only");
     std::string u, k;
     for (size_t i = 0; i < unknown.size(); ++i) u += (i ? ", " : "") + unknown[i];
     size_t i = 0;

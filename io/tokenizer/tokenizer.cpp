@@ -186,7 +186,8 @@ struct Tokenizer::Impl {
     if (start_offset < s.size() || s.empty()) emit(start_offset, s.size(), -1);
   }
 
-  Encoding encode_one(const std::string& text, bool add_special) const {
+  Encoding encode_one(const std::string& text, bool add_special,
+                      const std::optional<TruncationParams>& truncation) const {
     if (size_t bad = tok::find_invalid_utf8(text); bad != std::string::npos)
       ::peft::fail("[tokenizer] ", ctx.file, ": the text is not valid UTF-8 (byte offset ", bad, ")");
     // 1. added tokens on the raw text, 2. normalize the rest, then normalized added tokens
@@ -249,8 +250,7 @@ struct Tokenizer::Impl {
     return e;
   }
 
-  void pad(Encoding& e, size_t target) const {
-    const PaddingParams& p = *padding;
+  static void pad(Encoding& e, size_t target, const PaddingParams& p) {
     if (e.size() >= target) return;
     const size_t n = target - e.size();
     auto grow = [&](auto& v, const auto& value) {
@@ -264,10 +264,10 @@ struct Tokenizer::Impl {
     grow(e.tokens, p.pad_token);
   }
 
-  size_t pad_target(size_t longest) const {
-    size_t t = padding->fixed_length ? *padding->fixed_length : longest;
-    if (padding->pad_to_multiple_of && *padding->pad_to_multiple_of > 0 && t % *padding->pad_to_multiple_of)
-      t += *padding->pad_to_multiple_of - t % *padding->pad_to_multiple_of;
+  static size_t pad_target(size_t longest, const PaddingParams& p) {
+    size_t t = p.fixed_length ? *p.fixed_length : longest;
+    if (p.pad_to_multiple_of && *p.pad_to_multiple_of > 0 && t % *p.pad_to_multiple_of)
+      t += *p.pad_to_multiple_of - t % *p.pad_to_multiple_of;
     return t;
   }
 
@@ -401,22 +401,28 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
 }
 
 Encoding Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
-  Encoding e = impl_->encode_one(text, add_special_tokens);
-  if (impl_->padding) impl_->pad(e, impl_->pad_target(e.size()));
+  Encoding e = impl_->encode_one(text, add_special_tokens, impl_->truncation);
+  if (impl_->padding) Impl::pad(e, Impl::pad_target(e.size(), *impl_->padding), *impl_->padding);
   return e;
 }
 
 std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& texts, bool add_special_tokens) const {
+  return encode_batch(texts, add_special_tokens, impl_->truncation, impl_->padding);
+}
+
+std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& texts, bool add_special_tokens,
+                                              const std::optional<TruncationParams>& truncation,
+                                              const std::optional<PaddingParams>& padding) const {
   std::vector<Encoding> out;
   out.reserve(texts.size());
   size_t longest = 0;
   for (const auto& t : texts) {
-    out.push_back(impl_->encode_one(t, add_special_tokens));
+    out.push_back(impl_->encode_one(t, add_special_tokens, truncation));
     longest = std::max(longest, out.back().size());
   }
-  if (impl_->padding) {
-    const size_t target = impl_->pad_target(longest);
-    for (auto& e : out) impl_->pad(e, target);
+  if (padding) {
+    const size_t target = Impl::pad_target(longest, *padding);
+    for (auto& e : out) Impl::pad(e, target, *padding);
   }
   return out;
 }
