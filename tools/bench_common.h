@@ -2,7 +2,10 @@
 // calls), the Python + PyTorch + PEFT worker that runs the same workload
 // interleaved with ours, resident-memory probes and the result table.
 #pragma once
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -110,11 +113,25 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep);
 int bench_train_step(const std::vector<std::string>& args, Report& rep);
 int bench_inject(const std::vector<std::string>& args, Report& rep);
 int bench_load(const std::vector<std::string>& args, Report& rep);
+int bench_tokenizer(const std::vector<std::string>& args, Report& rep);
 
 // Starts the worker for `bench` and notes the versions (or why not) in `rep`.
 std::unique_ptr<PyWorker> start_worker(const std::string& bench, const Options& o, Report& rep);
 
 // Where tools/bench/*.py live (the source tree the program was built from).
 std::string bench_script_dir();
+
+// A scratch folder removed when the benchmark ends.
+struct ScratchDir {
+  std::filesystem::path path;
+  ScratchDir() {
+    path = std::filesystem::temp_directory_path() / ("peft-bench-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
 
 }  // namespace peft::cli::bench

@@ -64,19 +64,6 @@ std::string mib(int64_t bytes) {
   return buf;
 }
 
-// A scratch folder removed when the benchmark ends.
-struct ScratchDir {
-  std::filesystem::path path;
-  ScratchDir() {
-    path = std::filesystem::temp_directory_path() / ("peft-bench-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
 }  // namespace
 
 int bench_inject(const std::vector<std::string>& args, Report& rep) {

@@ -229,6 +229,7 @@ const Benchmark kBenchmarks[] = {
     {"train-step", "one AdamW step of the fine-tuning demo (CharLM + LoRA), vs PyTorch+PEFT", bench_train_step},
     {"inject", "LoRA into a Llama-7B tree on meta, adapter load, peak RSS, vs PyTorch+PEFT", bench_inject},
     {"load", "open 1, 10, 100 adapter folders, vs PyTorch+PEFT", bench_load},
+    {"tokenizer", "encode 2 MB of Debian text with three tokenizer.json files, vs the tokenizers library", bench_tokenizer},
     {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
 
