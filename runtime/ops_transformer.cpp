@@ -271,7 +271,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                                                      mask, causal, sc, out, lse);
   Tensor result = to_dtype_raw(out, q.dtype());
   if (needs_grad({&q, &k, &v})) {
-    Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
+    // `out` may be `result` itself (float32): capture a detached alias, or the node would
+    // hold its own output and the graph would never be freed
+    Tensor qd = q.detach(), kd = k.detach(), vd = v.detach(), od = out.detach();
     const DType dt = q.dtype();
     record(op, {q, k, v}, result, [=](const Tensor& g) {
       Tensor dq = make_tensor(qd.shape(), cd, qd.device());
@@ -279,7 +281,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
       Tensor dv = make_tensor(vd.shape(), cd, qd.device());
       if (!qd.is_meta())
         backend(qd.device()).scaled_dot_product_attention_backward(
-            convert_raw(qd, cd), convert_raw(kd, cd), convert_raw(vd, cd), mask, causal, sc, out, lse,
+            convert_raw(qd, cd), convert_raw(kd, cd), convert_raw(vd, cd), mask, causal, sc, od, lse,
             convert_raw(g, cd), dq, dk, dv);
       return Grads{to_dtype_raw(dq, dt), to_dtype_raw(dk, dt), to_dtype_raw(dv, dt)};
     });

@@ -232,3 +232,27 @@ TEST_CASE("chunk splits into views like torch.chunk") {
   CHECK(chunk(a, 3, -1).size() == 3);
   CHECK(error_of([&] { chunk(a, 0, 0); }).find("chunks must be positive") != std::string::npos);
 }
+
+TEST_CASE("transformer ops free their graphs (no node holds its own output)") {
+  // float32: the fused kernels' result may be the very tensor a backward needs
+  Tensor x = rnd({2, 2, 5, 4}, 30, DType::float32).requires_grad_(true);
+  Tensor w = rnd({4}, 31, DType::float32).requires_grad_(true);
+  auto [c, s] = rotary_cos_sin(from_vector(std::vector<int64_t>{0, 1, 2, 3, 4}, {1, 5}), 4, 10000.0);
+  const std::vector<std::pair<const char*, std::function<Tensor()>>> ops = {
+      {"gelu_tanh", [&] { return gelu_tanh(x); }},
+      {"layer_norm", [&] { return layer_norm(x, {4}, w, w); }},
+      {"rms_norm", [&] { return rms_norm(x, w, 1e-6); }},
+      {"rotary_embedding", [&] { return rotary_embedding(x, c, s); }},
+      {"scaled_dot_product_attention", [&] { return scaled_dot_product_attention(x, x, x, Tensor(), true); }}};
+  for (const auto& [name, f] : ops) {
+    const std::string op = name;
+    CAPTURE(op);
+    std::weak_ptr<TensorImpl> alive;
+    {
+      Tensor out = f();
+      alive = out.impl_ptr();
+      sum(out).backward();
+    }
+    CHECK(alive.expired());
+  }
+}

@@ -445,3 +445,31 @@ TEST_CASE("text to sentence embedding on the real all-MiniLM-L6-v2 (what peft em
   tm.model->eval();
   CHECK_ALLCLOSE(tm.embed(texts), io.at("default.embedding"), 0.0, 2e-5);
 }
+
+TEST_CASE("skip_padding: the same pooled embeddings and gradients without computing padded positions") {
+  auto m = nn::load_pretrained(std::string(kCases) + "hf_bert_lora_default_targets/model");
+  auto quiet = set_warning_handler([](const std::string&) {});
+  load_adapter(*m, std::string(kCases) + "hf_bert_lora_default_targets/peft");
+  set_warning_handler(quiet);
+  m->eval();
+  StateDict io = case_io("hf_bert_lora_default_targets");
+  nn::ModelInputs in = inputs_of(io);  // rows padded on the right
+  auto pooled_and_grad = [&](bool skip) {
+    in.skip_padding = skip;
+    m->zero_grad();
+    Tensor e = nn::l2_normalize(nn::mean_pooling(m->forward(in), in.attention_mask));
+    sum(mul(e, e.detach().narrow(0, 0, 1))).backward();
+    auto A = m->get_submodule("encoder.layer.0.attention.self.query.lora_A.default");
+    return std::make_pair(e.detach(), A->param("weight").grad().clone());
+  };
+  auto [full, g_full] = pooled_and_grad(false);
+  auto [fast, g_fast] = pooled_and_grad(true);
+  CHECK_ALLCLOSE(fast, full, 1e-5, 1e-6);
+  CHECK_ALLCLOSE(g_fast, g_full, 1e-4, 1e-6);
+  // padded rows are zeros, real rows as before
+  in.skip_padding = true;
+  NoGradGuard ng;
+  Tensor h = m->forward(in);
+  CHECK(max_abs_diff(h.narrow(0, 1, 1).narrow(1, 5, 2), zeros({1, 2, h.size(2)})) == 0.0);
+  CHECK_ALLCLOSE(h.narrow(0, 0, 1), io.at("default.output").narrow(0, 0, 1), 1e-4, 1e-5);
+}

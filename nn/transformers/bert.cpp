@@ -114,18 +114,38 @@ Tensor BertModel::forward(const ModelInputs& in) {
   Module& emb = child("embeddings");
   Tensor h = add(add(emb.child("word_embeddings")(p.ids), emb.child("token_type_embeddings")(p.token_types)),
                  emb.child("position_embeddings")(p.positions));
+  const int64_t hidden = h.size(2), B = p.B, T = p.T;
+  // skip_padding: the token-wise layers see only the real tokens, [N, hidden]; attention
+  // gets them back in place in a zero-padded [B, T, hidden]
+  Tensor keep;  // int64 [N]: flat indices of the real tokens
+  if (in.skip_padding && p.mask.defined() && !p.mask.is_meta()) {
+    std::vector<int64_t> m = p.mask.to(DType::int64).to_vector<int64_t>(), idx;
+    for (size_t i = 0; i < m.size(); ++i)
+      if (m[i] != 0) idx.push_back(int64_t(i));
+    if (int64_t(idx.size()) < B * T) {
+      keep = from_vector(idx, {int64_t(idx.size())}).to(h.device());
+      h = index_select(h.reshape({B * T, hidden}), 0, keep);
+    }
+  }
+  auto padded = [&](const Tensor& x) {  // [N, hidden] -> [B, T, hidden]
+    if (!keep.defined()) return x;
+    return index_add(zeros({B * T, x.size(-1)}, x.dtype(), x.device()), 0, keep, x).reshape({B, T, x.size(-1)});
+  };
+  auto unpadded = [&](const Tensor& x) {  // [B, T, hidden] -> [N, hidden]
+    if (!keep.defined()) return x;
+    return index_select(x.reshape({B * T, x.size(-1)}), 0, keep);
+  };
   h = emb.child("dropout")(emb.child("LayerNorm")(h));
-  const int64_t hidden = h.size(2);
   Module& layers = child("encoder").child("layer");
   for (const auto& [name, layer] : layers.children()) {
     Module& attn = layer->child("attention");
     Module& self = attn.child("self");
     const int64_t heads = heads_, hd = hidden / heads;
-    Tensor q = split_heads(self.child("query")(h), heads, hd);
-    Tensor k = split_heads(self.child("key")(h), heads, hd);
-    Tensor v = split_heads(self.child("value")(h), heads, hd);
+    Tensor q = split_heads(padded(self.child("query")(h)), heads, hd);
+    Tensor k = split_heads(padded(self.child("key")(h)), heads, hd);
+    Tensor v = split_heads(padded(self.child("value")(h)), heads, hd);
     // attention-probability dropout is not applied (the fused kernel has none); hidden dropout is
-    Tensor ctx = merge_heads(scaled_dot_product_attention(q, k, v, p.mask, false));
+    Tensor ctx = unpadded(merge_heads(scaled_dot_product_attention(q, k, v, p.mask, false)));
     Module& so = attn.child("output");
     Tensor a = so.child("LayerNorm")(add(so.child("dropout")(so.child("dense")(ctx)), h));
     Module& inter = layer->child("intermediate");
@@ -133,7 +153,7 @@ Tensor BertModel::forward(const ModelInputs& in) {
     Module& out = layer->child("output");
     h = out.child("LayerNorm")(add(out.child("dropout")(out.child("dense")(m)), a));
   }
-  return h;
+  return padded(h);
 }
 
 Tensor BertModel::pool(const Tensor& last_hidden_state) {

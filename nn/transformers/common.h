@@ -40,6 +40,10 @@ struct ModelInputs {
   Tensor token_type_ids;  // int64 [B, T] (BERT)
   Tensor position_ids;    // int64 [B, T]
   KVCache* cache = nullptr;  // decoders: keys/values of earlier positions, extended in place
+  // Encoders: positions whose attention_mask is 0 are not computed and their output rows
+  // are zeros (transformers computes them; nothing reads them once embeddings are pooled).
+  // The token-wise layers then run on the real tokens only: much faster on padded batches.
+  bool skip_padding = false;
 };
 
 // Keys and values of every layer for positions already seen (decoders). Storage grows by

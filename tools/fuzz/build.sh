@@ -10,7 +10,9 @@ if [ ! -d "$B" ]; then
     -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all
 fi
 ninja -C "$B" -j"${JOBS:-2}" tools/fuzz/fuzz_safetensors tools/fuzz/fuzz_config \
-  tools/fuzz/fuzz_load_adapter tools/fuzz/fuzz_state_dict
+  tools/fuzz/fuzz_load_adapter tools/fuzz/fuzz_state_dict tools/fuzz/fuzz_tokenizer tools/fuzz/fuzz_model_folder
 python3 tools/fuzz/make_seeds.py "$B/corpus"
-PEFT_FUZZ_WRITE_SEEDS="$B/corpus/state_dict" "$B/tools/fuzz/fuzz_state_dict"
-echo "built: $B/tools/fuzz/fuzz_{safetensors,config,load_adapter,state_dict}; seeds in $B/corpus/"
+for t in state_dict tokenizer model_folder; do
+  PEFT_FUZZ_WRITE_SEEDS="$B/corpus/$t" "$B/tools/fuzz/fuzz_$t"
+done
+echo "built: $B/tools/fuzz/fuzz_{safetensors,config,load_adapter,state_dict,tokenizer,model_folder}; seeds in $B/corpus/"
