@@ -1,4 +1,4 @@
-// PEFT's adapter folder format both ways (§5.1 of PEFT_SEMANTICS.md):
+// PEFT's adapter folder format both ways (PEFT 0.21 peft/utils/save_and_load.py):
 // adapter_config.json + adapter_model.safetensors with keys prefixed
 // "base_model.model."; the adapter "default" at the top, others in
 // sub-folders named after them. Works on any model injected with

@@ -1,4 +1,4 @@
-// The shared tuner core. See tuner.h and PEFT_SEMANTICS.md §1, §5, §6.
+// The shared tuner core (PEFT 0.21's tuners/tuners_utils.py and utils/save_and_load.py). See tuner.h.
 #include "adapters/tuner.h"
 
 #include <algorithm>

@@ -288,6 +288,18 @@ const TunerMethod* find_method(const std::string& peft_type);
 using WarningHandler = std::function<void(const std::string&)>;
 WarningHandler set_warning_handler(WarningHandler h);
 void warn(const std::string& msg);
+// Installs `h` (default: drop every warning) for its scope and restores the previous
+// handler on exit, exceptions included.
+class ScopedWarningHandler {
+ public:
+  explicit ScopedWarningHandler(WarningHandler h = [](const std::string&) {}) : old_(set_warning_handler(std::move(h))) {}
+  ~ScopedWarningHandler() { set_warning_handler(std::move(old_)); }
+  ScopedWarningHandler(const ScopedWarningHandler&) = delete;
+  ScopedWarningHandler& operator=(const ScopedWarningHandler&) = delete;
+
+ private:
+  WarningHandler old_;
+};
 
 // ---------------------------------------------------------------- core API --
 

@@ -118,10 +118,12 @@ TEST_CASE("parity: every AdaLoRA golden case passes") {
     tools::ParityReport r = tools::run_parity_case(std::string("tests/data/peft/") + name);
     for (const auto& c : r.checks) {
       CAPTURE(tools::format_check(c));
-      CHECK(c.status == tools::ParityCheck::Status::pass);
+      // the training case records no repr / key lists: those checks say so by name
+      if (c.status == tools::ParityCheck::Status::skip) CHECK(c.detail == "not recorded in case.json");
+      else CHECK(c.status == tools::ParityCheck::Status::pass);
     }
     CHECK(r.failed == 0);
-    CHECK(r.skipped == 0);
+    CHECK(r.skipped == (std::string(name) == "adalora_training" ? 5 : 0));
     CHECK(r.passed >= 6);
   }
 }

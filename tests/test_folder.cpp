@@ -53,13 +53,18 @@ fs::path temp_dir(const std::string& tag) {
 }  // namespace
 
 TEST_CASE("PEFT-saved folders load and reproduce PEFT's outputs (float32 and bfloat16)") {
-  for (std::string name : {"lora_seed_example", "lora_embedding_and_linear", "lora_mlp_bias_all",
-                           "lora_dora_mlp", "lora_deep_regex_patterns", "lora_two_adapters"}) {
+  int loaded = 0, bf16 = 0;
+  // every LoRA golden case that has PEFT's folder (lora_mlp_bias_all has none; it was skipped silently before)
+  for (std::string name : {"lora_seed_example", "lora_embedding_and_linear", "lora_dora_mlp",
+                           "lora_deep_regex_patterns", "lora_two_adapters", "lora_mlp_rslora_lora_only"}) {
     for (std::string sub : {"peft", "peft_bfloat16"}) {
       CAPTURE(name);
       CAPTURE(sub);
       Case c(name);
-      if (!fs::exists(c.dir / sub)) continue;
+      if (sub == "peft") REQUIRE(fs::exists(c.dir / sub));  // every case has PEFT's float32 folder
+      if (!fs::exists(c.dir / sub)) continue;               // bfloat16 folders: counted below
+      ++loaded;
+      bf16 += sub == "peft_bfloat16";
       LoadAdapterResult r = load_adapter(*c.model, (c.dir / sub).string());
       CHECK(r.missing_keys.empty());
       CHECK(r.unexpected_keys.empty());
@@ -70,6 +75,8 @@ TEST_CASE("PEFT-saved folders load and reproduce PEFT's outputs (float32 and bfl
       CHECK(testing::max_abs_diff(out, want) <= tol);
     }
   }
+  CHECK(loaded == 6 + bf16);
+  CHECK(bf16 == 1);  // lora_seed_example's peft_bfloat16
 }
 
 TEST_CASE("save_pretrained writes PEFT's layout: same weight bytes, same config, sub-folders") {

@@ -340,9 +340,12 @@ TEST_CASE("golden files: dtypes, shapes and metadata as PEFT wrote them") {
   for (const auto& e : fs::recursive_directory_iterator("tests/data/peft")) {
     if (e.path().extension() != ".safetensors") continue;
     StateDict sd = load_safetensors(e.path().string());
+    auto header = SafetensorsFile::open(e.path().string());
+    CHECK(sd.size() == header->tensors().size());
     for (const auto& [name, t] : sd) {
-      CHECK(t.numel() >= 0);
-      if (is_floating(t.dtype())) (void)t.to_vector<double>();  // data readable
+      CAPTURE(name);
+      CHECK(t.shape() == header->info(name).shape);  // as the header declares
+      if (is_floating(t.dtype())) CHECK(t.to_vector<double>().size() == size_t(t.numel()));  // data readable
     }
     tensors += sd.size();
     ++files;

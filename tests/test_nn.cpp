@@ -191,7 +191,7 @@ TEST_CASE("repr matches PyTorch / PEFT 0.21.0 printouts") {
   CHECK(py_float_repr(123.25) == "123.25");
   CHECK(py_float_repr(2.0) == "2.0");
 
-  // PEFT_SEMANTICS §8: the seed example after injection
+  // PEFT 0.21's seed example after injection (tests/data/peft/lora_seed_example)
   auto model = std::make_shared<Dummy>();
   model->replace_module("linear", fake_lora_linear(model->child_ptr("linear"), 10, 10, 64, 0.1));
   const char* seed = R"(DummyModel(
@@ -534,7 +534,8 @@ TEST_CASE("clone deep-copies values, keeps type and requires_grad") {
 
 // ---------------------------------------------------------------------------
 // Optimizers. Expected values computed independently in plain Python from the
-// published torch.optim update rules (see the comments), not from this code.
+// published torch.optim update rules, not from this code: tools/python/optimizer_reference.py
+// prints them (and, with --torch, torch.optim's own values beside them).
 
 namespace {
 // loss = sum((p - t)^2), grad = 2 (p - t)

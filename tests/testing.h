@@ -61,10 +61,15 @@ std::string error_of(F&& f) {
   return "<no exception>";
 }
 
+// Infinite when the shapes differ (never a comparison of a common prefix); NaN counts as infinite.
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) return INFINITY;
   std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();
   double m = 0;
-  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) m = std::max(m, std::fabs(va[i] - vb[i]));
+  for (size_t i = 0; i < va.size(); ++i) {
+    const double d = std::fabs(va[i] - vb[i]);
+    m = std::max(m, std::isnan(d) ? INFINITY : d);
+  }
   return m;
 }
 

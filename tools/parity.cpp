@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -164,9 +165,10 @@ class CaseRunner {
   }
 
   void setup() {
-    auto old = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> old;
+    old.emplace();
     model_ = injected(false);
-    set_warning_handler(old);
+    old.reset();
     ready_ = true;
   }
 
@@ -193,8 +195,11 @@ class CaseRunner {
   }
 
   // ---------------------------------------------------------------- checks --
+  // A check whose case.json field is absent is reported as skipped, by name.
+  void skip_absent(const char* field) { emit(field, Status::skip, 0, "not recorded in case.json"); }
+
   void check_repr() {
-    if (!meta_.contains("repr")) return;
+    if (!meta_.contains("repr")) return skip_absent("repr");
     std::string want = meta_["repr"].get<std::string>(), got = model_->repr();
     if (got == want) return emit("repr", Status::pass, 0);
     std::istringstream a(got), b(want);
@@ -213,14 +218,14 @@ class CaseRunner {
   }
 
   void check_keys() {
-    if (!meta_.contains("state_dict_keys_after_inject")) return;
+    if (!meta_.contains("state_dict_keys_after_inject")) return skip_absent("state_dict_keys_after_inject");
     auto want = str_list(meta_["state_dict_keys_after_inject"]);
     auto got = model_->state_dict().keys();
     emit_bool("state_dict_keys_after_inject", got == want, list_diff(got, want));
   }
 
   void check_trainable() {
-    if (!meta_.contains("trainable")) return;
+    if (!meta_.contains("trainable")) return skip_absent("trainable");
     const auto& t = meta_["trainable"];
     if (t.is_array()) {
       auto got = trainable_parameter_names(*model_);
@@ -237,7 +242,7 @@ class CaseRunner {
   }
 
   void check_init_zero() {
-    if (!meta_.contains("init_zero_keys")) return;
+    if (!meta_.contains("init_zero_keys")) return skip_absent("init_zero_keys");
     const auto& z = meta_["init_zero_keys"];
     for (auto it = z.begin(); it != z.end(); ++it) {
       StateDict sd = get_peft_model_state_dict(*model_, it.key());
@@ -253,7 +258,7 @@ class CaseRunner {
   }
 
   void check_adapter_keys() {
-    if (!meta_.contains("adapter_keys")) return;
+    if (!meta_.contains("adapter_keys")) return skip_absent("adapter_keys");
     const auto& z = meta_["adapter_keys"];
     for (auto it = z.begin(); it != z.end(); ++it) {
       auto got = get_peft_model_state_dict(*model_, it.key()).keys();
@@ -268,9 +273,10 @@ class CaseRunner {
     Tensor x = input(io);
     model_->eval();
     if (io.contains("output_base")) {
-      auto quiet = set_warning_handler([](const std::string&) {});  // bias != none warns here
+      std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();  // bias != none warns here
       enable_adapters(*model_, false);
-      set_warning_handler(quiet);
+      quiet.reset();
       Tensor out;
       {
         NoGradGuard ng;
@@ -405,9 +411,10 @@ class CaseRunner {
     emit_accum("merged_output", ao);
 
     {
-      auto quiet = set_warning_handler([](const std::string&) {});  // IA3 warns that unmerge can be inaccurate
+      std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();  // IA3 warns that unmerge can be inaccurate
       unmerge_adapters(*model_);
-      set_warning_handler(quiet);
+      quiet.reset();
     }
     Accum ar;
     for (const auto& [k, v] : model_->state_dict()) {
@@ -432,13 +439,14 @@ class CaseRunner {
     }
     auto m = host();
     m->to(DType::bfloat16);
-    auto quiet = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();
     for (const auto& n : adapter_names()) {
       fs::path d = n == "default" ? pdir : pdir / n;
       inject_adapter_in_model(*config_from_json(read_text(d / "adapter_config.json")), *m, n);
       set_peft_model_state_dict(*m, io::load_safetensors((d / "adapter_model.safetensors").string()), n);
     }
-    set_warning_handler(quiet);
+    quiet.reset();
     set_adapter(*m, first);
     merge_adapters(*m, false, {first});
     auto hv = host_view(*m);
@@ -464,13 +472,14 @@ class CaseRunner {
       auto m = host();
       auto names = adapter_names();
       Accum a;
-      auto quiet = set_warning_handler([](const std::string&) {});
+      std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();
       for (const auto& n : names) {
         fs::path d = n == "default" ? root : root / n;
         PeftConfigPtr cfg = config_from_json(read_text(d / "adapter_config.json"));
         inject_adapter_in_model(*cfg, *m, n);
       }
-      set_warning_handler(quiet);
+      quiet.reset();
       for (const auto& n : names) {
         fs::path d = n == "default" ? root : root / n;
         StateDict sd = io::load_safetensors((d / "adapter_model.safetensors").string());
@@ -497,9 +506,10 @@ class CaseRunner {
 
   void check_low_cpu() {
     StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
-    auto quiet = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();
     auto m = injected(true);
-    set_warning_handler(quiet);
+    quiet.reset();
     std::string first = adapter_names().front();
     auto want_before = str_list(meta_["devices_before_load"]);
     auto got_before = device_names(*m, first);
@@ -529,9 +539,10 @@ class CaseRunner {
       emit_accum("output", a);
     }
     if (meta_.contains("bad_load_removed_key")) {
-      auto quiet2 = set_warning_handler([](const std::string&) {});
+      std::optional<ScopedWarningHandler> quiet2;
+    quiet2.emplace();
       auto m2 = injected(true);
-      set_warning_handler(quiet2);
+      quiet2.reset();
       std::string removed = meta_["bad_load_removed_key"].get<std::string>();
       StateDict bad;
       Tensor any;
@@ -565,12 +576,13 @@ class CaseRunner {
     StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
     std::string first = adapter_names().front();
     auto m = host();
-    auto quiet = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet;
+    quiet.emplace();
     auto cfg = std::dynamic_pointer_cast<AdaLoraConfig>(config_from_json(meta_["adapters"][0]["config"]));
     if (!cfg) fail("adalora case without an AdaLoRA config");
     cfg->rank_pattern.reset();  // a fresh run: the recorded pattern is the result
     inject_adapter_in_model(*cfg, *m, first);
-    set_warning_handler(quiet);
+    quiet.reset();
     const std::string pre_init = "init_full.base_model.model.", pre_final = "final_full.base_model.model.",
                       pre_trim = "final_trimmed.base_model.model.";
     StateDict init;
@@ -647,9 +659,10 @@ class CaseRunner {
       ref = m->forward(x);
     }
     auto m2 = host();
-    auto quiet2 = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet2;
+    quiet2.emplace();
     inject_adapter_in_model(*config_from_json(read_text(pdir / "adapter_config.json")), *m2, first);
-    set_warning_handler(quiet2);
+    quiet2.reset();
     nn::LoadResult r = set_peft_model_state_dict(*m2, io::load_safetensors((pdir / "adapter_model.safetensors").string()), first);
     Accum ap;
     if (!r.unexpected_keys.empty()) ap.fail_with("unexpected keys [" + join(r.unexpected_keys) + "]");
@@ -670,9 +683,10 @@ class CaseRunner {
     // The same folder through the generic folder loader, and a save_pretrained round trip.
     Accum al2;
     auto m3 = host();
-    auto quiet3 = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet3;
+    quiet3.emplace();
     LoadAdapterResult lr3 = load_adapter(*m3, pdir.string(), first);
-    set_warning_handler(quiet3);
+    quiet3.reset();
     if (!lr3.missing_keys.empty()) al2.fail_with("missing keys [" + join(lr3.missing_keys) + "]");
     if (!lr3.unexpected_keys.empty()) al2.fail_with("unexpected keys [" + join(lr3.unexpected_keys) + "]");
     m3->eval();
@@ -690,9 +704,10 @@ class CaseRunner {
     if (meta_.contains("final_rank_pattern") && saved["rank_pattern"] != meta_["final_rank_pattern"])
       as.fail_with("saved rank_pattern " + saved["rank_pattern"].dump());
     auto m4 = host();
-    auto quiet4 = set_warning_handler([](const std::string&) {});
+    std::optional<ScopedWarningHandler> quiet4;
+    quiet4.emplace();
     load_adapter(*m4, tmp.string(), first);
-    set_warning_handler(quiet4);
+    quiet4.reset();
     fs::remove_all(tmp);
     m4->eval();
     {

@@ -28,19 +28,13 @@ namespace {
 using Status = ParityCheck::Status;
 using namespace parity_detail;
 
-// Restores the previous warning handler when it goes out of scope.
-class QuietWarnings {
+// Collects warnings into `sink` (or drops them) for its scope.
+class QuietWarnings : public ScopedWarningHandler {
  public:
   explicit QuietWarnings(std::vector<std::string>* sink = nullptr)
-      : old_(set_warning_handler([sink](const std::string& m) {
+      : ScopedWarningHandler([sink](const std::string& m) {
           if (sink) sink->push_back(m);
-        })) {}
-  ~QuietWarnings() { set_warning_handler(old_); }
-  QuietWarnings(const QuietWarnings&) = delete;
-  QuietWarnings& operator=(const QuietWarnings&) = delete;
-
- private:
-  WarningHandler old_;
+        }) {}
 };
 
 std::set<std::string> as_set(const ordered_json& j) {
