@@ -62,6 +62,16 @@ TEST_CASE("gelu_tanh matches its formula and finite differences") {
   sum(gelu_tanh(x64)).backward();
   CHECK_ALLCLOSE(x32.grad(), x64.grad(), 1e-5, 1e-6);
   CHECK(gelu_tanh(empty({2, 7}, DType::bfloat16, Device::meta)).desc() == "bfloat16[2, 7] meta");
+  // NaN stays NaN (a fuzzed checkpoint with NaN weights reached the float32 kernel's integer
+  // conversion of NaN, undefined behaviour, before the fix); huge inputs saturate
+  Tensor odd = from_vector(std::vector<float>{NAN, 1e30f, -1e30f, 50.f}, {4});
+  std::vector<float> g = gelu_tanh(odd).to_vector<float>(), t = tanh(odd).to_vector<float>();
+  CHECK(std::isnan(g[0]));
+  CHECK(std::isnan(t[0]));
+  CHECK(g[1] == 1e30f);
+  CHECK(t[1] == 1.0f);
+  CHECK(t[2] == -1.0f);
+  CHECK(g[3] == 50.f);
   CHECK(error_of([] { gelu_tanh(zeros({2}, DType::int64)); }).find("[gelu_tanh] needs a floating-point") !=
         std::string::npos);
 }

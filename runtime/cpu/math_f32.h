@@ -18,7 +18,9 @@ inline float tanh_f32(float x) {
   const float z = x * x;
   const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
                    3.33332819422e-1f) * z * x + x;
-  const uint32_t big = -uint32_t(ax > 44.0f);  // e^88 is the largest finite float
+  // e^88 is the largest finite float; NaN counts as big too, so v stays finite and the
+  // integer conversion below is defined (the NaN mask at the end restores NaN)
+  const uint32_t big = -uint32_t(!(ax <= 44.0f));
   const float v =
       2.0f * std::bit_cast<float>((std::bit_cast<uint32_t>(ax) & ~big) | (std::bit_cast<uint32_t>(44.0f) & big));
   // exp_f32's core, inlined: v is in [0, 88], so none of its range handling is needed
