@@ -11,6 +11,7 @@
 #include <optional>
 #include <sstream>
 
+#include "adapters/core/detail.h"
 #include "io/safetensors.h"
 
 namespace peft {

@@ -28,8 +28,5 @@
 
 namespace peft {
 
-// Registers the built-in methods (LORA, ...). Called by the core before any
-// lookup; safe to call more than once.
-void register_builtin_methods();
 
 }  // namespace peft

@@ -125,11 +125,6 @@ PeftConfigPtr config_from_json(const ordered_json& j);
 // naming `what` in the peft::Error.
 std::regex compile_user_regex(const std::string& pattern, const char* what);
 
-// Python-style formatting used in messages.
-std::string py_repr(const std::string& s);  // 'text'
-std::string py_list(const std::vector<std::string>& v);  // ['a', 'b']
-std::string py_int_list(const std::vector<int64_t>& v);  // [0, 1]
-
 // ---------------------------------------------------------------- matching --
 
 enum class TargetMatch { unmatched, matched, excluded };
@@ -280,7 +275,11 @@ struct TunerMethod {
   std::function<void(nn::Module& model, const std::string& adapter, PeftConfig& cfg)> before_load;
 };
 
+// Adds (or replaces, by peft_type) a method; safe from several threads.
 void register_method(TunerMethod m);
+// Registers the built-in methods (LORA, IA3, ADALORA) exactly once (std::call_once); the
+// lookups below call it. Defined in adapters/builtin_methods.cpp, one line per method.
+void register_builtin_methods();
 const TunerMethod& method_for(const std::string& peft_type);
 const TunerMethod* find_method(const std::string& peft_type);
 
@@ -315,19 +314,6 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
 // Keys may carry PEFT's "base_model.model." prefix. The state dict's values are not loaded.
 nn::Module& inject_from_state_dict(const PeftConfig& config, nn::Module& model, const StateDict& state_dict,
                                    const std::string& adapter_name = "default", bool low_cpu_mem_usage = false);
-
-namespace detail {
-struct InjectOptions {
-  const StateDict* state_dict = nullptr;  // targets from its keys (inject_from_state_dict)
-  bool warn_existing = true;              // "Already found a `peft_config` attribute ..."
-  // true: the new adapter becomes the active one (the low-level API's fresh tuner);
-  // false: the active adapters stay and the new one is frozen (LoraModel.inject_adapter,
-  // used by add_weighted_adapter).
-  bool activate = true;
-};
-nn::Module& inject_adapter(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
-                           bool low_cpu_mem_usage, const InjectOptions& opts);
-}  // namespace detail
 
 // The adapter's tensors under PEFT's checkpoint names (§5).
 StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name = "default");

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "adapters/core/detail.h"
 #include "adapters/peft.h"
 #include "io/safetensors.h"
 #include "nn/layers.h"

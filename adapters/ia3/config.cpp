@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <regex>
 
+#include "adapters/core/detail.h"
+
 namespace peft {
 
 void IA3Config::validate() const {

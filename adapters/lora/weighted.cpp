@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "adapters/core/detail.h"
 #include "adapters/lora/config.h"
 #include "adapters/lora/layer.h"
 #include "runtime/autograd.h"
