@@ -126,6 +126,14 @@ TEST_CASE("tokenizer.json: unsupported components and malformed fields are named
   json d = j;
   d["added_tokens"][0]["id"] = -1;
   CHECK(err(d).find("added_tokens[0].id") != std::string::npos);
+  json e = j;
+  e["truncation"]["stride"] = 4;
+  CHECK(err(e).find("truncation.stride 4 is not supported") != std::string::npos);
+  json f = j;
+  f["truncation"]["max_length"] = 1;
+  Tokenizer tiny = Tokenizer::from_json_text(f.dump(), "t.json");
+  CHECK(error_of([&] { tiny.encode("hello"); }).find("truncation max_length 1 is smaller than the 2 special tokens") !=
+        std::string::npos);
   CHECK(error_of([] { Tokenizer::from_json_text("{\"model\":", "t.json"); }).find("not valid JSON") != std::string::npos);
   CHECK(error_of([] { Tokenizer::from_file("tests/data/hf/nope/tokenizer.json"); }).find("no such file") !=
         std::string::npos);

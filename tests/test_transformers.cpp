@@ -240,6 +240,20 @@ TEST_CASE("Llama config: unsupported rope scaling and sliding windows are named"
   s.write_config(c);
   CHECK(error_of([&] { nn::load_pretrained(s.dir.string()); })
             .find("num_attention_heads (4) is not a multiple of num_key_value_heads (3)") != std::string::npos);
+  c["num_key_value_heads"] = 2;
+  c["pretraining_tp"] = 2;
+  s.write_config(c);
+  CHECK(error_of([&] { nn::load_pretrained(s.dir.string()); }).find("pretraining_tp 2 is not supported") !=
+        std::string::npos);
+  c["pretraining_tp"] = 1;
+  c["model_type"] = "qwen2";
+  c["use_sliding_window"] = true;
+  s.write_config(c);
+  CHECK(error_of([&] { nn::load_pretrained(s.dir.string()); }).find("use_sliding_window true is not supported") !=
+        std::string::npos);
+  fs::rename(s.dir / "model.safetensors", s.dir / "pytorch_model.bin");
+  CHECK(error_of([&] { nn::load_pretrained(s.dir.string()); })
+            .find("pytorch_model.bin is a pickle; convert it to safetensors first") != std::string::npos);
 }
 
 TEST_CASE("model inputs are checked before any work") {
