@@ -19,13 +19,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string minilm_dir() {
-  if (const char* d = std::getenv("PEFT_MINILM_DIR"); d && *d) return d;
-  std::string cache;
-  if (const char* c = std::getenv("PEFT_CACHE"); c && *c) cache = c;
-  else if (const char* h = std::getenv("HOME"); h && *h) cache = std::string(h) + "/.cache/peft";
-  return cache + "/all-MiniLM-L6-v2";
-}
 
 json read_json(const std::string& path) {
   std::ifstream in(path);
@@ -48,7 +41,7 @@ TEST_CASE("parity: every tok_* case (ids, ids without special tokens, decoded te
 }
 
 TEST_CASE("the real all-MiniLM-L6-v2 tokenizer gives the golden's input ids (sentence-transformers' settings)") {
-  const std::string dir = minilm_dir();
+  const std::string dir = testing::minilm_dir();
   REQUIRE(fs::exists(dir + "/tokenizer.json"));
   Tokenizer t = Tokenizer::from_file(dir + "/tokenizer.json");
   // sentence-transformers: padding to the longest text, truncation at max_seq_length (256)

@@ -24,14 +24,6 @@ namespace {
 
 const char* kCases = "tests/data/hf/";
 
-// The real all-MiniLM-L6-v2 folder scripts/fetch_minilm.sh unpacks (test.sh runs it first).
-std::string minilm_dir() {
-  if (const char* d = std::getenv("PEFT_MINILM_DIR"); d && *d) return d;
-  std::string cache;
-  if (const char* c = std::getenv("PEFT_CACHE"); c && *c) cache = c;
-  else if (const char* h = std::getenv("HOME"); h && *h) cache = std::string(h) + "/.cache/peft";
-  return cache + "/all-MiniLM-L6-v2";
-}
 
 // A scratch copy of a case's model/ folder that a test may edit.
 struct ScratchModel {
@@ -89,7 +81,7 @@ TEST_CASE("parity: every hf_* golden case on a bundled checkpoint passes") {
 }
 
 TEST_CASE("parity: hf_minilm_lora_real on the real all-MiniLM-L6-v2") {
-  const std::string dir = minilm_dir();
+  const std::string dir = testing::minilm_dir();
   INFO("the checkpoint comes from scripts/fetch_minilm.sh (PEFT_MINILM_DIR overrides the folder)");
   REQUIRE(fs::exists(dir + "/model.safetensors"));
   tools::ParityReport r = tools::run_parity_case(std::string(kCases) + "hf_minilm_lora_real", {}, {}, dir);
@@ -441,7 +433,7 @@ TEST_CASE("generation with per-row adapters in one batch (mixed batch)") {
 }
 
 TEST_CASE("text to sentence embedding on the real all-MiniLM-L6-v2 (what peft embed runs)") {
-  const std::string dir = minilm_dir();
+  const std::string dir = testing::minilm_dir();
   REQUIRE(fs::exists(dir + "/tokenizer.json"));
   tools::TextModel tm = tools::TextModel::load(dir);
   CHECK(tm.sentence.from_sentence_transformers);

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -62,6 +63,16 @@ std::string error_of(F&& f) {
 }
 
 // Infinite when the shapes differ (never a comparison of a common prefix); NaN counts as infinite.
+// The real all-MiniLM-L6-v2 folder scripts/fetch_minilm.sh unpacks (test.sh runs it first and
+// exports PEFT_MINILM_DIR); else ${PEFT_CACHE:-~/.cache/peft}/all-MiniLM-L6-v2.
+inline std::string minilm_dir() {
+  if (const char* d = std::getenv("PEFT_MINILM_DIR"); d && *d) return d;
+  std::string cache;
+  if (const char* c = std::getenv("PEFT_CACHE"); c && *c) cache = c;
+  else if (const char* h = std::getenv("HOME"); h && *h) cache = std::string(h) + "/.cache/peft";
+  return cache + "/all-MiniLM-L6-v2";
+}
+
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape()) return INFINITY;
   std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();

@@ -50,10 +50,10 @@ namespace {
 using Status = ParityCheck::Status;
 using namespace parity_detail;
 
-class CaseRunner {
+class CaseRunner : CheckEmitter {
  public:
   CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol)
-      : dir_(dir), cb_(cb), tol_(tol) {}
+      : CheckEmitter(cb), dir_(dir), tol_(tol) {}
 
   ParityReport run() {
     name_ = fs::path(dir_).filename().string();
@@ -107,30 +107,6 @@ class CaseRunner {
 
  private:
   // ------------------------------------------------------------ plumbing --
-  void emit(const std::string& check, Status st, double err, const std::string& detail = "") {
-    ParityCheck c;
-    c.case_name = name_;
-    c.check = check;
-    c.status = st;
-    c.max_abs_err = err;
-    c.detail = detail;
-    if (cb_) cb_(c);
-    report_.add(std::move(c));
-  }
-  void emit_accum(const std::string& check, const Accum& a) {
-    emit(check, a.ok ? Status::pass : Status::fail, a.err, join(a.bad, "; "));
-  }
-  void emit_bool(const std::string& check, bool ok, const std::string& detail) {
-    emit(check, ok ? Status::pass : Status::fail, ok ? 0.0 : INFINITY, ok ? "" : detail);
-  }
-  template <class F>
-  void guarded(const std::string& what, F&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      emit(what, Status::fail, INFINITY, std::string("error: ") + e.what());
-    }
-  }
 
   bool supported(std::string& why) {
     if (!meta_.contains("adapters")) return why = "case.json has no adapters", false;
@@ -769,13 +745,10 @@ class CaseRunner {
   }
 
   std::string dir_;
-  std::function<void(const ParityCheck&)> cb_;
   ParityTolerance tol_;
-  std::string name_;
   ordered_json meta_;
   std::shared_ptr<nn::Module> model_;
   bool ready_ = false, loaded_ = false;
-  ParityReport report_;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Internal: the comparison helpers shared by the parity runners (parity.cpp for the
 // hand-built hosts, parity_hf.cpp for Hugging Face transformer hosts).
 #pragma once
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -37,6 +38,41 @@ struct Accum {
   std::vector<std::string> bad;
   void add(const Compare& c);
   void fail_with(const std::string& d);
+};
+
+// Records checks of one case: each goes to the report and, as it finishes, to the callback.
+class CheckEmitter {
+ protected:
+  using Status = ParityCheck::Status;
+  explicit CheckEmitter(std::function<void(const ParityCheck&)> cb) : cb_(std::move(cb)) {}
+  void emit(const std::string& check, Status st, double err, const std::string& detail = "") {
+    ParityCheck c;
+    c.case_name = name_;
+    c.check = check;
+    c.status = st;
+    c.max_abs_err = err;
+    c.detail = detail;
+    if (cb_) cb_(c);
+    report_.add(std::move(c));
+  }
+  void emit_accum(const std::string& check, const Accum& a) {
+    emit(check, a.ok ? Status::pass : Status::fail, a.err, join(a.bad, "; "));
+  }
+  void emit_bool(const std::string& check, bool ok, const std::string& detail) {
+    emit(check, ok ? Status::pass : Status::fail, ok ? 0.0 : INFINITY, ok ? "" : detail);
+  }
+  template <class F>
+  void guarded(const std::string& what, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      emit(what, Status::fail, INFINITY, std::string("error: ") + e.what());
+    }
+  }
+
+  std::string name_;  // the case's name in every check
+  std::function<void(const ParityCheck&)> cb_;
+  ParityReport report_;
 };
 
 }  // namespace peft::tools::parity_detail

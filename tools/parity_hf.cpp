@@ -57,11 +57,11 @@ double grad_rtol_for(const std::string& case_name) {
   return 0;  // the README's
 }
 
-class HfCaseRunner {
+class HfCaseRunner : CheckEmitter {
  public:
   HfCaseRunner(std::string dir, ordered_json meta, std::string model_dir,
                const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol)
-      : dir_(std::move(dir)), meta_(std::move(meta)), model_dir_(std::move(model_dir)), cb_(cb), tol_(tol) {}
+      : CheckEmitter(cb), dir_(std::move(dir)), meta_(std::move(meta)), model_dir_(std::move(model_dir)), tol_(tol) {}
 
   ParityReport run() {
     name_ = meta_.value("name", fs::path(dir_).filename().string());
@@ -89,30 +89,6 @@ class HfCaseRunner {
   }
 
  private:
-  void emit(const std::string& check, Status st, double err, const std::string& detail = "") {
-    ParityCheck c;
-    c.case_name = name_;
-    c.check = check;
-    c.status = st;
-    c.max_abs_err = err;
-    c.detail = detail;
-    if (cb_) cb_(c);
-    report_.add(std::move(c));
-  }
-  void emit_accum(const std::string& check, const Accum& a) {
-    emit(check, a.ok ? Status::pass : Status::fail, a.err, join(a.bad, "; "));
-  }
-  void emit_bool(const std::string& check, bool ok, const std::string& detail) {
-    emit(check, ok ? Status::pass : Status::fail, ok ? 0.0 : INFINITY, ok ? "" : detail);
-  }
-  template <class F>
-  void guarded(const std::string& what, F&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      emit(what, Status::fail, INFINITY, std::string("error: ") + e.what());
-    }
-  }
 
   // The case's own model/ folder, or --model-dir for a case that names a model_source.
   bool resolve_model_dir() {
@@ -324,10 +300,7 @@ class HfCaseRunner {
   std::string dir_;
   ordered_json meta_;
   std::string model_dir_;
-  std::function<void(const ParityCheck&)> cb_;
   ParityTolerance tol_;
-  std::string name_;
-  ParityReport report_;
   StateDict io_;
   std::shared_ptr<nn::PreTrainedModel> model_;
   ordered_json cfg_json_;

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -89,6 +90,33 @@ inline std::string snapshot(const nn::Module& m) {
 
 inline void silence_warnings() {
   set_warning_handler([](const std::string&) {});
+}
+
+// LLVMFuzzerInitialize's shared part: warnings dropped; with PEFT_FUZZ_WRITE_SEEDS=DIR the
+// target writes its seed corpus into DIR and the process exits.
+inline void init_target(void (*write_seeds)(const std::string& dir)) {
+  silence_warnings();
+  if (const char* d = std::getenv("PEFT_FUZZ_WRITE_SEEDS")) {
+    write_seeds(d);
+    std::exit(0);
+  }
+}
+
+// Inputs of two parts (a JSON text and the bytes that go with it): bytes 0-1 = n
+// (little-endian), then n bytes of the first part, the rest is the second.
+inline std::string two_part_input(const std::string& first, const std::string& second) {
+  if (first.size() > 0xffff) die("two_part_input: the first part is over 65535 bytes");
+  std::string s;
+  s.push_back(char(first.size() & 0xff));
+  s.push_back(char(first.size() >> 8));
+  return s + first + second;
+}
+inline bool split_two_part(const uint8_t* data, size_t size, std::string& first, std::string& second) {
+  if (size < 2) return false;
+  const size_t n = std::min(size - 2, size_t(data[0]) | (size_t(data[1]) << 8));
+  first.assign(reinterpret_cast<const char*>(data + 2), n);
+  second.assign(reinterpret_cast<const char*>(data + 2 + n), size - 2 - n);
+  return true;
 }
 
 }  // namespace peft::fuzz

@@ -43,34 +43,24 @@ void write_seeds(const std::string& dir) {
     std::ifstream in(st, std::ios::binary);
     std::string weights((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::filesystem::remove(st);
-    const std::string text = cfg.dump();
-    std::string seed;
-    seed.push_back(char(text.size() & 0xff));
-    seed.push_back(char(text.size() >> 8));
-    seed += text + weights;
-    std::ofstream(dir + "/seed" + std::to_string(k++), std::ios::binary) << seed;
+    std::ofstream(dir + "/seed" + std::to_string(k++), std::ios::binary) << fuzz::two_part_input(cfg.dump(), weights);
   }
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  fuzz::silence_warnings();
-  if (const char* d = std::getenv("PEFT_FUZZ_WRITE_SEEDS")) {
-    write_seeds(d);
-    std::exit(0);
-  }
+  fuzz::init_target(write_seeds);
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 2) return 0;
-  const size_t n = std::min(size - 2, size_t(data[0]) | (size_t(data[1]) << 8));
+  std::string config, weights;
+  if (!fuzz::split_two_part(data, size, config, weights)) return 0;
   const std::string dir = fuzz::scratch_dir() + "/model";
   std::filesystem::create_directories(dir);
-  std::ofstream(dir + "/config.json", std::ios::binary).write(reinterpret_cast<const char*>(data + 2), std::streamsize(n));
-  std::ofstream(dir + "/model.safetensors", std::ios::binary)
-      .write(reinterpret_cast<const char*>(data + 2 + n), std::streamsize(size - 2 - n));
+  std::ofstream(dir + "/config.json", std::ios::binary) << config;
+  std::ofstream(dir + "/model.safetensors", std::ios::binary) << weights;
   std::shared_ptr<nn::PreTrainedModel> model;
   try {
     model = nn::load_pretrained(dir);

@@ -93,11 +93,7 @@ void write_seeds(const std::string& dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  fuzz::silence_warnings();
-  if (const char* d = std::getenv("PEFT_FUZZ_WRITE_SEEDS")) {
-    write_seeds(d);
-    std::exit(0);
-  }
+  fuzz::init_target(write_seeds);
   return 0;
 }
 

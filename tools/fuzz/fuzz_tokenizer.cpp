@@ -60,33 +60,21 @@ void write_seeds(const std::string& dir) {
   int k = 0;
   for (const char* name : {"tok_wordpiece_minilm", "tok_bytelevel_bpe", "tok_sentencepiece_bpe_byte_fallback"}) {
     const std::string js = shrink(std::string("tests/data/hf/") + name + "/tokenizer.json", 1200);
-    if (js.size() > 65535) fuzz::die("seed tokenizer too large");
-    for (const char* t : texts) {
-      std::string seed;
-      seed.push_back(char(js.size() & 0xff));
-      seed.push_back(char(js.size() >> 8));
-      seed += js;
-      seed += t;
-      std::ofstream(dir + "/seed" + std::to_string(k++), std::ios::binary) << seed;
-    }
+    for (const char* t : texts)
+      std::ofstream(dir + "/seed" + std::to_string(k++), std::ios::binary) << fuzz::two_part_input(js, t);
   }
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* d = std::getenv("PEFT_FUZZ_WRITE_SEEDS")) {
-    write_seeds(d);
-    std::exit(0);
-  }
+  fuzz::init_target(write_seeds);
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 2) return 0;
-  const size_t n = std::min(size - 2, size_t(data[0]) | (size_t(data[1]) << 8));
-  const std::string json(reinterpret_cast<const char*>(data + 2), n);
-  const std::string text(reinterpret_cast<const char*>(data + 2 + n), size - 2 - n);
+  std::string json, text;
+  if (!fuzz::split_two_part(data, size, json, text)) return 0;
   std::optional<Tokenizer> tok;
   try {
     tok.emplace(Tokenizer::from_json_text(json, "fuzz.json"));
