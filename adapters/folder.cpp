@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "adapters/core/detail.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 
 namespace peft {
@@ -47,21 +48,12 @@ static void write_new_file_synced(const std::string& path, const std::string& te
   }
 }
 
-// A hidden name next to `final` for a file being prepared.
+// A hidden name next to `final` for a file being prepared (unique across threads and processes).
 static std::string staging_name(const fs::path& final) {
-  static int counter = 0;
-  return (final.parent_path() / ("." + final.filename().string() + ".saving." + std::to_string(::getpid()) + "." +
-                                 std::to_string(counter++)))
-      .string();
+  return (final.parent_path() / ("." + final.filename().string() + ".saving." + io::unique_temp_suffix())).string();
 }
 
-static void fsync_dir(const std::string& dir) {
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);  // best effort: some file systems refuse fsync on folders
-    ::close(dfd);
-  }
-}
+using io::fsync_dir;
 
 void save_pretrained(const nn::Module& model, const std::string& dir,
                      const std::vector<std::string>& adapter_names,

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <climits>
@@ -16,10 +15,11 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "io/atomic_file.h"
 
 namespace peft::io {
 
@@ -522,16 +522,6 @@ void write_all(int fd, const void* data, uint64_t n, const std::string& target,
   }
 }
 
-std::string unique_suffix() {
-  static std::atomic<uint64_t> counter{0};
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%ld.%llu.%08llx", long(::getpid()),
-                static_cast<unsigned long long>(counter.fetch_add(1)),
-                static_cast<unsigned long long>(rng() & 0xffffffffu));
-  return buf;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------ writer --
@@ -631,7 +621,7 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Tensor
 
   TempFile& tmp = w.tmp;
   for (int attempt = 0; attempt < 100; ++attempt) {
-    std::string cand = (w.dir == "/" ? "" : w.dir) + "/." + base + ".tmp." + unique_suffix();
+    std::string cand = (w.dir == "/" ? "" : w.dir) + "/." + base + ".tmp." + unique_temp_suffix();
     int fd = ::open(cand.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd >= 0) {
       tmp.path = cand;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
 #include "runtime/half.h"
@@ -770,4 +771,25 @@ TEST_CASE("mutated files never crash the reader: they load or throw peft::Error"
   }
   MESSAGE("mutated files: " << accepted << " accepted, " << rejected << " rejected");
   CHECK(rejected > 0);
+}
+
+TEST_CASE("write_file_atomic replaces a file whole, and leaves it alone on failure") {
+  const fs::path dir = fs::temp_directory_path() / ("peft_atomic_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "report.json").string();
+  write_file_atomic(path, "old");
+  write_file_atomic(path, "new contents");
+  std::ifstream in(path);
+  std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(got == "new contents");
+  // a target that is a folder: the rename fails, the temporary file is removed
+  fs::create_directories(dir / "sub");
+  CHECK(testing::error_of([&] { write_file_atomic((dir / "sub").string(), "x"); }).find("cannot save") !=
+        std::string::npos);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
+  CHECK(files == 1);  // report.json only: no temporary file left behind
+  CHECK(unique_temp_suffix() != unique_temp_suffix());
+  fs::remove_all(dir);
 }

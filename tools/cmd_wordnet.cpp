@@ -13,6 +13,7 @@
 
 #include "adapters/folder.h"
 #include "adapters/peft.h"
+#include "io/atomic_file.h"
 #include "nn/optim.h"
 #include "runtime/autograd.h"
 #include "runtime/generator.h"
@@ -39,15 +40,7 @@ std::vector<std::string> split_csv(const std::string& s) {
   return out;
 }
 
-// Writes `text` to `path` through a temporary file and a rename.
-void write_file_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!(out << text) || !out.flush()) fail("cannot write ", tmp.string());
-  }
-  fs::rename(tmp, path);
-}
+void write_file_atomic(const fs::path& path, const std::string& text) { io::write_file_atomic(path.string(), text); }
 
 // save_pretrained into DIR.tmp, then DIR.tmp replaces DIR: a crash leaves the old DIR.
 void save_adapter_atomic(const nn::Module& model, const fs::path& dir) {

@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "io/atomic_file.h"
 #include "runtime/error.h"
 #include "runtime/generator.h"
 
@@ -75,15 +76,9 @@ void split_pairs(std::vector<TextPair> all, size_t heldout, uint64_t seed, std::
 }
 
 void write_pairs_tsv(const std::string& path, const std::vector<TextPair>& pairs) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) fail("cannot write ", tmp);
-    out << "id\tquery\tdoc\n";
-    for (const auto& p : pairs) out << p.id << '\t' << clean_field(p.query) << '\t' << clean_field(p.doc) << '\n';
-    if (!out.flush()) fail("cannot write ", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  std::string text = "id\tquery\tdoc\n";
+  for (const auto& p : pairs) text += p.id + '\t' + clean_field(p.query) + '\t' + clean_field(p.doc) + '\n';
+  io::write_file_atomic(path, text);
 }
 
 std::vector<TextPair> read_pairs_tsv(const std::string& path) {

@@ -1,0 +1,65 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "runtime/error.h"
+
+namespace peft::io {
+
+std::string unique_temp_suffix() {
+  static std::atomic<uint64_t> counter{0};
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%ld.%llu.%08llx", long(::getpid()),
+                static_cast<unsigned long long>(counter.fetch_add(1)),
+                static_cast<unsigned long long>(rng() & 0xffffffffu));
+  return buf;
+}
+
+void fsync_dir(const std::string& dir) {
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::filesystem::path target(path);
+  const std::string dir = target.parent_path().string();
+  const std::string tmp =
+      (target.parent_path() / ("." + target.filename().string() + ".tmp." + unique_temp_suffix())).string();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, ": cannot save: cannot create the temporary file '", tmp, "': ", std::strerror(errno));
+  auto fail_removing = [&](const char* what, int e) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    fail(path, ": cannot save: ", what, " the temporary file '", tmp, "' failed: ", std::strerror(e),
+         "; the existing file (if any) was left unchanged");
+  };
+  size_t off = 0;
+  while (off < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail_removing("writing", errno);
+    }
+    off += size_t(n);
+  }
+  if (::fsync(fd) != 0) fail_removing("flushing", errno);
+  const int c = ::close(fd);
+  fd = -1;
+  if (c != 0) fail_removing("closing", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail_removing("renaming", errno);
+  fsync_dir(dir);
+}
+
+}  // namespace peft::io

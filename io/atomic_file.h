@@ -1,0 +1,20 @@
+// Writing files so that a failure (or a kill) never leaves a half-written file in place:
+// the shared pieces of the safetensors writer, the adapter-folder writer and the tools.
+#pragma once
+#include <string>
+
+namespace peft::io {
+
+// A suffix for temporary file names no other writer uses at the same time: the process id,
+// a process-wide atomic counter and 32 random bits ("1234.7.9f3a01bc").
+std::string unique_temp_suffix();
+
+// fsync of a folder, so that a rename in it is durable (best effort: some file systems refuse).
+void fsync_dir(const std::string& dir);
+
+// Writes `bytes` to `path` atomically: a hidden temporary file in the same folder
+// (".NAME.tmp.<suffix>"), fsync, rename over `path`, fsync of the folder. On failure the old
+// file is unchanged, the temporary file is removed, and the peft::Error names both.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace peft::io
