@@ -25,6 +25,7 @@
 #include "testing.h"
 #include "tools/charlm.h"
 #include "tools/host_models.h"
+#include "tools/train_guard.h"
 
 using namespace peft;
 namespace fs = std::filesystem;
@@ -389,6 +390,59 @@ TEST_CASE("a writer killed mid-way leaves the previous file intact (SIGKILL)") {
 
 // ===========================================================================
 // Numeric faults.
+
+TEST_CASE("DivergenceGuard: a rising loss or an exploding gradient stops a run after warm-up") {
+  cli::DivergenceGuard g(5);
+  for (int s = 0; s < 20; ++s) CHECK(g.check(s, 2.0 - 0.02 * s, 1.0 + 0.01 * s) == "");
+  // one noisy batch is not divergence (the loss is smoothed)
+  CHECK(g.check(20, 5.0, 1.2) == "");
+  std::string why;
+  for (int s = 21; s < 60 && why.empty(); ++s) why = g.check(s, 40.0, 1.0);
+  CHECK(has(why, "training diverged at step"));
+  CHECK(has(why, "the smoothed loss"));
+  cli::DivergenceGuard h(5);
+  for (int s = 0; s < 20; ++s) CHECK(h.check(s, 1.0, 2.0) == "");
+  CHECK(has(h.check(20, 1.0, 500.0), "the gradient norm 500 is over 100x its recent median 2"));
+  cli::DivergenceGuard k(100);  // non-finite values stop at once, warm-up or not
+  CHECK(has(k.check(0, std::nan(""), 1.0), "the loss became nan at step 1"));
+  CHECK(has(k.check(0, 1.0, INFINITY), "the gradient norm became inf at step 1"));
+  // warm-up: early rises are not judged
+  cli::DivergenceGuard w(10);
+  CHECK(w.check(0, 1.0) == "");
+  CHECK(w.check(1, 100.0) == "");
+}
+
+TEST_CASE("peft finetune stops a diverging run (learning rate 1e30) without writing an adapter") {
+  std::string exe = peft_exe();
+  if (!fs::exists(exe)) {
+    MESSAGE("skipped: " << exe << " not built");
+    return;
+  }
+  TempDir dir;
+  lm::CharLMConfig cfg;
+  cfg.context = 3;
+  cfg.embed = 4;
+  cfg.hidden = 8;
+  cfg.vocab = lm::Vocab::standard().size();
+  Generator g(0);
+  lm::CharLM model(cfg, g);
+  io::save_safetensors(dir / "base.safetensors", model.state_dict(), {cfg.to_metadata()});
+  {
+    std::ofstream words(dir / "words.txt");
+    for (const char* w : {"cat", "dog", "bird", "fish", "horse", "mouse", "sheep", "goat", "duck", "cow", "pig", "hen"})
+      words << w << "\n";
+  }
+  std::string cmd = exe + " finetune --base " + (dir / "base.safetensors") + " --data " + (dir / "words.txt") +
+                    " --out " + (dir / "out") + " --steps 40 --batch 8 --lr 1e30 > " + (dir / "log.txt") + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::string log = read_file(dir / "log.txt");
+  INFO("log: " << log);
+  CHECK(WIFEXITED(rc));
+  CHECK(WEXITSTATUS(rc) == 1);
+  CHECK(has(log, "finetune: training diverged at step"));
+  CHECK(has(log, "stopping without writing an adapter (try a lower --lr)"));
+  CHECK(!fs::exists(dir / "out/adapter_model.safetensors"));
+}
 
 TEST_CASE("peft finetune stops on a non-finite loss without writing an adapter") {
   std::string exe = peft_exe();

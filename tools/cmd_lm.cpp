@@ -21,6 +21,7 @@
 #include "tools/progress.h"
 #include "tools/plot.h"
 #include "tools/text_commands.h"
+#include "tools/train_guard.h"
 
 namespace peft::cli {
 
@@ -187,6 +188,7 @@ int run_finetune(const std::vector<std::string>& argv) {
 
   nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.0});
   nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
+  DivergenceGuard guard(steps / 20);
   model->train();
   std::vector<double> losses;
   Progress bar("finetune", steps);
@@ -196,11 +198,14 @@ int run_finetune(const std::vector<std::string>& argv) {
     lm::Batch b = lm::sample_batch(train, batch, gen);
     Tensor loss = cross_entropy((*model)(b.ctx), b.target);
     loss.backward();
-    opt.step();
-    opt.zero_grad();
     double l = loss.item();
     if (!std::isfinite(l))
       fail("finetune: loss became ", l, " at step ", s + 1, "; stopping without writing an adapter");
+    const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
+    if (std::string why = guard.check(s, l, gnorm); !why.empty())
+      fail("finetune: ", why, "; stopping without writing an adapter (try a lower --lr)");
+    opt.step();
+    opt.zero_grad();
     losses.push_back(l);
     ema = s == 0 ? l : 0.95 * ema + 0.05 * l;
     char info[96];

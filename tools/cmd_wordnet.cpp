@@ -23,6 +23,7 @@
 #include "tools/plot.h"
 #include "tools/progress.h"
 #include "tools/text_model.h"
+#include "tools/train_guard.h"
 #include "tools/wordnet.h"
 
 namespace peft::cli {
@@ -229,6 +230,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   };
 
   std::vector<double> losses, step_seconds;
+  DivergenceGuard guard(warmup);
   Progress bar("finetune-embed", steps);
   Tensor labels = arange(0, double(batch), 1, DType::int64);
   for (int64_t s = 0; s < steps; ++s) {
@@ -242,12 +244,16 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     Tensor ed = nn::l2_normalize(nn::mean_pooling(tm.model->forward(id), id.attention_mask));
     Tensor loss = cross_entropy(mul(matmul(eq, ed.t()), scale), labels);
     const double l = loss.item();
-    if (!std::isfinite(l))
-      fail("finetune-embed: the loss became ", l, " at step ", s + 1, "; stopping (",
+    auto stop = [&](const std::string& why) {
+      fail("finetune-embed: ", why, "; stopping (",
            fs::exists(out / "checkpoint") ? "the last checkpoint in " + (out / "checkpoint").string() + " is intact"
                                           : "no checkpoint was written yet",
            "); try a lower --lr");
+    };
+    if (!std::isfinite(l)) stop(guard.check(s, l));
     loss.backward();
+    const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
+    if (std::string why = guard.check(s, l, gnorm); !why.empty()) stop(why);
     opt.step();
     opt.zero_grad();
     losses.push_back(l);
