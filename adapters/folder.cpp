@@ -50,6 +50,7 @@ static void write_new_file_synced(const std::string& path, const std::string& te
 
 // A hidden name next to `final` for a file being prepared (unique across threads and processes).
 static std::string staging_name(const fs::path& final) {
+  io::remove_stale_temp_files(final.parent_path().string(), final.filename().string());  // a killed save's
   return (final.parent_path() / ("." + final.filename().string() + ".saving." + io::unique_temp_suffix())).string();
 }
 

@@ -1,11 +1,13 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -24,6 +26,27 @@ std::string unique_temp_suffix() {
   return buf;
 }
 
+int remove_stale_temp_files(const std::string& dir, const std::string& name) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  int removed = 0;
+  const std::string d = dir.empty() ? "." : dir;
+  for (const char* kind : {".tmp.", ".saving."}) {
+    const std::string prefix = "." + name + kind;
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string f = it->path().filename().string();
+      if (f.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string rest = f.substr(prefix.size());  // "<pid>.<counter>.<random>"
+      char* endp = nullptr;
+      const long pid = std::strtol(rest.c_str(), &endp, 10);
+      if (pid <= 0 || endp == rest.c_str() || *endp != '.') continue;
+      if (::kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+      if (::unlink(it->path().c_str()) == 0) ++removed;
+    }
+  }
+  return removed;
+}
+
 void fsync_dir(const std::string& dir) {
   int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
@@ -35,6 +58,7 @@ void fsync_dir(const std::string& dir) {
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::filesystem::path target(path);
   const std::string dir = target.parent_path().string();
+  remove_stale_temp_files(dir, target.filename().string());
   const std::string tmp =
       (target.parent_path() / ("." + target.filename().string() + ".tmp." + unique_temp_suffix())).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

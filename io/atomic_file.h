@@ -9,6 +9,12 @@ namespace peft::io {
 // a process-wide atomic counter and 32 random bits ("1234.7.9f3a01bc").
 std::string unique_temp_suffix();
 
+// Removes the temporary files that writers of `name` in `dir` killed mid-write left behind
+// (".NAME.tmp.<pid>.*" and ".NAME.saving.<pid>.*" whose process no longer runs); every writer
+// calls it before it starts, so a SIGKILL leaves nothing the next write does not clean up.
+// Returns how many it removed. Files of live processes are never touched.
+int remove_stale_temp_files(const std::string& dir, const std::string& name);
+
 // fsync of a folder, so that a rename in it is durable (best effort: some file systems refuse).
 void fsync_dir(const std::string& dir);
 

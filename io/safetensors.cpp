@@ -619,6 +619,7 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Tensor
   w.dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : w.target.substr(0, slash));
   std::string base = slash == std::string::npos ? w.target : w.target.substr(slash + 1);
 
+  remove_stale_temp_files(w.dir, base);  // what a killed writer of this file left
   TempFile& tmp = w.tmp;
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string cand = (w.dir == "/" ? "" : w.dir) + "/." + base + ".tmp." + unique_temp_suffix();

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -791,5 +792,28 @@ TEST_CASE("write_file_atomic replaces a file whole, and leaves it alone on failu
   for (const auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
   CHECK(files == 1);  // report.json only: no temporary file left behind
   CHECK(unique_temp_suffix() != unique_temp_suffix());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("temporary files of a killed writer are removed by the next write to the same place") {
+  const fs::path dir = fs::temp_directory_path() / ("peft_stale_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  // a writer that died: a child process that exits at once, so its pid is free
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  int status = 0;
+  ::waitpid(dead, &status, 0);
+  const std::string stale = "." + std::string("w.safetensors") + ".tmp." + std::to_string(dead) + ".0.deadbeef";
+  const std::string mine = "." + std::string("w.safetensors") + ".tmp." + std::to_string(::getpid()) + ".99.cafe0000";
+  const std::string other = ".other.safetensors.tmp." + std::to_string(dead) + ".0.deadbeef";
+  for (const auto& f : {stale, mine, other}) std::ofstream(dir / f) << "partial";
+  StateDict sd;
+  sd.set("x", ones({2}));
+  save_safetensors((dir / "w.safetensors").string(), sd);
+  CHECK(!fs::exists(dir / stale));  // the dead writer's leftover is gone
+  CHECK(fs::exists(dir / mine));    // a live process's file is never touched
+  CHECK(fs::exists(dir / other));   // nor another file's
+  CHECK(remove_stale_temp_files(dir.string(), "other.safetensors") == 1);
   fs::remove_all(dir);
 }
