@@ -107,6 +107,29 @@ std::string peft_exe() {
   return (fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "tools" / "peft").string();
 }
 
+// DIR/base.safetensors (a tiny character LM, optionally with NaN fc1 weights) and
+// DIR/words.txt, for running `peft finetune` end to end.
+template <class Dir>
+void write_tiny_charlm(const Dir& dir, bool nan_weights) {
+  lm::CharLMConfig cfg;
+  cfg.context = 3;
+  cfg.embed = 4;
+  cfg.hidden = 8;
+  cfg.vocab = lm::Vocab::standard().size();
+  Generator g(0);
+  lm::CharLM model(cfg, g);
+  StateDict sd = model.state_dict();
+  if (nan_weights) {
+    Tensor w = sd.at("fc1.weight").clone();
+    w.fill_(std::numeric_limits<double>::quiet_NaN());
+    sd.set("fc1.weight", w);
+  }
+  io::save_safetensors(dir / "base.safetensors", sd, {cfg.to_metadata()});
+  std::ofstream words(dir / "words.txt");
+  for (const char* w : {"cat", "dog", "bird", "fish", "horse", "mouse", "sheep", "goat", "duck", "cow", "pig", "hen"})
+    words << w << "\n";
+}
+
 }  // namespace
 
 // ===========================================================================
@@ -419,19 +442,7 @@ TEST_CASE("peft finetune stops a diverging run (learning rate 1e30) without writ
     return;
   }
   TempDir dir;
-  lm::CharLMConfig cfg;
-  cfg.context = 3;
-  cfg.embed = 4;
-  cfg.hidden = 8;
-  cfg.vocab = lm::Vocab::standard().size();
-  Generator g(0);
-  lm::CharLM model(cfg, g);
-  io::save_safetensors(dir / "base.safetensors", model.state_dict(), {cfg.to_metadata()});
-  {
-    std::ofstream words(dir / "words.txt");
-    for (const char* w : {"cat", "dog", "bird", "fish", "horse", "mouse", "sheep", "goat", "duck", "cow", "pig", "hen"})
-      words << w << "\n";
-  }
+  write_tiny_charlm(dir, /*nan_weights=*/false);
   std::string cmd = exe + " finetune --base " + (dir / "base.safetensors") + " --data " + (dir / "words.txt") +
                     " --out " + (dir / "out") + " --steps 40 --batch 8 --lr 1e30 > " + (dir / "log.txt") + " 2>&1";
   int rc = std::system(cmd.c_str());
@@ -451,25 +462,9 @@ TEST_CASE("peft finetune stops on a non-finite loss without writing an adapter")
     return;
   }
   TempDir dir;
-  lm::CharLMConfig cfg;
-  cfg.context = 3;
-  cfg.embed = 4;
-  cfg.hidden = 8;
-  cfg.vocab = lm::Vocab::standard().size();
-  Generator g(0);
-  lm::CharLM model(cfg, g);
-  // A numeric fault in the base model (one NaN weight) makes the very first loss NaN. (A huge
+  // A numeric fault in the base model (NaN weights) makes the very first loss NaN. (A huge
   // learning rate does not: the loss is a stable log-softmax and stays finite, if absurd.)
-  StateDict sd = model.state_dict();
-  Tensor w = sd.at("fc1.weight").clone();
-  w.fill_(std::numeric_limits<double>::quiet_NaN());
-  sd.set("fc1.weight", w);
-  io::save_safetensors(dir / "base.safetensors", sd, {cfg.to_metadata()});
-  {
-    std::ofstream words(dir / "words.txt");
-    for (const char* w : {"cat", "dog", "bird", "fish", "horse", "mouse", "sheep", "goat", "duck", "cow", "pig", "hen"})
-      words << w << "\n";
-  }
+  write_tiny_charlm(dir, /*nan_weights=*/true);
   std::string cmd = exe + " finetune --base " + (dir / "base.safetensors") + " --data " + (dir / "words.txt") +
                     " --out " + (dir / "out") + " --steps 20 --batch 8 > " + (dir / "log.txt") + " 2>&1";
   int rc = std::system(cmd.c_str());

@@ -254,15 +254,6 @@ class SequenceDec : public Decoder {
   std::vector<std::unique_ptr<Decoder>> v_;
 };
 
-char32_t one_char(const json& j, const char* key, const std::string& path, const Ctx& ctx) {
-  std::string s = get_string(j, key, path, ctx);
-  if (s.empty() || count_chars(s) != 1 || find_invalid_utf8(s) != std::string::npos) {
-    ctx.fail("field '", path, ".", key, "' must be a single character");
-  }
-  size_t i = 0;
-  return next_cp(s, i);
-}
-
 }  // namespace
 
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& path, const Ctx& ctx) {
@@ -281,7 +272,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& path, co
     if (const json* a = opt_field(j, "add_prefix_space")) {
       if (a->is_boolean() && !a->get<bool>()) prepend = false;
     }
-    return std::make_unique<MetaspaceDec>(one_char(j, "replacement", path, ctx), prepend);
+    return std::make_unique<MetaspaceDec>(get_char(j, "replacement", path, ctx), prepend);
   }
   if (type == "Replace") {
     return std::make_unique<ReplaceDec>(make_pattern(j, path, ctx), get_string(j, "content", path, ctx));
@@ -289,7 +280,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& path, co
   if (type == "ByteFallback") return std::make_unique<ByteFallbackDec>();
   if (type == "Fuse") return std::make_unique<FuseDec>();
   if (type == "Strip") {
-    return std::make_unique<StripDec>(one_char(j, "content", path, ctx), get_uint(j, "start", path, ctx),
+    return std::make_unique<StripDec>(get_char(j, "content", path, ctx), get_uint(j, "start", path, ctx),
                                       get_uint(j, "stop", path, ctx));
   }
   if (type == "BPEDecoder") {

@@ -37,6 +37,8 @@ bool get_bool(const json& obj, const char* key, const std::string& path, const C
 uint64_t get_uint(const json& obj, const char* key, const std::string& path, const Ctx& ctx,
                   std::optional<uint64_t> dflt = std::nullopt);
 std::string type_of(const json& obj, const std::string& path, const Ctx& ctx);
+// A string field holding exactly one character (Metaspace's replacement, Strip's content...).
+char32_t get_char(const json& obj, const char* key, const std::string& path, const Ctx& ctx);
 
 // ---- UTF-8 / Unicode (unicode.cpp) -------------------------------------------------------
 // Decodes the code point at s[i] (s valid UTF-8) and advances i.

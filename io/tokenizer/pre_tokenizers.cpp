@@ -423,15 +423,6 @@ class SequencePre : public PreTokenizer {
   std::vector<std::unique_ptr<PreTokenizer>> v_;
 };
 
-char32_t single_char(const json& j, const char* key, const std::string& path, const Ctx& ctx) {
-  std::string s = get_string(j, key, path, ctx);
-  if (s.empty() || count_chars(s) != 1 || find_invalid_utf8(s) != std::string::npos) {
-    ctx.fail("field '", path, ".", key, "' must be a single character");
-  }
-  size_t i = 0;
-  return next_cp(s, i);
-}
-
 }  // namespace
 
 
@@ -444,7 +435,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
                                           get_bool(j, "use_regex", path, ctx, true));
   }
   if (type == "Metaspace") {
-    char32_t rep = single_char(j, "replacement", path, ctx);
+    char32_t rep = get_char(j, "replacement", path, ctx);
     Metaspace::Scheme scheme = Metaspace::Scheme::Always;
     if (const json* s = opt_field(j, "prepend_scheme")) {
       std::string v = s->is_string() ? s->get<std::string>() : "";
@@ -478,7 +469,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
                       ind ? SplitBehavior::Isolated : SplitBehavior::Contiguous);
   }
   if (type == "CharDelimiterSplit") {
-    char32_t d = single_char(j, "delimiter", path, ctx);
+    char32_t d = get_char(j, "delimiter", path, ctx);
     return char_split([d](char32_t c) { return c == d; }, SplitBehavior::Removed);
   }
   if (type == "Split") {

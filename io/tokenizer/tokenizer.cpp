@@ -56,6 +56,14 @@ uint64_t get_uint(const json& obj, const char* key, const std::string& path, con
   return f->get<uint64_t>();
 }
 
+char32_t get_char(const json& obj, const char* key, const std::string& path, const Ctx& ctx) {
+  const std::string s = get_string(obj, key, path, ctx);
+  if (s.empty() || count_chars(s) != 1 || find_invalid_utf8(s) != std::string::npos)
+    ctx.fail("field '", join_path(path, key), "' must be a single character");
+  size_t i = 0;
+  return next_cp(s, i);
+}
+
 std::string type_of(const json& obj, const std::string& path, const Ctx& ctx) {
   if (!obj.is_object()) ctx.fail("field '", path, "' must be an object with a \"type\", got ", obj.dump().substr(0, 80));
   return get_string(obj, "type", path, ctx);
