@@ -303,7 +303,7 @@ int run_generate(const std::vector<std::string>& argv) {
 }
 
 Registrar reg_finetune({"finetune", "fine-tune the base model with LoRA on a word list", run_finetune});
-Registrar reg_generate({"generate", "sample words from the base model and adapters", run_generate});
+Registrar reg_generate({"generate", "sample words (character LM), or continue a prompt with --model (GPT-2, Llama)", run_generate});
 
 }  // namespace
 

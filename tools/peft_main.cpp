@@ -18,7 +18,7 @@ const std::vector<Command>& commands() { return registry(); }
 
 static void print_usage(FILE* f) {
   std::fprintf(f, "usage: peft <command> [options]\n\ncommands:\n");
-  for (const auto& c : peft::cli::commands()) std::fprintf(f, "  %-10s %s\n", c.name, c.summary);
+  for (const auto& c : peft::cli::commands()) std::fprintf(f, "  %-15s %s\n", c.name, c.summary);
   std::fprintf(f, "\nRun 'peft <command> --help' for a command's options.\n");
 }
 
