@@ -129,7 +129,7 @@ std::regex compile_user_regex(const std::string& pattern, const char* what);
 
 enum class TargetMatch { unmatched, matched, excluded };
 
-// PEFT's check_target_module_exists (§1.2): exclude, modules_to_save guard,
+// PEFT's check_target_module_exists (PEFT's tuners/tuners_utils.py): exclude, modules_to_save guard,
 // regex full match or exact / suffix match, layers_to_transform filter.
 TargetMatch check_target_module_exists(const PeftConfig& cfg, const std::string& key);
 // The layer index PEFT extracts from `key` (nullopt when none).
@@ -302,7 +302,7 @@ class ScopedWarningHandler {
 
 // ---------------------------------------------------------------- core API --
 
-// Injects `config` as adapter `adapter_name` into `model` in place (§1).
+// Injects `config` as adapter `adapter_name` into `model` in place (PEFT's tuners/tuners_utils.py).
 // Returns `model`.
 nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
                                     const std::string& adapter_name = "default",
@@ -315,10 +315,10 @@ nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model,
 nn::Module& inject_from_state_dict(const PeftConfig& config, nn::Module& model, const StateDict& state_dict,
                                    const std::string& adapter_name = "default", bool low_cpu_mem_usage = false);
 
-// The adapter's tensors under PEFT's checkpoint names (§5).
+// The adapter's tensors under PEFT's checkpoint names (PEFT's utils/save_and_load.py).
 StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name = "default");
 
-// Loads an adapter checkpoint (§6). missing/unexpected keys are unfiltered, as PEFT.
+// Loads an adapter checkpoint (PEFT's utils/save_and_load.py). missing/unexpected keys are unfiltered, as PEFT.
 nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& state_dict,
                                          const std::string& adapter_name = "default",
                                          bool low_cpu_mem_usage = false);

@@ -1,4 +1,4 @@
-// AdaLoRA (§4): config validation and JSON, SVDLinear forward / merge /
+// AdaLoRA (PEFT's tuners/adalora/): config validation and JSON, SVDLinear forward / merge /
 // unmerge round trips, the rank allocator (budget schedule at its boundaries,
 // mask selection with ties, forced final mask, re-applied mask), state-dict
 // trimming / resizing by rank_pattern, orthogonal regularisation.

@@ -1,5 +1,5 @@
 // Adapters: the PEFT 0.21 goldens (through the parity library), target
-// matching tables (§1.2), every error message (§1.3, §2), merge/unmerge,
+// matching tables (PEFT's tuners/tuners_utils.py), every error message (PEFT's tuners/tuners_utils.py), merge/unmerge,
 // delete_adapter, several active adapters, the README's seed example.
 #include <doctest/doctest.h>
 
@@ -130,7 +130,7 @@ TEST_CASE("parity: every AdaLoRA golden case passes") {
 
 // ----------------------------------------------------------------- matching --
 
-TEST_CASE("target matching table (§1.2)") {
+TEST_CASE("target matching table (PEFT's tuners/tuners_utils.py)") {
   struct Row {
     const char* what;
     std::function<void(LoraConfig&)> setup;
@@ -307,7 +307,7 @@ TEST_CASE("injection follows the matching rules on a deep model") {
 
 // ---------------------------------------------------------------- errors --
 
-TEST_CASE("error messages (§1.3, §2)") {
+TEST_CASE("error messages (PEFT's tuners/tuners_utils.py)") {
   WarningCapture w;
   CHECK(error_of([] {
           auto m = dummy();
@@ -448,7 +448,7 @@ TEST_CASE("injection keeps the base module object and freezes it") {
   CHECK_ALLCLOSE(run(*m, ids()), run(*ref, ids()), 0, 0);
 }
 
-TEST_CASE("second injection: newest adapter active everywhere (§1.5)") {
+TEST_CASE("second injection: newest adapter active everywhere (PEFT's tuners/tuners_utils.py)") {
   WarningCapture w;
   auto m = dummy();
   inject_adapter_in_model(lcfg({"linear"}), *m, "a");

@@ -1,4 +1,4 @@
-// IA3 (§3): config validation and JSON, injection on the host models,
+// IA3 (PEFT's tuners/ia3/): config validation and JSON, injection on the host models,
 // feed-forward input scaling vs output scaling, several active adapters,
 // merge / unmerge / safe_merge round trips, Embedding rejection, state-dict
 // keys and the IA3 goldens through the parity library.

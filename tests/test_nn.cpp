@@ -215,7 +215,7 @@ TEST_CASE("repr matches PyTorch / PEFT 0.21.0 printouts") {
 ))";
   CHECK(model->repr() == seed);
 
-  // §8: targeted embedding
+  // PEFT's tuners/lora/: targeted embedding
   auto emb = std::make_shared<Module>("lora.Embedding");
   emb->register_child("base_layer", std::make_shared<Embedding>(10, 10));
   auto drop = std::make_shared<ModuleDict>();

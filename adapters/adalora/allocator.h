@@ -1,5 +1,5 @@
 // AdaLoRA's rank allocator (PEFT's RankAllocator + AdaLoraModel.update_and_allocate,
-// §4.3), usable on a model injected with the low-level API (PEFT loses it
+// PEFT's tuners/adalora/), usable on a model injected with the low-level API (PEFT loses it
 // there, issue #3373), and the orthogonal regularisation loss.
 //
 //   peft::inject_adapter_in_model(cfg, *model);
@@ -39,7 +39,7 @@ class AdaLoraAllocator {
   // Uses the config the adapter was injected with.
   explicit AdaLoraAllocator(nn::Module& model, std::string adapter_name = "default");
 
-  // (budget, mask now) at `step` (§4.3).
+  // (budget, mask now) at `step` (PEFT's tuners/adalora/).
   std::pair<int64_t, bool> budget_schedule(int64_t step) const;
   // Importance EMA and uncertainty from the current gradients.
   void update_ipt();

@@ -1,4 +1,4 @@
-// AdaLoraConfig (PEFT's tuners/adalora/config.py, §4.1): a LoraConfig with the
+// AdaLoraConfig (PEFT's tuners/adalora/config.py): a LoraConfig with the
 // rank-allocation schedule. rank_pattern here is AdaLoRA's boolean keep-mask
 // per lora_E ("lin0.lora_E[.default]" -> [true, false, ...]), not LoRA's ranks.
 #pragma once

@@ -1,4 +1,4 @@
-// adalora.SVDLinear. Forward (§4.2): y = base(x) + (dropout(x)·(A⊙E)ᵀ·Bᵀ)·s/(ranknum+1e-5);
+// adalora.SVDLinear. Forward (PEFT's tuners/adalora/): y = base(x) + (dropout(x)·(A⊙E)ᵀ·Bᵀ)·s/(ranknum+1e-5);
 // merge adds transpose(B·(A⊙E), fan_in_fan_out)·s/(ranknum+1e-5), unmerge subtracts it.
 #include "adapters/adalora/layer.h"
 

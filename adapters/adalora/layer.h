@@ -1,4 +1,4 @@
-// AdaLoRA's SVD layer (PEFT's tuners/adalora/layer.py, §4.2): ΔW = B·(A⊙E),
+// AdaLoRA's SVD layer (PEFT's tuners/adalora/layer.py): ΔW = B·(A⊙E),
 // scaled by lora_alpha/(ranknum+1e-5). lora_A (r,in), lora_E (r,1),
 // lora_B (out,r) and ranknum (1,) are ParameterDicts keyed by adapter name.
 #pragma once

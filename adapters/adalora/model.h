@@ -1,7 +1,7 @@
 // AdaLoraModel's part of injection (PEFT's tuners/adalora/model.py): every
 // target gets an SVDLinear of rank init_r; one trainable AdaLoRA adapter per
 // model; state dicts drop ranknum, are trimmed by rank_pattern on save and the
-// layers resized by it before a load (§4.4). Registered as method "ADALORA".
+// layers resized by it before a load (PEFT's tuners/adalora/). Registered as method "ADALORA".
 #pragma once
 #include <memory>
 #include <string>

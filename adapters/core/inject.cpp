@@ -272,7 +272,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
     }
   }
 
-  // Freezing (§1.5, §2.6).
+  // Freezing (PEFT's tuners/tuners_utils.py).
   freeze_non_adapter(model);
   for (auto& [n, t] : tuner_layers(model)) t->set_adapter({adapter_name}, cfg->inference_mode);
   mark_bias_trainable(model, *cfg);

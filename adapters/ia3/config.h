@@ -1,4 +1,4 @@
-// IA3Config: PEFT 0.21's fields and defaults (§3), from/to adapter_config.json.
+// IA3Config: PEFT 0.21's fields and defaults (PEFT's tuners/ia3/), from/to adapter_config.json.
 #pragma once
 #include <memory>
 #include <string>

@@ -1,4 +1,4 @@
-// IA3 layers (§3). Forward scales the base layer's outputs (or, for
+// IA3 layers (PEFT's tuners/ia3/). Forward scales the base layer's outputs (or, for
 // feed-forward layers, its inputs) by the product of the active adapters'
 // vectors. Merge multiplies W's rows (columns for feed-forward) and, for
 // non-feed-forward layers, the bias; unmerge divides by ia3_l + 1e-8.

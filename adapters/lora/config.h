@@ -1,4 +1,4 @@
-// LoraConfig: PEFT 0.21's fields and defaults (§2.1), from/to adapter_config.json.
+// LoraConfig: PEFT 0.21's fields and defaults (PEFT's tuners/lora/), from/to adapter_config.json.
 #pragma once
 #include <string>
 #include <utility>

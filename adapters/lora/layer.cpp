@@ -1,6 +1,6 @@
-// LoRA layers. Forward (§2.4): y = base(x) + s·B(A(dropout(x))) per active
+// LoRA layers. Forward (PEFT's tuners/lora/): y = base(x) + s·B(A(dropout(x))) per active
 // adapter, computed as two thin matmuls (ΔW is never materialised).
-// Merge (§2.5): W += s·B·A (DoRA: W = m/‖W+ΔW‖·(W+ΔW)); unmerge subtracts.
+// Merge (PEFT's tuners/lora/): W += s·B·A (DoRA: W = m/‖W+ΔW‖·(W+ΔW)); unmerge subtracts.
 #include "adapters/lora/layer.h"
 
 #include <algorithm>
@@ -334,7 +334,7 @@ Tensor Linear::forward(const Tensor& x) {
       }
       continue;
     }
-    // DoRA (§2.4): the norm is detached; base_result is the current result minus bias.
+    // DoRA (PEFT's tuners/lora/): the norm is detached; base_result is the current result minus bias.
     auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
     Tensor xd = xin;
     Tensor base_result;
