@@ -2,12 +2,23 @@
 #pragma once
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "tools/cli.h"
 
 namespace peft::cli {
+
+// "a,b,,c" -> {"a", "b", "c"} (option values such as --target-modules).
+inline std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
 
 class Args {
  public:

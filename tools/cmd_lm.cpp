@@ -135,16 +135,6 @@ options:
                          DIR/model.safetensors instead of an adapter)
 )";
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-
 int run_finetune(const std::vector<std::string>& argv) {
   Args a(argv, {"base", "data", "out", "target-modules", "r", "alpha", "dropout", "steps", "batch",
                 "lr", "seed"},

@@ -32,15 +32,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> split_csv(const std::string& s) {
-  std::vector<std::string> out;
-  std::string item;
-  std::istringstream ss(s);
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 void write_file_atomic(const fs::path& path, const std::string& text) { io::write_file_atomic(path.string(), text); }
 
 // save_pretrained into DIR.tmp, then DIR.tmp replaces DIR: a crash leaves the old DIR.
@@ -198,7 +189,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   cfg.r = a.get_int("r", 8);
   cfg.lora_alpha = a.get_double("alpha", 16.0);
   cfg.lora_dropout = a.get_double("dropout", 0.0);
-  cfg.target_modules = TargetModules::list(split_csv(a.get("target-modules", "query,key,value,dense")));
+  cfg.target_modules = TargetModules::list(split_commas(a.get("target-modules", "query,key,value,dense")));
   inject_adapter_in_model(cfg, *tm.model, "default");
   nn::NamedTensors trainable;
   int64_t n_train = 0, n_total = 0;

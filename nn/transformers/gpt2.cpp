@@ -50,7 +50,8 @@ Gpt2Dims read_gpt2_config(const ordered_json& c) {
 
 GPT2Model::GPT2Model(const ordered_json& config, DType dt, Device dev) : PreTrainedModel("GPT2Model", config) {
   const Gpt2Dims d = read_gpt2_config(config);
-  vocab_ = d.vocab, layers_ = d.layers, max_pos_ = d.positions;
+  vocab_ = d.vocab, layers_ = d.layers, max_pos_ = d.positions, embd_ = d.embd, heads_ = d.heads;
+  scale_weights_ = d.scale_weights, scale_by_layer_ = d.scale_by_layer;
   register_module("wte", std::make_shared<Embedding>(d.vocab, d.embd, std::nullopt, nullptr, dt, dev));
   register_module("wpe", std::make_shared<Embedding>(d.positions, d.embd, std::nullopt, nullptr, dt, dev));
   register_module("drop", std::make_shared<Dropout>(d.embd_drop));
@@ -79,19 +80,18 @@ GPT2Model::GPT2Model(const ordered_json& config, DType dt, Device dev) : PreTrai
 
 Tensor GPT2Model::forward(const ModelInputs& in) {
   Prepared p = prepare_inputs("GPT2Model", in, vocab_, max_pos_, false, 0);
-  const Gpt2Dims d = read_gpt2_config(config_);
   Tensor x = child("drop")(add(child("wte")(p.ids), child("wpe")(p.positions)));
-  const int64_t hd = d.embd / d.heads;
+  const int64_t hd = embd_ / heads_;
   size_t li = 0;
   for (const auto& [name, block] : child("h").children()) {
     Module& attn = block->child("attn");
     Tensor qkv = attn.child("c_attn")(block->child("ln_1")(x));  // [B, T, 3E]
-    Tensor q = split_heads(qkv.narrow(2, 0, d.embd), d.heads, hd);
-    Tensor k = split_heads(qkv.narrow(2, d.embd, d.embd), d.heads, hd);
-    Tensor v = split_heads(qkv.narrow(2, 2 * d.embd, d.embd), d.heads, hd);
+    Tensor q = split_heads(qkv.narrow(2, 0, embd_), heads_, hd);
+    Tensor k = split_heads(qkv.narrow(2, embd_, embd_), heads_, hd);
+    Tensor v = split_heads(qkv.narrow(2, 2 * embd_, embd_), heads_, hd);
     if (in.cache) std::tie(k, v) = in.cache->append(li, k, v);
-    double scale = d.scale_weights ? 1.0 / std::sqrt(double(hd)) : 1.0;
-    if (d.scale_by_layer) scale /= double(li + 1);
+    double scale = scale_weights_ ? 1.0 / std::sqrt(double(hd)) : 1.0;
+    if (scale_by_layer_) scale /= double(li + 1);
     Tensor ctx = merge_heads(scaled_dot_product_attention(q, k, v, p.mask, true, scale));
     x = add(x, attn.child("resid_dropout")(attn.child("c_proj")(ctx)));
     Module& mlp = block->child("mlp");

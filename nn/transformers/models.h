@@ -35,7 +35,8 @@ class GPT2Model : public PreTrainedModel {
   int64_t max_positions() const override { return max_pos_; }
 
  private:
-  int64_t vocab_, layers_, max_pos_;
+  int64_t vocab_, layers_, max_pos_, embd_, heads_;
+  bool scale_weights_, scale_by_layer_;
 };
 
 class GPT2LMHeadModel : public PreTrainedModel {
