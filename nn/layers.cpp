@@ -123,12 +123,12 @@ std::shared_ptr<Module> Embedding::clone() const {
 // ---------------------------------------------------------------------------
 // Dropout
 
-Dropout::Dropout(double p_, Generator* g) : Module("Dropout"), p(p_), gen(g) {
+Dropout::Dropout(double p_, std::shared_ptr<Generator> g) : Module("Dropout"), p(p_), gen(std::move(g)) {
   if (!(p >= 0 && p <= 1))
     fail("[Dropout] dropout probability has to be between 0 and 1, but got ", p);
 }
 
-Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, training_, gen_or_default(gen)); }
+Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, training_, gen ? *gen : default_generator()); }
 
 std::string Dropout::extra_repr() const { return "p=" + py_float_repr(p) + ", inplace=False"; }
 

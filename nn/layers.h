@@ -45,12 +45,13 @@ class Embedding : public Module {
 
 class Dropout : public Module {
  public:
-  explicit Dropout(double p = 0.5, Generator* gen = nullptr);
+  // gen: the masks' random stream, shared with the caller (nullptr: default_generator()).
+  explicit Dropout(double p = 0.5, std::shared_ptr<Generator> gen = nullptr);
   Tensor forward(const Tensor& x) override;
   std::string extra_repr() const override;
   std::shared_ptr<Module> clone() const override;
   double p;
-  Generator* gen;  // nullptr: default_generator()
+  std::shared_ptr<Generator> gen;
 };
 
 class Identity : public Module {

@@ -526,4 +526,31 @@ std::string Module::repr() const {
   return s + ")";
 }
 
+std::shared_ptr<void> Module::attachment(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(attachments_mu_);
+  for (const auto& [k, v] : attachments_)
+    if (k == key) return v;
+  return nullptr;
+}
+
+void Module::set_attachment(const std::string& key, std::shared_ptr<void> value) {
+  std::lock_guard<std::mutex> lock(attachments_mu_);
+  for (auto it = attachments_.begin(); it != attachments_.end(); ++it)
+    if (it->first == key) {
+      if (value) it->second = std::move(value);
+      else attachments_.erase(it);
+      return;
+    }
+  if (value) attachments_.emplace_back(key, std::move(value));
+}
+
+std::shared_ptr<void> Module::attachment_or_insert(const std::string& key,
+                                                   const std::function<std::shared_ptr<void>()>& make) {
+  std::lock_guard<std::mutex> lock(attachments_mu_);
+  for (const auto& [k, v] : attachments_)
+    if (k == key) return v;
+  attachments_.emplace_back(key, make());
+  return attachments_.back().second;
+}
+
 }  // namespace peft::nn

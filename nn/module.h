@@ -5,6 +5,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,7 +52,9 @@ class Module : public std::enable_shared_from_this<Module> {
   bool remove_buffer(const std::string& name);
   bool remove_child(const std::string& name);
 
-  // Direct lookups (throw peft::Error naming the module and the key).
+  // Direct lookups (throw peft::Error naming the module and the key). The references point
+  // into this module's ordered storage: they stay valid until a parameter / buffer of this
+  // module is registered or removed; keep a Tensor (a handle to the same data) beyond that.
   Tensor& param(const std::string& name);
   const Tensor& param(const std::string& name) const;
   bool has_param(const std::string& name) const;
@@ -102,6 +105,15 @@ class Module : public std::enable_shared_from_this<Module> {
   // nn.Module.__repr__ (ModuleList overrides it to fold repeated entries).
   virtual std::string repr() const;
 
+  // State a higher layer keeps on this module and that dies with it (adapters keep PEFT's
+  // per-model bookkeeping, model.peft_config, here). One slot per key; safe from several
+  // threads. attachment() is nullptr when unset; set_attachment(key, nullptr) clears it.
+  std::shared_ptr<void> attachment(const std::string& key) const;
+  void set_attachment(const std::string& key, std::shared_ptr<void> value);
+  // The slot's value, made by `make` first when unset (atomically).
+  std::shared_ptr<void> attachment_or_insert(const std::string& key,
+                                             const std::function<std::shared_ptr<void>()>& make);
+
   // Ordered storage, exposed read-only for traversal helpers.
   const std::vector<std::pair<std::string, Tensor>>& own_parameters() const { return params_; }
   const std::vector<std::pair<std::string, Tensor>>& own_buffers() const { return buffers_; }
@@ -123,6 +135,8 @@ class Module : public std::enable_shared_from_this<Module> {
   std::vector<std::pair<std::string, Tensor>> params_;
   std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  mutable std::mutex attachments_mu_;
+  std::vector<std::pair<std::string, std::shared_ptr<void>>> attachments_;
 };
 
 using ModulePtr = std::shared_ptr<Module>;

@@ -472,7 +472,7 @@ TEST_CASE("layers forward") {
       for (int64_t k = 0; k < 3; ++k) acc += x.at({i, k}) * l.weight().at({o, k});
       CHECK(y.at({i, o}) == doctest::Approx(acc).epsilon(1e-6));
     }
-  Dropout d(0.5, &g);
+  Dropout d(0.5, std::make_shared<Generator>(4));
   Tensor big = ones({1000});
   Tensor yd = d(big);
   auto v = yd.to_vector<double>();

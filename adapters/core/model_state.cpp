@@ -23,15 +23,10 @@ using namespace core_detail;
 // ------------------------------------------------------------ model state --
 
 namespace {
-struct StateEntry {
-  std::weak_ptr<const nn::Module> owner;
-  bool had_owner = false;
-  PeftState state;
-};
-std::map<const nn::Module*, StateEntry>& states() {
-  static std::map<const nn::Module*, StateEntry> s;
-  return s;
-}
+// The Module attachment slot that holds a model's PeftState: the state lives and dies with
+// the model object, so no table keyed by address can hand a dead model's adapters to a new
+// model at the same address.
+const char* const kStateSlot = "peft.state";
 }  // namespace
 
 PeftConfigPtr PeftState::find(const std::string& adapter) const {
@@ -46,48 +41,17 @@ std::vector<std::string> PeftState::adapter_names() const {
   return v;
 }
 
-std::mutex& states_mutex() {
-  static std::mutex m;
-  return m;
-}
-
 PeftState* peft_state(const nn::Module& model) {
-  std::lock_guard<std::mutex> lock(states_mutex());
-  auto& s = states();
-  auto it = s.find(&model);
-  if (it == s.end()) return nullptr;
-  bool stale;
-  if (it->second.had_owner) {
-    auto locked = it->second.owner.lock();
-    stale = !locked || locked.get() != &model;  // a dead model's address reused
-  } else {
-    // Not owned by a shared_ptr: a model at a reused address has no tuner layers.
-    stale = tuner_layers(model).empty() && modules_to_save_wrappers(model).empty();
-  }
-  if (stale) {
-    s.erase(it);
-    return nullptr;
-  }
-  return &it->second.state;
+  return static_cast<PeftState*>(model.attachment(kStateSlot).get());
 }
 
 PeftState& peft_state_or_create(nn::Module& model) {
-  if (PeftState* p = peft_state(model)) return *p;
-  std::lock_guard<std::mutex> lock(states_mutex());
-  auto& s = states();
-  for (auto it = s.begin(); it != s.end();)  // drop entries of models that are gone
-    it = (it->second.had_owner && it->second.owner.expired()) ? s.erase(it) : std::next(it);
-  StateEntry e;
-  e.owner = model.weak_from_this();
-  e.had_owner = !e.owner.expired();
-  auto& slot = s[&model];
-  slot = std::move(e);
-  return slot.state;
+  return *static_cast<PeftState*>(
+      model.attachment_or_insert(kStateSlot, [] { return std::make_shared<PeftState>(); }).get());
 }
 
 void forget_peft_state(const nn::Module& model) {
-  std::lock_guard<std::mutex> lock(states_mutex());
-  states().erase(&model);
+  const_cast<nn::Module&>(model).set_attachment(kStateSlot, nullptr);
 }
 
 PeftConfigPtr peft_config(const nn::Module& model, const std::string& adapter) {
