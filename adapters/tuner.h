@@ -5,6 +5,7 @@
 // built on this: a method is a config, a layer and one registry entry.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <regex>
@@ -174,9 +175,12 @@ class TunerLayer : public nn::Module {
   // enabled=false: the layer behaves as its base layer (unmerging first in forward).
   virtual void enable_adapters(bool enabled);
   // Adds the delta of `adapter_names` (default: the active adapters) to the base weights.
-  virtual void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) = 0;
-  // Subtracts every merged delta, last merged first.
-  virtual void unmerge() = 0;
+  // PEFT's merge loop, shared by every method: validates the names, then for each adapter
+  // this layer holds asks the method for the merged base tensors (merged_tensors), checks
+  // them when safe_merge, and only then writes them, so a broken adapter changes nothing.
+  void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {});
+  // Undoes every merge, last merged first (unmerge_adapter per adapter).
+  void unmerge();
   virtual Tensor get_delta_weight(const std::string& adapter) = 0;
   // Removes the adapter's state; the active set follows PEFT's rules.
   virtual void delete_adapter(const std::string& name);
@@ -189,6 +193,18 @@ class TunerLayer : public nn::Module {
  protected:
   // Removes method-specific bookkeeping of an adapter (scaling, r, ...).
   virtual void erase_adapter_state(const std::string& name) { (void)name; }
+
+  // The merge hooks of a method's layer. A base tensor and the value merging takes it to.
+  struct MergedTensor {
+    Tensor target;  // a parameter of the base layer (written in place)
+    Tensor value;   // its merged value, target's dtype and shape
+  };
+  // The base tensors merging `adapter` changes, with their new values (computed, not written).
+  virtual std::vector<MergedTensor> merged_tensors(const std::string& adapter) = 0;
+  // Takes one merged adapter's change out of the base tensors.
+  virtual void unmerge_adapter(const std::string& adapter) = 0;
+  // A warning unmerge prints first ((IA)^3's "can be inaccurate"); "" for none.
+  virtual std::string unmerge_warning() const { return ""; }
   // Tensors of one adapter in this layer, addressed "dict.entry[.param]".
   std::vector<std::pair<std::string, Tensor>> adapter_tensors(const std::string& adapter) const;
   // Merge-time validation of adapter names (PEFT's check_adapters_to_merge).
@@ -224,14 +240,15 @@ class ModulesToSaveWrapper : public nn::Module {
 struct PeftState {
   std::vector<std::pair<std::string, PeftConfigPtr>> configs;  // in injection order
   std::vector<std::string> active_adapters;
+  // Tensors a method shares across every layer of one adapter (see TunerMethod::before_inject).
+  std::map<std::string, StateDict> shared_tensors;
   PeftConfigPtr find(const std::string& adapter) const;
   std::vector<std::string> adapter_names() const;
 };
 
-// The state attached to `model` (nullptr when nothing was injected). It lives in
-// a registry keyed by the model's address; models owned by a shared_ptr are
-// tracked through a weak_ptr, so a new model at a reused address never sees a
-// dead model's adapters.
+// The state attached to `model` (nullptr when nothing was injected). It is owned by the
+// model object (nn::Module::attachment) and dies with it; the pointer stays valid until
+// forget_peft_state or the model's destruction.
 PeftState* peft_state(const nn::Module& model);
 PeftState& peft_state_or_create(nn::Module& model);
 void forget_peft_state(const nn::Module& model);
@@ -262,8 +279,9 @@ struct TunerMethod {
   // adapter to an existing tuner layer of this method (nullptr returned).
   // The config is the adapter's stored one: like PEFT, a layer type that overrides a flag
   // (fan_in_fan_out for Linear / Conv1D) writes the corrected value back into it.
+  // `shared` holds what before_inject created for this adapter (empty for most methods).
   std::function<nn::ModulePtr(PeftConfig&, const std::string& adapter, const nn::ModulePtr& target,
-                              const std::string& key, bool low_cpu_mem_usage)>
+                              const std::string& key, bool low_cpu_mem_usage, const StateDict& shared)>
       create_and_replace;
   // Renames one saved key (adapter name still present); default: unchanged.
   std::function<std::string(const std::string& key, const std::string& adapter)> to_checkpoint_key;
@@ -273,6 +291,25 @@ struct TunerMethod {
       finish_state_dict;
   // Runs before an adapter state dict is loaded (AdaLoRA: resizes the layers by rank_pattern).
   std::function<void(nn::Module& model, const std::string& adapter, PeftConfig& cfg)> before_load;
+  // Runs once per injected adapter before any layer is created (PEFT's _pre_injection_hook):
+  // a method whose layers share tensors across the whole model (VeRA's vera_A / vera_B)
+  // creates them into `shared`; create_and_replace receives them, and once injection
+  // succeeds they are kept in PeftState::shared_tensors[adapter] (finish_state_dict can save
+  // them; delete_adapter drops them). Default: nothing.
+  std::function<void(const nn::Module& model, const std::string& adapter, const PeftConfig& cfg, StateDict& shared)>
+      before_inject;
+  // PEFT's defaults for a host model_type as adapter_config.json fields ({"target_modules":
+  // [...]} plus method extras such as IA3's feedforward_modules); nullopt: PEFT has none.
+  std::function<std::optional<ordered_json>(const std::string& model_type)> default_target_fields;
+  // Why this adapter's delta cannot be scaled by a weight other than 1 (`peft merge
+  // --weight`, weighted combinations): "" when the delta is additive and linear in its scale.
+  std::function<std::string(const PeftConfig&)> weighted_delta_error;
+  // For a weighted delta: whether a saved tensor (checkpoint key) is one the delta is linear
+  // in, so scaling it by w scales the delta by w (LoRA: lora_B and lora_embedding_B).
+  std::function<bool(const std::string& key)> delta_scales_with;
+  // PEFT's error when add_weighted_adapter is called on adapters of this method ("" when the
+  // method supports it: LoRA).
+  std::string add_weighted_adapter_error;
 };
 
 // Adds (or replaces, by peft_type) a method; safe from several threads.
@@ -282,6 +319,11 @@ void register_method(TunerMethod m);
 void register_builtin_methods();
 const TunerMethod& method_for(const std::string& peft_type);
 const TunerMethod* find_method(const std::string& peft_type);
+// Every registered method, in registration order (built-ins first).
+std::vector<const TunerMethod*> registered_methods();
+// True when `key` names a tensor of an adapter of any registered method (its prefix,
+// "lora_", "ia3_", ... starts a component of the dotted key).
+bool is_adapter_tensor_key(const std::string& key);
 
 // Warnings PEFT emits with warnings.warn: printed to stderr unless a handler is set.
 using WarningHandler = std::function<void(const std::string&)>;

@@ -1,6 +1,7 @@
 // `peft bench inject` and `peft bench load`: injecting LoRA into a Llama-7B-shaped
 // tree on the meta device and loading a 40M-parameter adapter into it, and opening
 // adapter folders; against PyTorch + PEFT (tools/bench/inject.py, tools/bench/load.py).
+#include <optional>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -208,7 +209,7 @@ int bench_load(const std::vector<std::string>& args, Report& rep) {
     save_pretrained(m, dir);
   }
   // Several adapters on one model are what this measures: drop the warning about it.
-  WarningHandler previous = set_warning_handler([](const std::string&) {});
+  std::optional<ScopedWarningHandler> quiet(std::in_place);
   std::vector<Row> rows;
   for (int n : counts) {
     std::shared_ptr<lm::CharLM> model;
@@ -228,7 +229,7 @@ int bench_load(const std::vector<std::string>& args, Report& rep) {
     rows.push_back({"load", what, ours, theirs, ""});
     std::fprintf(stderr, "  %-34s %s\n", what, fmt_time(ours).c_str());
   }
-  set_warning_handler(previous);
+  quiet.reset();
   print_rows(rows, o.markdown);
   rep.rows.insert(rep.rows.end(), rows.begin(), rows.end());
   return 0;

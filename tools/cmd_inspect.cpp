@@ -121,18 +121,17 @@ ojson model_json(const fs::path& dir) {
     return out;
   };
   ojson defaults = ojson::object();
-  for (const char* method : {"LORA", "IA3", "ADALORA"}) {
-    auto t = default_target_modules(method, model->model_type());
-    if (!t) {
-      defaults[method] = nullptr;
+  for (const TunerMethod* method : registered_methods()) {
+    auto fields = method->default_target_fields ? method->default_target_fields(model->model_type()) : std::nullopt;
+    if (!fields) {
+      defaults[method->peft_type] = nullptr;
       continue;
     }
-    ojson d = {{"target_modules", *t}, {"modules", matching(*t)}};
-    if (std::string(method) == "IA3") {
-      auto ff = default_feedforward_modules(model->model_type());
-      if (ff) d["feedforward_modules"] = *ff;
-    }
-    defaults[method] = d;
+    ojson d = {{"target_modules", (*fields)["target_modules"]},
+               {"modules", matching((*fields)["target_modules"].get<std::vector<std::string>>())}};
+    for (auto& [k, v] : fields->items())
+      if (k != "target_modules") d[k] = v;
+    defaults[method->peft_type] = d;
   }
   j["default_targets"] = defaults;
   return j;

@@ -258,16 +258,17 @@ int run_generate(const std::vector<std::string>& argv) {
   Generator gen(uint64_t(a.get_int("seed", 0)));
   std::vector<std::string> names;
   // Several adapters on one model are intended here: drop PEFT's warning about it.
-  WarningHandler previous = set_warning_handler([](const std::string& msg) {
-    if (msg.find("multiple adapters") == std::string::npos) std::fprintf(stderr, "peft warning: %s\n", msg.c_str());
-  });
-  for (size_t i = 0; i < dirs.size(); ++i) {
-    std::string name = std::filesystem::path(dirs[i]).filename().string();
-    if (name.empty() || std::find(names.begin(), names.end(), name) != names.end()) name = "adapter" + std::to_string(i);
-    load_adapter(*model, dirs[i], name);
-    names.push_back(name);
+  {
+    ScopedWarningHandler keep_others([](const std::string& msg) {
+      if (msg.find("multiple adapters") == std::string::npos) std::fprintf(stderr, "peft warning: %s\n", msg.c_str());
+    });
+    for (size_t i = 0; i < dirs.size(); ++i) {
+      std::string name = std::filesystem::path(dirs[i]).filename().string();
+      if (name.empty() || std::find(names.begin(), names.end(), name) != names.end()) name = "adapter" + std::to_string(i);
+      load_adapter(*model, dirs[i], name);
+      names.push_back(name);
+    }
   }
-  set_warning_handler(previous);
   model->eval();
   const int64_t k = model->config().context;
   if (a.has("merge")) {

@@ -25,25 +25,19 @@ namespace {
 // Loads adapters DIR... under their folder names (adapter0, adapter1... when names clash).
 std::vector<std::string> load_adapters(nn::Module& model, const std::vector<std::string>& dirs) {
   std::vector<std::string> names;
-  WarningHandler previous = set_warning_handler([](const std::string& msg) {
+  ScopedWarningHandler keep_others([](const std::string& msg) {
     if (msg.find("multiple adapters") == std::string::npos) std::fprintf(stderr, "peft warning: %s\n", msg.c_str());
   });
-  try {
-    for (size_t i = 0; i < dirs.size(); ++i) {
-      std::string name = fs::path(dirs[i]).filename().string();
-      if (name.empty()) name = fs::path(dirs[i]).parent_path().filename().string();
-      for (char& c : name)
-        if (c == '.') c = '_';
-      if (name.empty() || std::find(names.begin(), names.end(), name) != names.end())
-        name = "adapter" + std::to_string(i);
-      load_adapter(model, dirs[i], name);
-      names.push_back(name);
-    }
-  } catch (...) {
-    set_warning_handler(previous);
-    throw;
+  for (size_t i = 0; i < dirs.size(); ++i) {
+    std::string name = fs::path(dirs[i]).filename().string();
+    if (name.empty()) name = fs::path(dirs[i]).parent_path().filename().string();
+    for (char& c : name)
+      if (c == '.') c = '_';
+    if (name.empty() || std::find(names.begin(), names.end(), name) != names.end())
+      name = "adapter" + std::to_string(i);
+    load_adapter(model, dirs[i], name);
+    names.push_back(name);
   }
-  set_warning_handler(previous);
   return names;
 }
 

@@ -61,7 +61,6 @@ Source open_source(const MergeInput& in) {
   s.weight = in.weight;
   fs::path dir(in.dir);
   s.cfg = config_from_json(read_config_text(dir / "adapter_config.json"));
-  register_builtin_methods();
   s.prefix = method_for(s.cfg->peft_type).prefix;
   fs::path weights = dir / "adapter_model.safetensors";
   if (!fs::exists(weights)) {
@@ -86,11 +85,10 @@ Source open_source(const MergeInput& in) {
     if (it != s.module_keys.end()) it->second.push_back(name);  // e.g. a trained bias of the adapted layer
     else s.direct[h] = name;                                    // bias="all" elsewhere, modules_to_save
   }
-  bool dora = false;
-  if (auto lc = std::dynamic_pointer_cast<LoraConfig>(s.cfg)) dora = lc->use_dora;
-  if (in.weight != 1.0 && (s.cfg->peft_type == "IA3" || dora))
-    fail("peft merge: --weight ", in.weight, " for ", in.dir, ": ", s.cfg->peft_type == "IA3" ? "IA3" : "DoRA",
-         " scales the weights multiplicatively, so its delta cannot be weighted; use --weight 1");
+  const TunerMethod& method = method_for(s.cfg->peft_type);
+  if (in.weight != 1.0 && method.weighted_delta_error)
+    if (std::string why = method.weighted_delta_error(*s.cfg); !why.empty())
+      fail("peft merge: --weight ", in.weight, " for ", in.dir, ": ", why, "; use --weight 1");
   if (s.module_keys.empty() && s.direct.empty()) fail("peft merge: ", weights.string(), " holds no tensors");
   return s;
 }
@@ -150,15 +148,17 @@ ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWei
   }
   auto tree = single_module_tree(module, leaf);
   const std::string name = "merge" + std::to_string(index);
+  const TunerMethod& method = method_for(s.cfg->peft_type);
+  if (s.weight != 1.0 && !method.delta_scales_with)
+    fail("peft merge: --weight ", s.weight, " for ", s.dir, ": ", s.cfg->peft_type, " has no weighted delta; use --weight 1");
   StateDict sd;
   for (const auto& k : keys) {
     Tensor t = s.file->get(k, DType::float32);
-    bool b_side = k.find(".lora_B.") != std::string::npos || k.find(".lora_embedding_B") != std::string::npos;
-    if (s.weight != 1.0 && b_side) t = mul(t, s.weight);  // ΔW is linear in B (and in lora_B's bias)
+    if (s.weight != 1.0 && method.delta_scales_with(k)) t = mul(t, s.weight);
     sd.set(k, t);
   }
-  auto quiet = set_warning_handler([](const std::string&) {});
-  try {
+  {
+    ScopedWarningHandler quiet;
     inject_from_state_dict(*s.cfg, *tree, sd, name);
     nn::LoadResult r = set_peft_model_state_dict(*tree, sd, name);
     if (!r.unexpected_keys.empty())
@@ -172,11 +172,7 @@ ModuleWeights merge_module(const Source& s, const std::string& module, ModuleWei
     MergeAndUnloadOptions mo;
     mo.safe_merge = true;
     merge_and_unload(*tree, mo);
-  } catch (...) {
-    set_warning_handler(quiet);
-    throw;
   }
-  set_warning_handler(quiet);
   nn::ModulePtr merged = tree->get_submodule(module);
   ModuleWeights out;
   out.weight = merged->param("weight");

@@ -156,7 +156,7 @@ class CaseRunner : CheckEmitter {
       nn::LoadResult r = set_peft_model_state_dict(m, sd, n, low_cpu);
       if (!r.unexpected_keys.empty()) a.fail_with(n + ": unexpected keys [" + join(r.unexpected_keys) + "]");
       for (const auto& k : r.missing_keys)
-        if ((k.find("lora_") != std::string::npos || k.find("ia3_") != std::string::npos) &&
+        if (is_adapter_tensor_key(k) &&
             (k.find("." + n + ".") != std::string::npos ||
              (k.size() > n.size() + 1 && k.compare(k.size() - n.size() - 1, n.size() + 1, "." + n) == 0)))
           a.fail_with(n + ": missing adapter key " + k);
@@ -532,7 +532,7 @@ class CaseRunner : CheckEmitter {
       emit_bool("bad_outcome_unexpected", rb.unexpected_keys == want_u, list_diff(rb.unexpected_keys, want_u));
       std::vector<std::string> miss;
       for (const auto& k : rb.missing_keys)
-        if (k.find("lora_") != std::string::npos && k.find(first) != std::string::npos) miss.push_back(k);
+        if (is_adapter_tensor_key(k) && k.find(first) != std::string::npos) miss.push_back(k);
       auto want_m = str_list(meta_["bad_outcome_missing"]);
       emit_bool("bad_outcome_missing", miss == want_m, list_diff(miss, want_m));
       // The key left out stays on meta and using it throws.

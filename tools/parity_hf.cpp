@@ -199,8 +199,7 @@ class HfCaseRunner : CheckEmitter {
     std::vector<std::string> missing;
     // adapter parameters only: buffers PEFT does not save (AdaLoRA's ranknum) are missing by design
     for (const auto& k : r.missing_keys)
-      if (k.find(".default") != std::string::npos &&
-          (k.find("lora_") != std::string::npos || k.find("ia3_") != std::string::npos))
+      if (k.find(".default") != std::string::npos && is_adapter_tensor_key(k))
         missing.push_back(k);
     if (!missing.empty()) a.fail_with("missing adapter keys [" + join(missing) + "]");
     emit_accum("load_adapter", a);

@@ -127,38 +127,14 @@ Tensor SVDLinear::forward(const Tensor& x) {
   return result;
 }
 
-void SVDLinear::merge(bool safe_merge, std::vector<std::string> names) {
-  names = adapters_to_merge(std::move(names));
-  if (names.empty()) return;
-  NoGradGuard ng;
+std::vector<TunerLayer::MergedTensor> SVDLinear::merged_tensors(const std::string& a) {
   Tensor W = get_base_layer().param("weight");
-  for (const auto& a : names) {
-    if (!lora_A().contains(a)) continue;
-    Tensor delta = get_delta_weight(a).to(W.dtype());
-    if (safe_merge) {
-      Tensor nw = add(W, delta);
-      if (!all_finite(nw)) fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-      W.copy_(nw);
-    } else {
-      W.add_(delta);
-    }
-    merged_adapters_.push_back(a);
-  }
+  return {{W, add(W, get_delta_weight(a).to(W.dtype()))}};
 }
 
-void SVDLinear::unmerge() {
-  if (!merged()) {
-    warn("Already unmerged. Nothing to do.");
-    return;
-  }
-  NoGradGuard ng;
+void SVDLinear::unmerge_adapter(const std::string& a) {
   Tensor W = get_base_layer().param("weight");
-  while (!merged_adapters_.empty()) {
-    std::string a = merged_adapters_.back();
-    merged_adapters_.pop_back();
-    if (!lora_A().contains(a)) continue;
-    W.add_(get_delta_weight(a).to(W.dtype()), -1.0);
-  }
+  W.add_(get_delta_weight(a).to(W.dtype()), -1.0);
 }
 
 }  // namespace peft::adalora

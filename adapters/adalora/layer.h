@@ -37,8 +37,6 @@ class SVDLinear : public TunerLayer {
   // E = 0, A ~ N(0, 0.02), B ~ N(0, 0.02).
   void reset_lora_parameters(const std::string& adapter);
   Tensor forward(const Tensor& x) override;
-  void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) override;
-  void unmerge() override;
   Tensor get_delta_weight(const std::string& adapter) override;
 
   nn::ModuleDict& lora_dropout() const;
@@ -55,6 +53,8 @@ class SVDLinear : public TunerLayer {
 
  protected:
   void erase_adapter_state(const std::string& name) override;
+  std::vector<MergedTensor> merged_tensors(const std::string& adapter) override;
+  void unmerge_adapter(const std::string& adapter) override;
 };
 
 }  // namespace peft::adalora

@@ -169,7 +169,7 @@ void register_adalora_method() {
            "True for all adapters except the one you want to train.");
   };
   m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
-                            const std::string& key, bool low_cpu) -> nn::ModulePtr {
+                            const std::string& key, bool low_cpu, const StateDict&) -> nn::ModulePtr {
     auto* ac = dynamic_cast<AdaLoraConfig*>(&c);
     if (!ac) fail("AdaLoRA injection needs an AdaLoraConfig (peft_type ADALORA)");
     return create_and_replace(*ac, adapter, target, key, low_cpu);
@@ -195,6 +195,15 @@ void register_adalora_method() {
     auto* ac = dynamic_cast<AdaLoraConfig*>(&c);
     if (ac && ac->rank_pattern) resize_modules_by_rank_pattern(model, *ac->rank_pattern, adapter);
   };
+  m.default_target_fields = [](const std::string& model_type) -> std::optional<ordered_json> {
+    auto t = default_target_modules("ADALORA", model_type);
+    if (!t) return std::nullopt;
+    return ordered_json{{"target_modules", *t}};
+  };
+  m.weighted_delta_error = [](const PeftConfig&) -> std::string { return ""; };
+  m.add_weighted_adapter_error = "AdaLoRA does not support add_weighted_adapter method.";
+  // ΔW = B·(A⊙E)·scaling/ranknum is linear in B
+  m.delta_scales_with = [](const std::string& key) { return key.find(".lora_B.") != std::string::npos; };
   register_method(std::move(m));
 }
 

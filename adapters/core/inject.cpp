@@ -165,6 +165,9 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
     }
   }
 
+  StateDict shared;  // tensors every layer of this adapter shares (VeRA-style methods)
+  if (method->before_inject) method->before_inject(model, adapter_name, *cfg, shared);
+
   std::vector<std::string> targeted, excluded, unmatched;
   for (auto& [key, module] : named) {
     if (key.empty()) continue;
@@ -189,7 +192,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
     } else {
       targeted.push_back(key);
       nn::ModulePtr target = model.get_submodule(key);
-      nn::ModulePtr replacement = method->create_and_replace(*cfg, adapter_name, target, key, low_cpu_mem_usage);
+      nn::ModulePtr replacement = method->create_and_replace(*cfg, adapter_name, target, key, low_cpu_mem_usage, shared);
       if (replacement) model.replace_module(key, replacement);
     }
   }
@@ -242,6 +245,8 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
       }
     if (!replaced) state.configs.emplace_back(adapter_name, cfg);
   }
+  if (!shared.empty()) state.shared_tensors[adapter_name] = std::move(shared);
+  else state.shared_tensors.erase(adapter_name);
   const std::vector<std::string> previous_active = state.active_adapters;
   state.active_adapters = {adapter_name};
 

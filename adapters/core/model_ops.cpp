@@ -69,6 +69,7 @@ void delete_adapter(nn::Module& model, const std::string& adapter_name) {
   for (auto& [n, w] : modules_to_save_wrappers(model)) w->delete_adapter(adapter_name);
   auto& cs = s->configs;
   cs.erase(std::remove_if(cs.begin(), cs.end(), [&](const auto& p) { return p.first == adapter_name; }), cs.end());
+  s->shared_tensors.erase(adapter_name);
   s->active_adapters = new_active.value_or(std::vector<std::string>{});
 }
 

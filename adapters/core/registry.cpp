@@ -81,4 +81,22 @@ const TunerMethod& method_for(const std::string& peft_type) {
   return *m;
 }
 
+std::vector<const TunerMethod*> registered_methods() {
+  register_builtin_methods();
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<const TunerMethod*> out;
+  for (const auto& e : r.methods) out.push_back(&e);
+  return out;
+}
+
+bool is_adapter_tensor_key(const std::string& key) {
+  for (const TunerMethod* m : registered_methods()) {
+    if (m->prefix.empty()) continue;
+    for (size_t p = key.find(m->prefix); p != std::string::npos; p = key.find(m->prefix, p + 1))
+      if (p == 0 || key[p - 1] == '.') return true;
+  }
+  return false;
+}
+
 }  // namespace peft

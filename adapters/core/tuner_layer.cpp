@@ -166,4 +166,33 @@ std::vector<std::string> TunerLayer::adapters_to_merge(std::vector<std::string> 
   return names;
 }
 
+void TunerLayer::merge(bool safe_merge, std::vector<std::string> names) {
+  names = adapters_to_merge(std::move(names));
+  if (names.empty()) return;
+  NoGradGuard ng;
+  for (const auto& a : names) {
+    if (!has_adapter(a)) continue;
+    std::vector<MergedTensor> updates = merged_tensors(a);
+    if (safe_merge)
+      for (const auto& u : updates)
+        if (!all_finite(u.value)) fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
+    for (auto& u : updates) u.target.copy_(u.value);
+    merged_adapters_.push_back(a);
+  }
+}
+
+void TunerLayer::unmerge() {
+  if (!merged()) {
+    warn("Already unmerged. Nothing to do.");
+    return;
+  }
+  if (std::string w = unmerge_warning(); !w.empty()) warn(w);
+  NoGradGuard ng;
+  while (!merged_adapters_.empty()) {
+    std::string a = merged_adapters_.back();
+    merged_adapters_.pop_back();
+    if (has_adapter(a)) unmerge_adapter(a);
+  }
+}
+
 }  // namespace peft

@@ -104,56 +104,35 @@ Tensor Linear::forward(const Tensor& x) {
   return out;
 }
 
-void Linear::merge(bool safe_merge, std::vector<std::string> names) {
-  names = adapters_to_merge(std::move(names));
-  if (names.empty()) return;
-  NoGradGuard ng;
+std::vector<TunerLayer::MergedTensor> Linear::merged_tensors(const std::string& a) {
   nn::Module& base = get_base_layer();
   Tensor W = base.param("weight");
-  for (const auto& a : names) {
-    if (!ia3_l().contains(a)) continue;
-    Tensor l = get_delta_weight(a);
-    // Computed in the wider of the two dtypes, then cast back (torch's promotion).
-    Tensor new_w = mul(W.to(promote(W.dtype(), l.dtype())), l.to(promote(W.dtype(), l.dtype()))).to(W.dtype());
-    if (safe_merge && !all_finite(new_w))
-      fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-    Tensor new_b;
-    if (!is_feedforward && has_bias(base)) {
-      Tensor b = base.param("bias");
-      Tensor s = ia3_l()[a].reshape(b.shape());
-      DType pt = promote(b.dtype(), s.dtype());
-      new_b = mul(b.to(pt), s.to(pt)).to(b.dtype());
-      if (safe_merge && !all_finite(new_b))
-        fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-    }
-    W.copy_(new_w);
-    if (new_b.defined()) base.param("bias").copy_(new_b);
-    merged_adapters_.push_back(a);
+  Tensor l = get_delta_weight(a);
+  // Computed in the wider of the two dtypes, then cast back (torch's promotion).
+  DType pw = promote(W.dtype(), l.dtype());
+  std::vector<MergedTensor> out{{W, mul(W.to(pw), l.to(pw)).to(W.dtype())}};
+  if (!is_feedforward && has_bias(base)) {
+    Tensor b = base.param("bias");
+    Tensor s = ia3_l()[a].reshape(b.shape());
+    DType pb = promote(b.dtype(), s.dtype());
+    out.push_back({b, mul(b.to(pb), s.to(pb)).to(b.dtype())});
   }
+  return out;
 }
 
-void Linear::unmerge() {
-  if (!merged()) {
-    warn("Already unmerged. Nothing to do.");
-    return;
-  }
-  warn("Unmerge result can be inaccurate for (IA)^3.");
-  NoGradGuard ng;
+std::string Linear::unmerge_warning() const { return "Unmerge result can be inaccurate for (IA)^3."; }
+
+void Linear::unmerge_adapter(const std::string& a) {
   nn::Module& base = get_base_layer();
   Tensor W = base.param("weight");
-  while (!merged_adapters_.empty()) {
-    std::string a = merged_adapters_.back();
-    merged_adapters_.pop_back();
-    if (!ia3_l().contains(a)) continue;
-    Tensor l = add(get_delta_weight(a), 1e-8);
-    DType pt = promote(W.dtype(), l.dtype());
-    W.copy_(div(W.to(pt), l.to(pt)).to(W.dtype()));
-    if (!is_feedforward && has_bias(base)) {
-      Tensor b = base.param("bias");
-      Tensor s = add(ia3_l()[a].reshape(b.shape()), 1e-8);
-      DType pb = promote(b.dtype(), s.dtype());
-      b.copy_(div(b.to(pb), s.to(pb)).to(b.dtype()));
-    }
+  Tensor l = add(get_delta_weight(a), 1e-8);
+  DType pt = promote(W.dtype(), l.dtype());
+  W.copy_(div(W.to(pt), l.to(pt)).to(W.dtype()));
+  if (!is_feedforward && has_bias(base)) {
+    Tensor b = base.param("bias");
+    Tensor s = add(ia3_l()[a].reshape(b.shape()), 1e-8);
+    DType pb = promote(b.dtype(), s.dtype());
+    b.copy_(div(b.to(pb), s.to(pb)).to(b.dtype()));
   }
 }
 

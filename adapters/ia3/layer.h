@@ -40,12 +40,15 @@ class Linear : public IA3Layer {
   // feed-forward: y = base(x·∏ ia3_l) (per input feature).
   Tensor forward(const Tensor& x) override;
   // W ← W ⊙ ia3_l (rows, or columns for feed-forward); non-feed-forward also b ← b ⊙ ia3_l.
-  void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) override;
-  // Divides by ia3_l + 1e-8, last merged first (warns that it can be inaccurate).
-  void unmerge() override;
   // The multiplicative factor as a weight-shaped broadcastable tensor.
   Tensor get_delta_weight(const std::string& adapter) override;
   bool fan_in_fan_out;
+
+ protected:
+  std::vector<MergedTensor> merged_tensors(const std::string& adapter) override;
+  void unmerge_adapter(const std::string& adapter) override;
+  // Merging multiplies, so unmerging divides by ia3_l + 1e-8 and can be inaccurate.
+  std::string unmerge_warning() const override;
 };
 
 }  // namespace peft::ia3

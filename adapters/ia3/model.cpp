@@ -64,10 +64,20 @@ void register_ia3_method() {
     }
   };
   m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
-                            const std::string& key, bool low_cpu) -> nn::ModulePtr {
+                            const std::string& key, bool low_cpu, const StateDict&) -> nn::ModulePtr {
     auto* ic = dynamic_cast<IA3Config*>(&c);
     if (!ic) fail("IA3 injection needs an IA3Config (peft_type IA3)");
     return create_and_replace(*ic, adapter, target, key, low_cpu);
+  };
+  m.default_target_fields = [](const std::string& model_type) -> std::optional<ordered_json> {
+    auto t = default_target_modules("IA3", model_type);
+    if (!t) return std::nullopt;
+    ordered_json j{{"target_modules", *t}};
+    if (auto ff = default_feedforward_modules(model_type)) j["feedforward_modules"] = *ff;
+    return j;
+  };
+  m.weighted_delta_error = [](const PeftConfig&) -> std::string {
+    return "IA3 scales the weights multiplicatively, so its delta cannot be weighted";
   };
   register_method(std::move(m));
 }

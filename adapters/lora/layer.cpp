@@ -364,65 +364,43 @@ Tensor Linear::forward(const Tensor& x) {
   return result;
 }
 
-void Linear::merge(bool safe_merge, std::vector<std::string> names) {
-  names = adapters_to_merge(std::move(names));
-  if (names.empty()) return;
-  NoGradGuard ng;
+std::vector<TunerLayer::MergedTensor> Linear::merged_tensors(const std::string& a) {
   nn::Module& base = get_base_layer();
   Tensor W = weight_of(base);
-  for (const auto& a : names) {
-    if (!lora_A().contains(a)) continue;
-    Tensor delta = get_delta_weight(a);
-    Tensor new_w;
-    if (!use_dora.at(a)) {
-      new_w = add(W, delta.to(W.dtype()));
-    } else {
-      auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
-      Tensor wn = mag.get_weight_norm(W, maybe_t(delta, fan_in_fan_out), 1.0).detach();
-      dora_weight_norm_cache_[a] = wn;
-      Tensor factor = maybe_t(div(mag.param("weight"), wn).view({-1, 1}), fan_in_fan_out);
-      new_w = mul(factor, add(W, delta)).to(W.dtype());
-    }
-    if (safe_merge && !all_finite(new_w))
-      fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-    Tensor bias_delta;
-    if (lora_bias.at(a)) {
-      if (!base.has_param("bias") || !base.param("bias").defined())
-        fail("Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.");
-      bias_delta = mul(lora_B()[a].param("bias"), scaling.at(a));
-      if (safe_merge && !all_finite(add(base.param("bias"), bias_delta)))
-        fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-    }
-    W.copy_(new_w);
-    if (bias_delta.defined()) base.param("bias").add_(bias_delta);
-    merged_adapters_.push_back(a);
+  Tensor delta = get_delta_weight(a);
+  std::vector<MergedTensor> out;
+  if (!use_dora.at(a)) {
+    out.push_back({W, add(W, delta.to(W.dtype()))});
+  } else {
+    auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
+    Tensor wn = mag.get_weight_norm(W, maybe_t(delta, fan_in_fan_out), 1.0).detach();
+    dora_weight_norm_cache_[a] = wn;
+    Tensor factor = maybe_t(div(mag.param("weight"), wn).view({-1, 1}), fan_in_fan_out);
+    out.push_back({W, mul(factor, add(W, delta)).to(W.dtype())});
   }
+  if (lora_bias.at(a)) {
+    if (!base.has_param("bias") || !base.param("bias").defined())
+      fail("Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias.");
+    Tensor b = base.param("bias");
+    out.push_back({b, add(b, mul(lora_B()[a].param("bias"), scaling.at(a))).to(b.dtype())});
+  }
+  return out;
 }
 
-void Linear::unmerge() {
-  if (!merged()) {
-    warn("Already unmerged. Nothing to do.");
-    return;
-  }
-  NoGradGuard ng;
+void Linear::unmerge_adapter(const std::string& a) {
   nn::Module& base = get_base_layer();
   Tensor W = weight_of(base);
-  while (!merged_adapters_.empty()) {
-    std::string a = merged_adapters_.back();
-    merged_adapters_.pop_back();
-    if (!lora_A().contains(a)) continue;
-    Tensor delta = get_delta_weight(a);
-    if (!use_dora.at(a)) {
-      W.add_(delta.to(W.dtype()), -1.0);
-    } else {
-      auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
-      Tensor wn = dora_weight_norm_cache_.at(a);
-      dora_weight_norm_cache_.erase(a);
-      Tensor factor = div(mag.param("weight"), wn).view({-1, 1});
-      W.copy_(sub(div(W, maybe_t(factor, fan_in_fan_out)), delta));
-    }
-    if (lora_bias.at(a)) base.param("bias").add_(mul(lora_B()[a].param("bias"), scaling.at(a)), -1.0);
+  Tensor delta = get_delta_weight(a);
+  if (!use_dora.at(a)) {
+    W.add_(delta.to(W.dtype()), -1.0);
+  } else {
+    auto& mag = static_cast<DoraLinearLayer&>(lora_magnitude_vector()[a]);
+    Tensor wn = dora_weight_norm_cache_.at(a);
+    dora_weight_norm_cache_.erase(a);
+    Tensor factor = div(mag.param("weight"), wn).view({-1, 1});
+    W.copy_(sub(div(W, maybe_t(factor, fan_in_fan_out)), delta));
   }
+  if (lora_bias.at(a)) base.param("bias").add_(mul(lora_B()[a].param("bias"), scaling.at(a)), -1.0);
 }
 
 // ------------------------------------------------------------ Embedding --
@@ -521,34 +499,14 @@ Tensor Embedding::forward(const Tensor& x) {
   return result;
 }
 
-void Embedding::merge(bool safe_merge, std::vector<std::string> names) {
-  names = adapters_to_merge(std::move(names));
-  if (names.empty()) return;
-  NoGradGuard ng;
+std::vector<TunerLayer::MergedTensor> Embedding::merged_tensors(const std::string& a) {
   Tensor W = weight_of(get_base_layer());
-  for (const auto& a : names) {
-    if (!lora_embedding_A().contains(a)) continue;
-    Tensor new_w = add(W, get_delta_weight(a).to(W.dtype()));
-    if (safe_merge && !all_finite(new_w))
-      fail("NaNs detected in the merged weights. The adapter ", a, " seems to be broken");
-    W.copy_(new_w);
-    merged_adapters_.push_back(a);
-  }
+  return {{W, add(W, get_delta_weight(a).to(W.dtype()))}};
 }
 
-void Embedding::unmerge() {
-  if (!merged()) {
-    warn("Already unmerged. Nothing to do.");
-    return;
-  }
-  NoGradGuard ng;
+void Embedding::unmerge_adapter(const std::string& a) {
   Tensor W = weight_of(get_base_layer());
-  while (!merged_adapters_.empty()) {
-    std::string a = merged_adapters_.back();
-    merged_adapters_.pop_back();
-    if (!lora_embedding_A().contains(a)) continue;
-    W.add_(get_delta_weight(a).to(W.dtype()), -1.0);
-  }
+  W.add_(get_delta_weight(a).to(W.dtype()), -1.0);
 }
 
 }  // namespace peft::lora

@@ -91,11 +91,13 @@ class Linear : public LoraLayer {
          bool fan_in_fan_out = false);
   void update_layer(const std::string& adapter, const AdapterArgs& args) override;
   Tensor forward(const Tensor& x) override;
-  void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) override;
-  void unmerge() override;
   Tensor get_delta_weight(const std::string& adapter) override;
   void reset_lora_parameters(const std::string& adapter, const InitLoraWeights& init);
   bool fan_in_fan_out;
+
+ protected:
+  std::vector<MergedTensor> merged_tensors(const std::string& adapter) override;
+  void unmerge_adapter(const std::string& adapter) override;
 
  private:
   std::map<std::string, Tensor> dora_weight_norm_cache_;
@@ -106,9 +108,11 @@ class Embedding : public LoraLayer {
   Embedding(nn::ModulePtr base_layer, const std::string& adapter, const AdapterArgs& args);
   void update_layer(const std::string& adapter, const AdapterArgs& args) override;
   Tensor forward(const Tensor& x) override;
-  void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {}) override;
-  void unmerge() override;
   Tensor get_delta_weight(const std::string& adapter) override;
+
+ protected:
+  std::vector<MergedTensor> merged_tensors(const std::string& adapter) override;
+  void unmerge_adapter(const std::string& adapter) override;
 };
 
 }  // namespace peft::lora

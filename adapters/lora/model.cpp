@@ -77,7 +77,7 @@ void register_lora_method() {
            "adapters.");
   };
   m.create_and_replace = [](PeftConfig& c, const std::string& adapter, const nn::ModulePtr& target,
-                            const std::string& key, bool low_cpu) -> nn::ModulePtr {
+                            const std::string& key, bool low_cpu, const StateDict&) -> nn::ModulePtr {
     auto* lc = dynamic_cast<LoraConfig*>(&c);
     if (!lc) fail("LoRA injection needs a LoraConfig (peft_type LORA)");
     return create_and_replace(*lc, adapter, target, key, low_cpu);
@@ -87,6 +87,19 @@ void register_lora_method() {
     const std::string tail = "lora_magnitude_vector." + adapter + ".weight";
     if (key == tail || ends_with(key, "." + tail)) return key.substr(0, key.size() - std::string(".weight").size());
     return key;
+  };
+  m.default_target_fields = [](const std::string& model_type) -> std::optional<ordered_json> {
+    auto t = default_target_modules("LORA", model_type);
+    if (!t) return std::nullopt;
+    return ordered_json{{"target_modules", *t}};
+  };
+  m.weighted_delta_error = [](const PeftConfig& c) -> std::string {
+    auto* lc = dynamic_cast<const LoraConfig*>(&c);
+    return lc && lc->use_dora ? "DoRA scales the weights multiplicatively, so its delta cannot be weighted" : "";
+  };
+  // ΔW = B·A·scaling (and lora_B's bias) is linear in B
+  m.delta_scales_with = [](const std::string& key) {
+    return key.find(".lora_B.") != std::string::npos || key.find(".lora_embedding_B") != std::string::npos;
   };
   register_method(std::move(m));
 }

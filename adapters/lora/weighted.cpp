@@ -63,9 +63,10 @@ bool add_weighted_adapter(nn::Module& model, const std::vector<std::string>& ada
   for (const auto& a : adapters) {
     PeftConfigPtr c = state->find(a);
     if (!c) fail("Adapter ", a, " does not exist");
-    if (c->peft_type == "ADALORA") fail("AdaLoRA does not support add_weighted_adapter method.");
+    if (const TunerMethod* m = find_method(c->peft_type); m && !m->add_weighted_adapter_error.empty())
+      fail(m->add_weighted_adapter_error);
     auto lc = std::dynamic_pointer_cast<LoraConfig>(c);
-    if (!lc || c->peft_type != "LORA")
+    if (!lc)
       fail("add_weighted_adapter combines LoRA adapters; adapter '", a, "' is ", c->peft_type);
     if (!lc->target_parameters.is_null() && !(lc->target_parameters.is_array() && lc->target_parameters.empty()))
       fail("add_weighted_adapter does not support targeting nn.Parameter (problematic adapter '", a, "')");
