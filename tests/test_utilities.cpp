@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -310,4 +311,135 @@ TEST_CASE("delete_adapter refuses a merged adapter with PEFT 0.21's message; loa
   CHECK(r.missing_keys.empty());
   CHECK(r.unexpected_keys.empty());
   fs::remove_all(dir);
+}
+
+// A method added from outside the library, VeRA-style: one frozen projection shared by every
+// layer of an adapter (made by before_inject) and a trainable per-layer scale. It exercises the
+// extension points a new method uses: its config, its layer on the shared merge skeleton, and
+// one register_method call.
+namespace {
+
+struct SharedProjConfig : PeftConfig {
+  std::shared_ptr<PeftConfig> clone() const override { return std::make_shared<SharedProjConfig>(*this); }
+};
+
+class SharedProjLayer : public TunerLayer {
+ public:
+  SharedProjLayer(nn::ModulePtr base, const std::string& adapter, const Tensor& shared)
+      : TunerLayer("SharedProjLinear", std::move(base)) {
+    register_module("sp_scale", std::make_shared<nn::ParameterDict>());
+    add_adapter(adapter, shared);
+  }
+  void add_adapter(const std::string& adapter, const Tensor& shared) {
+    scales().insert(adapter, full({1}, 0.5));
+    shared_[adapter] = shared;
+    active_adapters_ = {adapter};
+  }
+  std::vector<std::string> adapter_layer_names() const override { return {"sp_scale"}; }
+  std::string prefix() const override { return "sp_"; }
+  nn::ParameterDict& scales() const { return static_cast<nn::ParameterDict&>(child("sp_scale")); }
+  // y = base(x) + s · x·Pᵀ, P [out, in] shared across layers
+  Tensor forward(const Tensor& x) override {
+    Tensor y = base_layer().forward(x);
+    if (disable_adapters_ || merged()) return y;
+    for (const auto& a : active_adapters_) y = add(y, mul(matmul(x, shared_.at(a).t()), scales()[a]));
+    return y;
+  }
+  Tensor get_delta_weight(const std::string& a) override { return mul(shared_.at(a), scales()[a]); }
+  const Tensor& shared(const std::string& a) const { return shared_.at(a); }
+
+ protected:
+  std::vector<MergedTensor> merged_tensors(const std::string& a) override {
+    Tensor W = get_base_layer().param("weight");
+    return {{W, add(W, get_delta_weight(a))}};
+  }
+  void unmerge_adapter(const std::string& a) override {
+    get_base_layer().param("weight").add_(get_delta_weight(a), -1.0);
+  }
+
+ private:
+  std::map<std::string, Tensor> shared_;
+};
+
+void register_shared_proj_method() {
+  TunerMethod m;
+  m.peft_type = "SHARED_PROJ_TEST";
+  m.prefix = "sp_";
+  m.model_class = "SharedProjModel";
+  m.parse_config = [](const ordered_json&) -> PeftConfigPtr { return std::make_shared<SharedProjConfig>(); };
+  m.before_inject = [](const nn::Module&, const std::string&, const PeftConfig&, StateDict& shared) {
+    Generator g(7);
+    shared.set("sp_P", randn({8, 8}, g));
+  };
+  m.create_and_replace = [](PeftConfig&, const std::string& adapter, const nn::ModulePtr& target, const std::string&,
+                            bool, const StateDict& shared) -> nn::ModulePtr {
+    if (auto layer = std::dynamic_pointer_cast<SharedProjLayer>(target)) {
+      layer->add_adapter(adapter, shared.at("sp_P"));
+      return nullptr;
+    }
+    return std::make_shared<SharedProjLayer>(target, adapter, shared.at("sp_P"));
+  };
+  register_method(std::move(m));
+}
+
+}  // namespace
+
+TEST_CASE("a method registered from outside shares one tensor across layers and merges through the skeleton") {
+  register_shared_proj_method();
+  REQUIRE(find_method("SHARED_PROJ_TEST") != nullptr);
+  Generator g(3);
+  tools::HostOptions o;
+  o.gen = &g;
+  auto model = std::make_shared<tools::MLPModel>(8, 8, 8, o);
+  SharedProjConfig cfg;
+  cfg.peft_type = "SHARED_PROJ_TEST";
+  cfg.target_modules = TargetModules::list({"lin0", "lin1"});
+  Tensor x = randn({4, 8}, g);
+  Tensor base_out = model->forward(x);
+  inject_adapter_in_model(cfg, *model, "default");
+
+  auto layers = tuner_layers(*model);
+  REQUIRE(layers.size() == 2);
+  auto* l0 = dynamic_cast<SharedProjLayer*>(layers[0].second.get());
+  auto* l1 = dynamic_cast<SharedProjLayer*>(layers[1].second.get());
+  REQUIRE((l0 && l1));
+  // one tensor, not a copy per layer, and the model's state keeps it
+  CHECK(l0->shared("default").data_ptr<float>() == l1->shared("default").data_ptr<float>());
+  PeftState* st = peft_state(*model);
+  REQUIRE(st != nullptr);
+  REQUIRE(st->shared_tensors.count("default") == 1);
+  CHECK(st->shared_tensors.at("default").at("sp_P").data_ptr<float>() == l0->shared("default").data_ptr<float>());
+
+  // the shared merge skeleton: merged output equals the adapted one; unmerge restores the base
+  Tensor adapted = model->forward(x);
+  CHECK(testing::max_abs_diff(adapted, base_out) > 1e-3);
+  Tensor w0 = l0->get_base_layer().param("weight").clone();
+  merge_adapters(*model);
+  CHECK(l0->merged());
+  CHECK(testing::max_abs_diff(model->forward(x), adapted) < 1e-5);
+  {
+    ScopedWarningHandler quiet;
+    unmerge_adapters(*model);
+  }
+  CHECK(testing::max_abs_diff(l0->get_base_layer().param("weight"), w0) < 1e-6);
+
+  // safe_merge refuses a non-finite delta and leaves the weights untouched
+  {
+    NoGradGuard ng;
+    l1->scales()["default"].fill_(std::numeric_limits<double>::infinity());
+  }
+  Tensor w1 = l1->get_base_layer().param("weight").clone();
+  CHECK(testing::error_of([&] { l1->merge(true); }).find("seems to be broken") != std::string::npos);
+  CHECK_FALSE(l1->merged());
+  CHECK(testing::max_abs_diff(l1->get_base_layer().param("weight"), w1) == 0.0);
+
+  // a second adapter gets its own shared tensor; deleting it drops that tensor only
+  {
+    ScopedWarningHandler quiet;  // "Already found a `peft_config` attribute"
+    inject_adapter_in_model(cfg, *model, "other");
+  }
+  REQUIRE(st->shared_tensors.count("other") == 1);
+  delete_adapter(*model, "other");
+  CHECK(st->shared_tensors.count("other") == 0);
+  CHECK(st->shared_tensors.count("default") == 1);
 }
