@@ -62,11 +62,11 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp =
       (target.parent_path() / ("." + target.filename().string() + ".tmp." + unique_temp_suffix())).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail(path, ": cannot save: cannot create the temporary file '", tmp, "': ", std::strerror(errno));
+  if (fd < 0) fail_io(path, ": cannot save: cannot create the temporary file '", tmp, "': ", std::strerror(errno));
   auto fail_removing = [&](const char* what, int e) {
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
-    fail(path, ": cannot save: ", what, " the temporary file '", tmp, "' failed: ", std::strerror(e),
+    fail_io(path, ": cannot save: ", what, " the temporary file '", tmp, "' failed: ", std::strerror(e),
          "; the existing file (if any) was left unchanged");
   };
   size_t off = 0;

@@ -175,14 +175,14 @@ bool Module::remove_child(const std::string& name) {
 Tensor& Module::param(const std::string& name) {
   auto it = find_name(params_, name);
   if (it == params_.end())
-    fail("[", type_name_, "] has no parameter '", name, "' (parameters: ", list_or_none(names_of(params_)), ")");
+    fail_key("[", type_name_, "] has no parameter '", name, "' (parameters: ", list_or_none(names_of(params_)), ")");
   return it->second;
 }
 
 const Tensor& Module::param(const std::string& name) const {
   auto it = find_name(params_, name);
   if (it == params_.end())
-    fail("[", type_name_, "] has no parameter '", name, "' (parameters: ", list_or_none(names_of(params_)), ")");
+    fail_key("[", type_name_, "] has no parameter '", name, "' (parameters: ", list_or_none(names_of(params_)), ")");
   return it->second;
 }
 
@@ -191,7 +191,7 @@ bool Module::has_param(const std::string& name) const { return find_name(params_
 Tensor& Module::buffer(const std::string& name) {
   auto it = find_name(buffers_, name);
   if (it == buffers_.end())
-    fail("[", type_name_, "] has no buffer '", name, "' (buffers: ", list_or_none(names_of(buffers_)), ")");
+    fail_key("[", type_name_, "] has no buffer '", name, "' (buffers: ", list_or_none(names_of(buffers_)), ")");
   return it->second;
 }
 
@@ -200,7 +200,7 @@ bool Module::has_buffer(const std::string& name) const { return find_name(buffer
 std::shared_ptr<Module> Module::child_ptr(const std::string& name) const {
   auto it = find_name(children_, name);
   if (it == children_.end())
-    fail("[", type_name_, "] has no child module '", name, "' (children: ", list_or_none(names_of(children_)), ")");
+    fail_key("[", type_name_, "] has no child module '", name, "' (children: ", list_or_none(names_of(children_)), ")");
   return it->second;
 }
 
@@ -299,7 +299,7 @@ std::shared_ptr<Module> Module::get_submodule(const std::string& dotted) const {
     if (part.empty()) fail("get_submodule('", dotted, "'): empty name component in the path");
     auto it = find_name(cur->children_, part);
     if (it == cur->children_.end())
-      fail("get_submodule('", dotted, "'): module ", path.empty() ? std::string("<root>") : "'" + path + "'",
+      fail_key("get_submodule('", dotted, "'): module ", path.empty() ? std::string("<root>") : "'" + path + "'",
            " (", cur->type_name_, ") has no child '", part, "' (children: ",
            list_or_none(names_of(cur->children_)), ")");
     cur_ptr = it->second;
@@ -324,7 +324,7 @@ std::shared_ptr<Module> Module::replace_module(const std::string& dotted, std::s
   }
   auto it = find_name(parent->children_, leaf);
   if (it == parent->children_.end())
-    fail("replace_module('", dotted, "'): ", parent->type_name_, " has no child '", leaf,
+    fail_key("replace_module('", dotted, "'): ", parent->type_name_, " has no child '", leaf,
          "' to replace (children: ", list_or_none(names_of(parent->children_)), ")");
   std::shared_ptr<Module> old = it->second;
   it->second = std::move(m);
@@ -471,8 +471,12 @@ LoadResult Module::load_state_dict(const StateDict& sd, bool strict, bool assign
     }
   }
   errors.insert(errors.end(), size_errors.begin(), size_errors.end());
-  if (!errors.empty())
-    fail("Error(s) in loading state_dict for ", type_name_, ":\n\t", join(errors, "\n\t"));
+  if (!errors.empty()) {
+    // a wrong or missing name is a KeyError; only size mismatches: a ShapeError
+    if (strict && (!res.unexpected_keys.empty() || !res.missing_keys.empty()))
+      fail_key("Error(s) in loading state_dict for ", type_name_, ":\n\t", join(errors, "\n\t"));
+    fail_shape("Error(s) in loading state_dict for ", type_name_, ":\n\t", join(errors, "\n\t"));
+  }
 
   // Validated: nothing above mutated the module.
   NoGradGuard ng;

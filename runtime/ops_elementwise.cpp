@@ -376,7 +376,7 @@ Tensor sigmoid(const Tensor& a) {
 }
 
 Tensor clamp(const Tensor& a, double lo, double hi) {
-  if (lo > hi) fail("[clamp] min ", lo, " is greater than max ", hi);
+  if (lo > hi) fail_shape("[clamp] min ", lo, " is greater than max ", hi);
   Tensor out = unary_forward("clamp", UnaryKind::clamp, a, lo, hi);
   if (needs_grad({&a})) {
     Tensor ad = a.detach();

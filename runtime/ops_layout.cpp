@@ -9,7 +9,7 @@ namespace detail {
 int64_t wrap_dim(const char* op, int64_t dim, int64_t rank) {
   int64_t r = std::max<int64_t>(rank, 1);
   if (dim < -r || dim >= r)
-    fail("[", op, "] dimension ", dim, " out of range for a tensor of rank ", rank,
+    fail_shape("[", op, "] dimension ", dim, " out of range for a tensor of rank ", rank,
          " (expected in [", -r, ", ", r - 1, "])");
   return dim < 0 ? dim + r : dim;
 }
@@ -21,7 +21,7 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
     int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
     if (da != db && da != 1 && db != 1)
-      fail("[", op, "] shapes ", shape_str(a), " and ", shape_str(b),
+      fail_shape("[", op, "] shapes ", shape_str(a), " and ", shape_str(b),
            " cannot be broadcast (dimension ", i, ": ", da, " vs ", db, ")");
     out[i] = da == 1 ? db : da;
   }
@@ -33,19 +33,19 @@ Device common_device(const char* op, const Tensor& a, const Tensor& b) {
     // 0-d cpu tensors act as scalars on any device, as in PyTorch
     if (a.dim() == 0 && a.device() == Device::cpu) return b.device();
     if (b.dim() == 0 && b.device() == Device::cpu) return a.device();
-    fail("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
+    fail_shape("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
   }
   return a.device();
 }
 
 void check_defined(const char* op, const Tensor& t, const char* what) {
-  if (!t.defined()) fail("[", op, "] ", what, " tensor is undefined");
+  if (!t.defined()) fail_shape("[", op, "] ", what, " tensor is undefined");
 }
 
 Tensor expand_raw(const Tensor& t, const Shape& shape) {
   if (t.shape() == shape) return t;
   size_t n = shape.size(), r = size_t(t.dim());
-  if (r > n) fail("[expand] cannot expand ", t.desc(), " to ", shape_str(shape));
+  if (r > n) fail_shape("[expand] cannot expand ", t.desc(), " to ", shape_str(shape));
   Shape st(n, 0);
   for (size_t i = 0; i < n; ++i) {
     if (i < n - r) continue;
@@ -53,7 +53,7 @@ Tensor expand_raw(const Tensor& t, const Shape& shape) {
     if (s == shape[i])
       st[i] = t.strides()[i - (n - r)];
     else if (s != 1)
-      fail("[expand] cannot expand ", t.desc(), " to ", shape_str(shape), " (dimension ", i,
+      fail_shape("[expand] cannot expand ", t.desc(), " to ", shape_str(shape), " (dimension ", i,
            ": ", s, " vs ", shape[i], ")");
   }
   return make_view(t, shape, st, t.offset());
@@ -96,22 +96,22 @@ static Shape infer_shape(const char* op, const Tensor& t, const Shape& shape) {
   int64_t known = 1, infer = -1;
   for (size_t i = 0; i < out.size(); ++i) {
     if (out[i] == -1) {
-      if (infer >= 0) fail("[", op, "] only one dimension can be -1, got ", shape_str(shape));
+      if (infer >= 0) fail_shape("[", op, "] only one dimension can be -1, got ", shape_str(shape));
       infer = int64_t(i);
     } else if (out[i] < 0) {
-      fail("[", op, "] invalid dimension ", out[i], " in shape ", shape_str(shape));
+      fail_shape("[", op, "] invalid dimension ", out[i], " in shape ", shape_str(shape));
     } else {
       known *= out[i];
     }
   }
   if (infer >= 0) {
     if (known == 0 || t.numel() % known != 0)
-      fail("[", op, "] shape ", shape_str(shape), " is invalid for input of size ", t.numel(),
+      fail_shape("[", op, "] shape ", shape_str(shape), " is invalid for input of size ", t.numel(),
            " (", t.desc(), ")");
     out[size_t(infer)] = t.numel() / known;
   }
   if (shape_numel(out) != t.numel())
-    fail("[", op, "] shape ", shape_str(shape), " is invalid for input of size ", t.numel(), " (",
+    fail_shape("[", op, "] shape ", shape_str(shape), " is invalid for input of size ", t.numel(), " (",
          t.desc(), ")");
   return out;
 }
@@ -133,7 +133,7 @@ std::vector<int64_t> reduce_dims(const char* op, const std::vector<int64_t>& dim
   for (int64_t d : dims) out.push_back(wrap_dim(op, d, rank));
   std::sort(out.begin(), out.end());
   if (std::adjacent_find(out.begin(), out.end()) != out.end())
-    fail("[", op, "] dimension repeated in ", shape_str(dims));
+    fail_shape("[", op, "] dimension repeated in ", shape_str(dims));
   if (rank == 0) out.clear();
   return out;
 }
@@ -177,7 +177,7 @@ Tensor Tensor::to(Device dev) const {
   Tensor out = make_tensor(shape(), dtype(), dev);
   if (dev != Device::meta) {
     if (is_meta())
-      fail("[to_device] cannot move meta tensor ", desc(), " to ", device_name(dev),
+      fail_shape("[to_device] cannot move meta tensor ", desc(), " to ", device_name(dev),
            ": it has no data; load a state dict into it or call materialize()");
     copy_across_devices(contiguous_raw(*this), out);
   }
@@ -217,7 +217,7 @@ Tensor Tensor::view(const Shape& shape) const {
   Shape sh = infer_shape("view", *this, shape);
   Shape st;
   if (!view_strides(*this, sh, st))
-    fail("[view] cannot view ", desc(), " with strides ", shape_str(strides()), " as ",
+    fail_shape("[view] cannot view ", desc(), " with strides ", shape_str(strides()), " as ",
          shape_str(sh), ": the memory layout is incompatible; use reshape() (which copies)");
   Shape in = this->shape();
   return record_view("view", *this, make_view(*this, sh, st, offset()), [in](const Tensor& g) {
@@ -237,7 +237,7 @@ Tensor Tensor::flatten(int64_t start, int64_t end) const {
   if (r == 0) return reshape({1});
   start = wrap_dim("flatten", start, r);
   end = wrap_dim("flatten", end, r);
-  if (start > end) fail("[flatten] start dim ", start, " after end dim ", end);
+  if (start > end) fail_shape("[flatten] start dim ", start, " after end dim ", end);
   Shape sh;
   for (int64_t d = 0; d < start; ++d) sh.push_back(size(d));
   int64_t m = 1;
@@ -260,7 +260,7 @@ Tensor Tensor::transpose(int64_t a, int64_t b) const {
 }
 
 Tensor Tensor::t() const {
-  if (dim() > 2) fail("[transpose] t() expects a tensor with <= 2 dims, got ", desc());
+  if (dim() > 2) fail_shape("[transpose] t() expects a tensor with <= 2 dims, got ", desc());
   if (dim() < 2) return *this;
   return transpose(0, 1);
 }
@@ -268,12 +268,12 @@ Tensor Tensor::t() const {
 Tensor Tensor::permute(const Shape& order) const {
   int64_t r = dim();
   if (int64_t(order.size()) != r)
-    fail("[permute] order ", shape_str(order), " does not match rank of ", desc());
+    fail_shape("[permute] order ", shape_str(order), " does not match rank of ", desc());
   Shape sh(static_cast<size_t>(r)), st(static_cast<size_t>(r)), inv(static_cast<size_t>(r));
   std::vector<bool> seen(size_t(r), false);
   for (int64_t i = 0; i < r; ++i) {
     int64_t d = wrap_dim("permute", order[size_t(i)], r);
-    if (seen[size_t(d)]) fail("[permute] repeated dimension in ", shape_str(order));
+    if (seen[size_t(d)]) fail_shape("[permute] repeated dimension in ", shape_str(order));
     seen[size_t(d)] = true;
     sh[size_t(i)] = shape()[size_t(d)];
     st[size_t(i)] = strides()[size_t(d)];
@@ -285,8 +285,8 @@ Tensor Tensor::permute(const Shape& order) const {
 
 Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const {
   d = wrap_dim("slice", d, dim());
-  if (dim() == 0) fail("[slice] cannot slice a 0-d tensor");
-  if (step <= 0) fail("[slice] step must be positive, got ", step);
+  if (dim() == 0) fail_shape("[slice] cannot slice a 0-d tensor");
+  if (step <= 0) fail_shape("[slice] step must be positive, got ", step);
   int64_t n = size(d);
   if (start < 0) start += n;
   if (end < 0) end += n;
@@ -313,7 +313,7 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   d = wrap_dim("narrow", d, dim());
   if (start < 0) start += size(d);
   if (start < 0 || length < 0 || start + length > size(d))
-    fail("[narrow] start ", start, " + length ", length, " exceeds dimension ", d, " of ", desc());
+    fail_shape("[narrow] start ", start, " + length ", length, " exceeds dimension ", d, " of ", desc());
   return slice(d, start, start + length);
 }
 
@@ -321,7 +321,7 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
   d = wrap_dim("select", d, dim());
   int64_t n = size(d);
   if (index < -n || index >= n)
-    fail("[select] index ", index, " out of range for dimension ", d, " of ", desc());
+    fail_shape("[select] index ", index, " out of range for dimension ", d, " of ", desc());
   if (index < 0) index += n;
   return narrow(d, index, 1).squeeze(d);
 }
@@ -364,7 +364,7 @@ Tensor Tensor::expand(const Shape& shape) const {
   size_t off = sh.size() - std::min(sh.size(), size_t(dim()));
   for (size_t i = 0; i < sh.size(); ++i)
     if (sh[i] == -1) {
-      if (i < off) fail("[expand] -1 not allowed for new leading dimension in ", shape_str(shape));
+      if (i < off) fail_shape("[expand] -1 not allowed for new leading dimension in ", shape_str(shape));
       sh[i] = this->shape()[i - off];
     }
   Shape in = this->shape();
@@ -379,25 +379,25 @@ Tensor Tensor::expand(const Shape& shape) const {
 // concatenation and indexing
 
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
-  if (ts.empty()) fail("[cat] expects a non-empty list of tensors");
+  if (ts.empty()) fail_shape("[cat] expects a non-empty list of tensors");
   for (const Tensor& t : ts) check_defined("cat", t);
   const Tensor& first = ts[0];
   int64_t r = first.dim();
-  if (r == 0) fail("[cat] zero-dimensional tensor cannot be concatenated");
+  if (r == 0) fail_shape("[cat] zero-dimensional tensor cannot be concatenated");
   dim = wrap_dim("cat", dim, r);
   DType dt = first.dtype();
   int64_t total = 0;
   for (size_t i = 0; i < ts.size(); ++i) {
     const Tensor& t = ts[i];
     if (t.dim() != r)
-      fail("[cat] tensor ", i, " has rank ", t.dim(), " but tensor 0 has rank ", r, " (",
+      fail_shape("[cat] tensor ", i, " has rank ", t.dim(), " but tensor 0 has rank ", r, " (",
            t.desc(), " vs ", first.desc(), ")");
     if (t.device() != first.device())
-      fail("[cat] tensor ", i, " is on ", device_name(t.device()), ", tensor 0 on ",
+      fail_shape("[cat] tensor ", i, " is on ", device_name(t.device()), ", tensor 0 on ",
            device_name(first.device()));
     for (int64_t d = 0; d < r; ++d)
       if (d != dim && t.size(d) != first.size(d))
-        fail("[cat] sizes must match except in dimension ", dim, ": tensor ", i, " is ", t.desc(),
+        fail_shape("[cat] sizes must match except in dimension ", dim, ": tensor ", i, " is ", t.desc(),
              ", tensor 0 is ", first.desc());
     dt = promote_types(dt, t.dtype());
     total += t.size(dim);
@@ -430,13 +430,13 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
 }
 
 Tensor stack(const std::vector<Tensor>& ts, int64_t dim) {
-  if (ts.empty()) fail("[stack] expects a non-empty list of tensors");
+  if (ts.empty()) fail_shape("[stack] expects a non-empty list of tensors");
   dim = wrap_dim("stack", dim, ts[0].dim() + 1);
   std::vector<Tensor> us;
   for (size_t i = 0; i < ts.size(); ++i) {
     check_defined("stack", ts[i]);
     if (ts[i].shape() != ts[0].shape())
-      fail("[stack] expects tensors of equal shape, got ", ts[0].desc(), " and ", ts[i].desc(),
+      fail_shape("[stack] expects tensors of equal shape, got ", ts[0].desc(), " and ", ts[i].desc(),
            " (tensor ", i, ")");
     us.push_back(ts[i].unsqueeze(dim));
   }
@@ -445,18 +445,18 @@ Tensor stack(const std::vector<Tensor>& ts, int64_t dim) {
 
 static Tensor check_index(const char* op, const Tensor& index) {
   check_defined(op, index, "index");
-  if (index.dtype() != DType::int64) fail("[", op, "] index must be int64, got ", index.desc());
+  if (index.dtype() != DType::int64) fail_shape("[", op, "] index must be int64, got ", index.desc());
   return index;
 }
 
 Tensor index_select(const Tensor& a, int64_t dim, const Tensor& index) {
   check_defined("index_select", a);
   check_index("index_select", index);
-  if (index.dim() > 1) fail("[index_select] index must be 1-D, got ", index.desc());
+  if (index.dim() > 1) fail_shape("[index_select] index must be 1-D, got ", index.desc());
   dim = wrap_dim("index_select", dim, a.dim());
-  if (a.dim() == 0) fail("[index_select] input must have at least one dimension");
+  if (a.dim() == 0) fail_shape("[index_select] input must have at least one dimension");
   if (index.device() != a.device())
-    fail("[index_select] index on ", device_name(index.device()), ", input ", a.desc());
+    fail_shape("[index_select] index on ", device_name(index.device()), ", input ", a.desc());
   Shape sh = a.shape();
   sh[size_t(dim)] = index.numel();
   Tensor out = make_tensor(sh, a.dtype(), a.device());
@@ -479,7 +479,7 @@ Tensor index_add(const Tensor& a, int64_t dim, const Tensor& index, const Tensor
   Shape expect = a.shape();
   expect[size_t(dim)] = index.numel();
   if (src.shape() != expect)
-    fail("[index_add] source ", src.desc(), " does not match ", shape_str(expect), " for input ",
+    fail_shape("[index_add] source ", src.desc(), " does not match ", shape_str(expect), " for input ",
          a.desc(), " and ", index.numel(), " indices along dim ", dim);
   DType cd = compute_dtype(a.dtype());
   Tensor out = make_tensor(a.shape(), cd, a.device());
@@ -499,10 +499,10 @@ Tensor index_add(const Tensor& a, int64_t dim, const Tensor& index, const Tensor
 
 static void check_gather_shapes(const char* op, const Tensor& a, int64_t dim, const Tensor& index) {
   if (index.dim() != a.dim())
-    fail("[", op, "] index ", index.desc(), " must have the rank of input ", a.desc());
+    fail_shape("[", op, "] index ", index.desc(), " must have the rank of input ", a.desc());
   for (int64_t d = 0; d < a.dim(); ++d)
     if (d != dim && index.size(d) > a.size(d))
-      fail("[", op, "] index ", index.desc(), " is larger than input ", a.desc(), " in dimension ",
+      fail_shape("[", op, "] index ", index.desc(), " is larger than input ", a.desc(), " in dimension ",
            d, " (index.size(d) <= input.size(d) is required for every d != ", dim, ")");
 }
 
@@ -540,7 +540,7 @@ Tensor scatter_add(const Tensor& a, int64_t dim, const Tensor& index, const Tens
   dim = wrap_dim("scatter_add", dim, a.dim());
   check_gather_shapes("scatter_add", a, dim, index);
   if (src.shape() != index.shape())
-    fail("[scatter_add] source ", src.desc(), " must have the shape of index ", index.desc());
+    fail_shape("[scatter_add] source ", src.desc(), " must have the shape of index ", index.desc());
   DType cd = compute_dtype(a.dtype());
   Tensor out = make_tensor(a.shape(), cd, a.device());
   if (!out.is_meta()) {
@@ -564,7 +564,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_defined("where", cond, "condition");
   check_defined("where", a);
   check_defined("where", b);
-  if (cond.dtype() != DType::bool_) fail("[where] condition must be bool, got ", cond.desc());
+  if (cond.dtype() != DType::bool_) fail_shape("[where] condition must be bool, got ", cond.desc());
   Shape sh = broadcast_shapes("where", broadcast_shapes("where", cond.shape(), a.shape()), b.shape());
   Device dev = common_device("where", a, b);
   common_device("where", cond, a);
@@ -586,10 +586,10 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
   check_defined("masked_fill", a);
   check_defined("masked_fill", mask, "mask");
-  if (mask.dtype() != DType::bool_) fail("[masked_fill] mask must be bool, got ", mask.desc());
+  if (mask.dtype() != DType::bool_) fail_shape("[masked_fill] mask must be bool, got ", mask.desc());
   Shape sh = broadcast_shapes("masked_fill", a.shape(), mask.shape());
   if (sh != a.shape())
-    fail("[masked_fill] mask ", mask.desc(), " must broadcast to input ", a.desc());
+    fail_shape("[masked_fill] mask ", mask.desc(), " must broadcast to input ", a.desc());
   return where(mask, scalar_tensor(value, a.dtype(), a.device()), a);
 }
 

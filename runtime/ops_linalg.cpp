@@ -15,10 +15,10 @@ void check_float_pair(const char* op, const Tensor& a, const Tensor& b) {
   check_defined(op, a);
   check_defined(op, b);
   if (!is_floating(a.dtype()) || a.dtype() != b.dtype())
-    fail("[", op, "] expects two floating-point tensors of the same dtype, got ", a.desc(), " and ",
+    fail_shape("[", op, "] expects two floating-point tensors of the same dtype, got ", a.desc(), " and ",
          b.desc());
   if (a.device() != b.device())
-    fail("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
+    fail_shape("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
 }
 
 // a [M,K] or [B,M,K]; b [K,N] or [B,K,N] with equal B. No autograd.
@@ -51,10 +51,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_float_pair("matmul", a, b);
   const int64_t ra = a.dim(), rb = b.dim();
   if (ra == 0 || rb == 0)
-    fail("[matmul] both arguments need at least 1 dimension, got ", a.desc(), " and ", b.desc());
+    fail_shape("[matmul] both arguments need at least 1 dimension, got ", a.desc(), " and ", b.desc());
   const int64_t ka = a.size(-1), kb = rb == 1 ? b.size(0) : b.size(-2);
   if (ka != kb)
-    fail("[matmul] shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+    fail_shape("[matmul] shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
          " cannot be multiplied (", ka, " != ", kb, ")");
   if (ra == 1 && rb == 1) return mm(a.unsqueeze(0), b.unsqueeze(1)).reshape({});
   if (ra == 2 && rb == 1) return mm(a, b.unsqueeze(1)).squeeze(1);
@@ -90,16 +90,16 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_float_pair("linear", x, weight);
-  if (weight.dim() != 2) fail("[linear] weight must be 2-D [out, in], got ", weight.desc());
-  if (x.dim() == 0) fail("[linear] input must have at least 1 dimension, got ", x.desc());
+  if (weight.dim() != 2) fail_shape("[linear] weight must be 2-D [out, in], got ", weight.desc());
+  if (x.dim() == 0) fail_shape("[linear] input must have at least 1 dimension, got ", x.desc());
   const int64_t in = weight.size(1), outf = weight.size(0);
   if (x.size(-1) != in)
-    fail("[linear] input ", x.desc(), " has ", x.size(-1), " features but weight ", weight.desc(),
+    fail_shape("[linear] input ", x.desc(), " has ", x.size(-1), " features but weight ", weight.desc(),
          " expects ", in);
   if (bias.defined()) {
     check_float_pair("linear", x, bias);
     if (bias.dim() != 1 || bias.size(0) != outf)
-      fail("[linear] bias ", bias.desc(), " must be [", outf, "] for weight ", weight.desc());
+      fail_shape("[linear] bias ", bias.desc(), " must be [", outf, "] for weight ", weight.desc());
   }
   Shape osh = x.shape();
   osh.back() = outf;
@@ -138,8 +138,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
 SvdResult svd(const Tensor& a, bool full_matrices) {
   check_defined("svd", a);
-  if (!is_floating(a.dtype())) fail("[svd] expects a floating-point tensor, got ", a.desc());
-  if (a.dim() != 2) fail("[svd] expects a 2-D tensor [M, N], got ", a.desc());
+  if (!is_floating(a.dtype())) fail_shape("[svd] expects a floating-point tensor, got ", a.desc());
+  if (a.dim() != 2) fail_shape("[svd] expects a 2-D tensor [M, N], got ", a.desc());
   if (is_grad_enabled() && a.requires_grad())
     fail("[svd] is not differentiable; call it on a detached tensor or under NoGradGuard, got ", a.desc());
   const int64_t M = a.size(0), N = a.size(1), K = std::min(M, N);

@@ -14,11 +14,11 @@ using Grads = std::vector<Tensor>;
 Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t> padding_idx) {
   check_defined("embedding", ids, "ids");
   check_defined("embedding", weight, "weight");
-  if (ids.dtype() != DType::int64) fail("[embedding] ids must be int64, got ", ids.desc());
-  if (weight.dim() != 2) fail("[embedding] weight must be 2-D [num, dim], got ", weight.desc());
+  if (ids.dtype() != DType::int64) fail_shape("[embedding] ids must be int64, got ", ids.desc());
+  if (weight.dim() != 2) fail_shape("[embedding] weight must be 2-D [num, dim], got ", weight.desc());
   const int64_t num = weight.size(0), dim = weight.size(1);
   if (padding_idx && (*padding_idx >= num || *padding_idx < -num))
-    fail("[embedding] padding_idx ", *padding_idx, " is out of range for ", num,
+    fail_shape("[embedding] padding_idx ", *padding_idx, " is out of range for ", num,
          " embeddings (weight ", weight.desc(), ")");
   Tensor flat = ids.reshape({-1});
   if (!flat.is_meta()) {
@@ -26,7 +26,7 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t>
     const int64_t* p = host.data_ptr<int64_t>();
     for (int64_t i = 0; i < host.numel(); ++i)
       if (p[i] < 0 || p[i] >= num)
-        fail("[embedding] index ", p[i], " is out of range for ", num, " embeddings (weight ",
+        fail_shape("[embedding] index ", p[i], " is out of range for ", num, " embeddings (weight ",
              weight.desc(), ", ids ", ids.desc(), ")");
   }
   Tensor rows;
@@ -54,7 +54,7 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t>
 
 Tensor dropout(const Tensor& a, double p, bool training, Generator& gen) {
   check_defined("dropout", a);
-  if (p < 0 || p > 1) fail("[dropout] probability has to be between 0 and 1, but got ", p);
+  if (p < 0 || p > 1) fail_shape("[dropout] probability has to be between 0 and 1, but got ", p);
   if (!training || p == 0) return a;
   if (p == 1) return mul(a, 0.0);
   Tensor mask = make_tensor(a.shape(), compute_dtype(a.dtype()), a.device());
@@ -69,7 +69,7 @@ Tensor mse_loss(const Tensor& input, const Tensor& target) {
   check_defined("mse_loss", input);
   check_defined("mse_loss", target, "target");
   if (input.shape() != target.shape())
-    fail("[mse_loss] input ", input.desc(), " and target ", target.desc(), " must have the same shape");
+    fail_shape("[mse_loss] input ", input.desc(), " and target ", target.desc(), " must have the same shape");
   Tensor d = sub(input, target);
   return mean(mul(d, d));
 }
@@ -78,14 +78,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   check_defined("cross_entropy", logits, "logits");
   check_defined("cross_entropy", target, "target");
   if (target.dtype() != DType::int64)
-    fail("[cross_entropy] target must hold int64 class indices, got ", target.desc());
+    fail_shape("[cross_entropy] target must hold int64 class indices, got ", target.desc());
   Tensor lg = logits, tg = target;
   if (lg.dim() == 1) {
     lg = lg.unsqueeze(0);
     tg = tg.reshape({1});
   }
   if (lg.dim() != 2 || tg.dim() != 1 || tg.size(0) != lg.size(0))
-    fail("[cross_entropy] expects logits [N, C] and target [N], got ", logits.desc(), " and ",
+    fail_shape("[cross_entropy] expects logits [N, C] and target [N], got ", logits.desc(), " and ",
          target.desc());
   const int64_t C = lg.size(1);
   Tensor valid = ne(tg, double(ignore_index));
@@ -93,7 +93,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
     std::vector<int64_t> tv = tg.to_vector<int64_t>();
     for (size_t i = 0; i < tv.size(); ++i)
       if (tv[i] != ignore_index && (tv[i] < 0 || tv[i] >= C))
-        fail("[cross_entropy] target ", tv[i], " at row ", i, " is out of range for ", C,
+        fail_shape("[cross_entropy] target ", tv[i], " at row ", i, " is out of range for ", C,
              " classes");
   }
   Tensor safe = where(valid, tg, zeros({}, DType::int64, tg.device()));
@@ -107,22 +107,22 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   const Tensor& bias, double eps) {
   check_defined("layer_norm", x);
   const int64_t k = int64_t(normalized_shape.size());
-  if (k == 0 || k > x.dim()) fail("[layer_norm] normalized_shape ", shape_str(normalized_shape),
+  if (k == 0 || k > x.dim()) fail_shape("[layer_norm] normalized_shape ", shape_str(normalized_shape),
                                   " does not fit input ", x.desc());
   for (int64_t i = 0; i < k; ++i)
     if (x.size(x.dim() - k + i) != normalized_shape[size_t(i)])
-      fail("[layer_norm] input ", x.desc(), " does not end with normalized_shape ",
+      fail_shape("[layer_norm] input ", x.desc(), " does not end with normalized_shape ",
            shape_str(normalized_shape));
   if (weight.defined() && weight.shape() != normalized_shape)
-    fail("[layer_norm] weight ", weight.desc(), " must have normalized_shape ",
+    fail_shape("[layer_norm] weight ", weight.desc(), " must have normalized_shape ",
          shape_str(normalized_shape));
   if (bias.defined() && bias.shape() != normalized_shape)
-    fail("[layer_norm] bias ", bias.desc(), " must have normalized_shape ",
+    fail_shape("[layer_norm] bias ", bias.desc(), " must have normalized_shape ",
          shape_str(normalized_shape));
-  if (!is_floating(x.dtype())) fail("[layer_norm] needs a floating-point input, got ", x.desc());
+  if (!is_floating(x.dtype())) fail_shape("[layer_norm] needs a floating-point input, got ", x.desc());
   if (weight.defined()) common_device("layer_norm", x, weight);
   if (bias.defined()) common_device("layer_norm", x, bias);
-  if (!(eps >= 0) || !std::isfinite(eps)) fail("[layer_norm] eps must be finite and >= 0, got ", eps);
+  if (!(eps >= 0) || !std::isfinite(eps)) fail_shape("[layer_norm] eps must be finite and >= 0, got ", eps);
   int64_t N = 1;
   for (int64_t n : normalized_shape) N *= n;
   return layer_norm_fused(x, N, weight, bias, eps);

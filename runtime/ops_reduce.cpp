@@ -23,7 +23,7 @@ Tensor reduce_forward(const char* op, ReduceKind k, const Tensor& a, const std::
   for (int64_t d : rdims) {
     reduced[size_t(d)] = true;
     if (k != ReduceKind::sum && sh[size_t(d)] == 0)
-      fail("[", op, "] cannot reduce over dimension ", d, " of size 0 in ", a.desc());
+      fail_shape("[", op, "] cannot reduce over dimension ", d, " of size 0 in ", a.desc());
     sh[size_t(d)] = 1;
   }
   DType cd = compute_dtype(out_dt == DType::int64 && k == ReduceKind::argmax ? a.dtype() : out_dt);
@@ -65,7 +65,7 @@ Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
 Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   check_defined("mean", a);
   if (!is_floating(a.dtype()))
-    fail("[mean] needs a floating-point input, got ", a.desc(), "; convert with .to(float32)");
+    fail_shape("[mean] needs a floating-point input, got ", a.desc(), "; convert with .to(float32)");
   std::vector<int64_t> rd = reduce_dims("mean", dims, a.dim());
   // bf16/f16: sum and divide in float32, round once (as torch)
   if (compute_dtype(a.dtype()) != a.dtype())
@@ -105,7 +105,7 @@ Tensor argmax(const Tensor& a, int64_t dim, bool keepdim) {
 
 Tensor norm(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   check_defined("norm", a);
-  if (!is_floating(a.dtype())) fail("[norm] needs a floating-point input, got ", a.desc());
+  if (!is_floating(a.dtype())) fail_shape("[norm] needs a floating-point input, got ", a.desc());
   std::vector<int64_t> rd = reduce_dims("norm", dims, a.dim());
   Tensor outk;
   {
@@ -131,7 +131,7 @@ Tensor norm(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
 
 static Tensor softmax_forward(const char* op, const Tensor& a, int64_t dim, bool log) {
   check_defined(op, a);
-  if (!is_floating(a.dtype())) fail("[", op, "] needs a floating-point input, got ", a.desc());
+  if (!is_floating(a.dtype())) fail_shape("[", op, "] needs a floating-point input, got ", a.desc());
   if (a.dim() == 0) return log ? zeros_like(a) : ones_like(a);
   dim = wrap_dim(op, dim, a.dim());
   DType cd = compute_dtype(a.dtype());

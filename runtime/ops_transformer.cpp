@@ -30,7 +30,7 @@ Tensor to_dtype_raw(const Tensor& t, DType dt) { return t.dtype() == dt ? t : co
 
 Tensor gelu_tanh(const Tensor& a) {
   check_defined("gelu_tanh", a);
-  if (!is_floating(a.dtype())) fail("[gelu_tanh] needs a floating-point input, got ", a.desc());
+  if (!is_floating(a.dtype())) fail_shape("[gelu_tanh] needs a floating-point input, got ", a.desc());
   const DType cd = compute_dtype(a.dtype());
   Tensor out = make_tensor(a.shape(), cd, a.device());
   if (!a.is_meta()) backend(a.device()).unary(UnaryKind::gelu_tanh, convert_raw(a, cd), out, 0, 0);
@@ -46,8 +46,8 @@ Tensor gelu_tanh_backward(const Tensor& grad, const Tensor& x) {
   const char* op = "gelu_tanh_backward";
   check_defined(op, grad, "grad");
   check_defined(op, x);
-  if (!is_floating(x.dtype())) fail("[", op, "] needs a floating-point input, got ", x.desc());
-  if (needs_grad({&grad, &x})) fail("[", op, "] is not differentiable (it runs inside backward passes)");
+  if (!is_floating(x.dtype())) fail_shape("[", op, "] needs a floating-point input, got ", x.desc());
+  if (needs_grad({&grad, &x})) fail_shape("[", op, "] is not differentiable (it runs inside backward passes)");
   const Shape sh = broadcast_shapes(op, grad.shape(), x.shape());
   const Device dev = common_device(op, grad, x);
   const DType r = promote_types(grad.dtype(), x.dtype()), cd = compute_dtype(r);
@@ -104,14 +104,14 @@ Tensor layer_norm_fused(const Tensor& x, int64_t N, const Tensor& weight, const 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   const char* op = "rms_norm";
   check_defined(op, x);
-  if (!is_floating(x.dtype())) fail("[rms_norm] needs a floating-point input, got ", x.desc());
-  if (x.dim() < 1) fail("[rms_norm] needs at least one dim, got ", x.desc());
+  if (!is_floating(x.dtype())) fail_shape("[rms_norm] needs a floating-point input, got ", x.desc());
+  if (x.dim() < 1) fail_shape("[rms_norm] needs at least one dim, got ", x.desc());
   if (weight.defined() && (weight.dim() != 1 || weight.size(0) != x.size(-1)))
-    fail("[rms_norm] weight ", weight.desc(), " must be [", x.size(-1), "] for input ", x.desc());
+    fail_shape("[rms_norm] weight ", weight.desc(), " must be [", x.size(-1), "] for input ", x.desc());
   if (weight.defined() && !is_floating(weight.dtype()))
-    fail("[rms_norm] weight must be floating-point, got ", weight.desc());
+    fail_shape("[rms_norm] weight must be floating-point, got ", weight.desc());
   if (weight.defined()) common_device(op, x, weight);
-  if (!(eps >= 0) || !std::isfinite(eps)) fail("[rms_norm] eps must be finite and >= 0, got ", eps);
+  if (!(eps >= 0) || !std::isfinite(eps)) fail_shape("[rms_norm] eps must be finite and >= 0, got ", eps);
   // LlamaRMSNorm: weight · (x·rstd).to(x.dtype) — the result has the promoted dtype
   const DType result = weight.defined() ? promote_types(x.dtype(), weight.dtype()) : x.dtype();
   const DType cd = result == DType::float64 ? DType::float64 : DType::float32;
@@ -170,23 +170,23 @@ Tensor rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   check_defined(op, x);
   check_defined(op, cos, "cos");
   check_defined(op, sin, "sin");
-  if (x.dim() != 4) fail("[rotary_embedding] x must be [B, H, T, D], got ", x.desc());
+  if (x.dim() != 4) fail_shape("[rotary_embedding] x must be [B, H, T, D], got ", x.desc());
   if (!is_floating(x.dtype()) || !is_floating(cos.dtype()) || !is_floating(sin.dtype()))
-    fail("[rotary_embedding] x, cos and sin must be floating-point, got ", x.desc(), ", ", cos.desc(), ", ",
+    fail_shape("[rotary_embedding] x, cos and sin must be floating-point, got ", x.desc(), ", ", cos.desc(), ", ",
          sin.desc());
   const int64_t B = x.size(0), T = x.size(2), D = x.size(3);
-  if (D % 2) fail("[rotary_embedding] head dim ", D, " must be even (x ", x.desc(), ")");
+  if (D % 2) fail_shape("[rotary_embedding] head dim ", D, " must be even (x ", x.desc(), ")");
   if (cos.shape() != sin.shape())
-    fail("[rotary_embedding] cos ", cos.desc(), " and sin ", sin.desc(), " differ in shape");
+    fail_shape("[rotary_embedding] cos ", cos.desc(), " and sin ", sin.desc(), " differ in shape");
   const bool ok = (cos.dim() == 3 && (cos.size(0) == B || cos.size(0) == 1) && cos.size(1) == T &&
                    cos.size(2) == D) ||
                   (cos.dim() == 2 && cos.size(0) == T && cos.size(1) == D);
   if (!ok)
-    fail("[rotary_embedding] cos/sin ", cos.desc(), " do not fit x ", x.desc(), " (want [B, T, D] or [T, D])");
+    fail_shape("[rotary_embedding] cos/sin ", cos.desc(), " do not fit x ", x.desc(), " (want [B, T, D] or [T, D])");
   common_device(op, x, cos);
   common_device(op, x, sin);
   if (cos.requires_grad() || sin.requires_grad())
-    fail("[rotary_embedding] does not differentiate through cos and sin; detach them");
+    fail_shape("[rotary_embedding] does not differentiate through cos and sin; detach them");
   Tensor out = rotary_apply(x, cos, sin, false);
   if (needs_grad({&x})) {
     Tensor c = cos.detach(), s = sin.detach();
@@ -199,10 +199,10 @@ std::pair<Tensor, Tensor> rotary_cos_sin(const Tensor& position_ids, int64_t hea
                                          DType dt) {
   check_defined("rotary_embedding", position_ids, "position_ids");
   if (position_ids.dtype() != DType::int64 || position_ids.dim() != 2)
-    fail("[rotary_embedding] position_ids must be int64 [B, T], got ", position_ids.desc());
-  if (head_dim <= 0 || head_dim % 2) fail("[rotary_embedding] head dim ", head_dim, " must be even and positive");
-  if (!(theta > 0) || !std::isfinite(theta)) fail("[rotary_embedding] rope_theta must be positive, got ", theta);
-  if (!is_floating(dt)) fail("[rotary_embedding] cos/sin dtype must be floating-point");
+    fail_shape("[rotary_embedding] position_ids must be int64 [B, T], got ", position_ids.desc());
+  if (head_dim <= 0 || head_dim % 2) fail_shape("[rotary_embedding] head dim ", head_dim, " must be even and positive");
+  if (!(theta > 0) || !std::isfinite(theta)) fail_shape("[rotary_embedding] rope_theta must be positive, got ", theta);
+  if (!is_floating(dt)) fail_shape("[rotary_embedding] cos/sin dtype must be floating-point");
   const int64_t B = position_ids.size(0), T = position_ids.size(1);
   if (position_ids.is_meta())
     return {make_tensor({B, T, head_dim}, dt, Device::meta), make_tensor({B, T, head_dim}, dt, Device::meta)};
@@ -237,28 +237,28 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   check_defined(op, k, "key");
   check_defined(op, v, "value");
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
-    fail("[", op, "] query, key and value must be [B, H, T, D], got ", q.desc(), ", ", k.desc(), ", ", v.desc());
+    fail_shape("[", op, "] query, key and value must be [B, H, T, D], got ", q.desc(), ", ", k.desc(), ", ", v.desc());
   const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2);
   if (k.size(0) != B || v.size(0) != B || v.size(1) != Hkv || v.size(2) != Tk || k.size(3) != D ||
       v.size(3) != D)
-    fail("[", op, "] key ", k.desc(), " and value ", v.desc(), " do not fit query ", q.desc());
+    fail_shape("[", op, "] key ", k.desc(), " and value ", v.desc(), " do not fit query ", q.desc());
   if (Hkv == 0 || Hq % Hkv)
-    fail("[", op, "] query heads ", Hq, " must be a multiple of key/value heads ", Hkv);
+    fail_shape("[", op, "] query heads ", Hq, " must be a multiple of key/value heads ", Hkv);
   if (q.dtype() != k.dtype() || q.dtype() != v.dtype() || !is_floating(q.dtype()))
-    fail("[", op, "] query, key and value must share one floating dtype, got ", q.desc(), ", ", k.desc(), ", ",
+    fail_shape("[", op, "] query, key and value must share one floating dtype, got ", q.desc(), ", ", k.desc(), ", ",
          v.desc());
   common_device(op, q, k);
   common_device(op, q, v);
   if (key_padding_mask.defined()) {
     if (key_padding_mask.dim() != 2 || key_padding_mask.size(0) != B || key_padding_mask.size(1) != Tk ||
         (key_padding_mask.dtype() != DType::bool_ && key_padding_mask.dtype() != DType::int64))
-      fail("[", op, "] key_padding_mask must be bool or int64 [", B, ", ", Tk, "], got ", key_padding_mask.desc());
+      fail_shape("[", op, "] key_padding_mask must be bool or int64 [", B, ", ", Tk, "], got ", key_padding_mask.desc());
     common_device(op, q, key_padding_mask);
   }
-  if (causal && Tq > Tk) fail("[", op, "] causal attention with more queries (", Tq, ") than keys (", Tk, ")");
+  if (causal && Tq > Tk) fail_shape("[", op, "] causal attention with more queries (", Tq, ") than keys (", Tk, ")");
   const double sc = scale ? *scale : 1.0 / std::sqrt(double(D));
-  if (!std::isfinite(sc)) fail("[", op, "] scale must be finite, got ", sc);
+  if (!std::isfinite(sc)) fail_shape("[", op, "] scale must be finite, got ", sc);
   const DType cd = compute_dtype(q.dtype());
   Tensor out = make_tensor({B, Hq, Tq, D}, cd, q.device());
   Tensor lse = make_tensor({B, Hq, Tq}, cd, q.device());
@@ -293,7 +293,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
 std::vector<Tensor> chunk(const Tensor& a, int64_t chunks, int64_t dim) {
   check_defined("chunk", a);
-  if (chunks <= 0) fail("[chunk] chunks must be positive, got ", chunks);
+  if (chunks <= 0) fail_shape("[chunk] chunks must be positive, got ", chunks);
   const int64_t d = wrap_dim("chunk", dim, a.dim());
   const int64_t n = a.size(d), step = (n + chunks - 1) / chunks;
   std::vector<Tensor> out;

@@ -21,6 +21,7 @@
 #include "adapters/folder.h"
 #include "adapters/ia3/config.h"
 #include "adapters/lora/config.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "testing.h"
 #include "tools/charlm.h"
@@ -475,4 +476,28 @@ TEST_CASE("peft finetune stops on a non-finite loss without writing an adapter")
   CHECK(has(log, "finetune: loss became "));
   CHECK(has(log, "stopping without writing an adapter"));
   CHECK(!fs::exists(dir / "out/adapter_model.safetensors"));
+}
+
+TEST_CASE("errors come in kinds a caller can catch separately, with unchanged messages") {
+  // an op's operands: ShapeError
+  Tensor a = zeros({2, 3}), b = zeros({4, 5});
+  CHECK_THROWS_AS(matmul(a, b), ShapeError);
+  CHECK_THROWS_WITH_AS(matmul(a, b), doctest::Contains("[matmul] shapes [2, 3] and [4, 5]"), Error);
+  // a name that is not there: KeyError
+  nn::Linear lin(3, 2);
+  CHECK_THROWS_AS(lin.param("nope"), KeyError);
+  CHECK_THROWS_AS(lin.get_submodule("nope"), KeyError);
+  StateDict sd;
+  sd.set("weight", zeros({2, 3}));
+  CHECK_THROWS_AS(lin.load_state_dict(sd), KeyError);  // bias missing
+  sd.set("bias", zeros({5}));
+  CHECK_THROWS_AS(lin.load_state_dict(sd), ShapeError);  // names fine, a size differs
+  // malformed contents: FormatError
+  CHECK_THROWS_AS(config_from_json(std::string("{\"peft_type\": ")), FormatError);
+  CHECK_THROWS_AS(config_from_json(std::string("{\"peft_type\": 3}")), FormatError);
+  // the file system: IOError
+  CHECK_THROWS_AS(io::write_file_atomic("/nonexistent-dir-for-peft-test/x.bin", "data"), IOError);
+  // every kind is still a peft::Error
+  CHECK_THROWS_AS(lin.param("nope"), Error);
+  CHECK(testing::error_of([&] { lin.param("nope"); }).find("has no parameter 'nope'") != std::string::npos);
 }

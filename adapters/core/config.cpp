@@ -60,12 +60,12 @@ TargetModules TargetModules::from_json(const ordered_json& j, const char* field)
   if (j.is_array()) {
     std::vector<std::string> v;
     for (const auto& e : j) {
-      if (!e.is_string()) fail("`", field, "` must be a string or a list of strings, got ", j.dump());
+      if (!e.is_string()) fail_format("`", field, "` must be a string or a list of strings, got ", j.dump());
       v.push_back(e.get<std::string>());
     }
     return TargetModules(std::move(v));
   }
-  fail("`", field, "` must be null, a string or a list of strings, got ", j.dump());
+  fail_format("`", field, "` must be null, a string or a list of strings, got ", j.dump());
 }
 
 // --------------------------------------------------------------- PeftConfig --
@@ -121,7 +121,7 @@ std::string PeftConfig::to_json_string() const {
 static std::vector<std::string> string_list(const ordered_json& v, const char* field) {
   std::vector<std::string> out;
   for (const auto& e : v) {
-    if (!e.is_string()) fail("adapter config field `", field, "` must hold strings, got ", e.dump());
+    if (!e.is_string()) fail_format("adapter config field `", field, "` must hold strings, got ", e.dump());
     out.push_back(e.get<std::string>());
   }
   return out;
@@ -131,14 +131,14 @@ static std::vector<int64_t> int_list(const ordered_json& v, const char* field) {
   for (const auto& e : v) {
     if (!e.is_number_integer() ||
         (e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())))
-      fail("adapter config field `", field, "` must hold 64-bit integers, got ", e.dump());
+      fail_format("adapter config field `", field, "` must hold 64-bit integers, got ", e.dump());
     out.push_back(e.get<int64_t>());
   }
   return out;
 }
 
 void PeftConfig::read_common(const ordered_json& j, std::vector<std::string>& consumed) {
-  if (!j.is_object()) fail("adapter config must be a JSON object, got ", j.dump());
+  if (!j.is_object()) fail_format("adapter config must be a JSON object, got ", j.dump());
   auto take = [&](const char* k) -> const ordered_json* {
     consumed.push_back(k);
     auto it = j.find(k);
@@ -148,11 +148,11 @@ void PeftConfig::read_common(const ordered_json& j, std::vector<std::string>& co
     if (const auto* v = take(k)) {
       if (v->is_null()) dst.reset();
       else if (v->is_string()) dst = v->get<std::string>();
-      else fail("adapter config field `", k, "` must be a string or null, got ", v->dump());
+      else fail_format("adapter config field `", k, "` must be a string or null, got ", v->dump());
     }
   };
   if (const auto* v = take("peft_type")) {
-    if (!v->is_string()) fail("adapter config field `peft_type` must be a string");
+    if (!v->is_string()) fail_format("adapter config field `peft_type` must be a string");
     peft_type = v->get<std::string>();
   }
   get_opt_str("task_type", task_type);
@@ -166,19 +166,19 @@ void PeftConfig::read_common(const ordered_json& j, std::vector<std::string>& co
   if (const auto* v = take("modules_to_save")) {
     if (v->is_null()) modules_to_save.reset();
     else if (v->is_array()) modules_to_save = string_list(*v, "modules_to_save");
-    else fail("adapter config field `modules_to_save` must be a list of strings or null, got ", v->dump());
+    else fail_format("adapter config field `modules_to_save` must be a list of strings or null, got ", v->dump());
   }
   if (const auto* v = take("layers_to_transform")) {
     if (v->is_null()) layers_to_transform.reset();
     else if (v->is_number_integer()) set_layers_to_transform(int_list(ordered_json::array({*v}), "layers_to_transform")[0]);
     else if (v->is_array()) set_layers_to_transform(int_list(*v, "layers_to_transform"));
-    else fail("adapter config field `layers_to_transform` must be an int, a list of ints or null, got ", v->dump());
+    else fail_format("adapter config field `layers_to_transform` must be an int, a list of ints or null, got ", v->dump());
   }
   if (const auto* v = take("layers_pattern")) {
     if (v->is_null()) layers_pattern.reset();
     else if (v->is_string()) set_layers_pattern(v->get<std::string>());
     else if (v->is_array()) set_layers_pattern(string_list(*v, "layers_pattern"));
-    else fail("adapter config field `layers_pattern` must be a string, a list of strings or null, got ", v->dump());
+    else fail_format("adapter config field `layers_pattern` must be a string, a list of strings or null, got ", v->dump());
   }
 }
 
@@ -191,10 +191,10 @@ void PeftConfig::keep_unknown(const ordered_json& j, const std::vector<std::stri
 PeftConfigPtr config_from_json(const ordered_json& j) {
   register_builtin_methods();
   if (!j.is_object() || !j.contains("peft_type") || !j["peft_type"].is_string())
-    fail("adapter config has no string field `peft_type`");
+    fail_format("adapter config has no string field `peft_type`");
   std::string type = j["peft_type"].get<std::string>();
   const TunerMethod* m = find_method(type);
-  if (!m || !m->parse_config) fail("unsupported peft_type '", type, "' in adapter config");
+  if (!m || !m->parse_config) fail_format("unsupported peft_type '", type, "' in adapter config");
   return m->parse_config(j);
 }
 
@@ -207,13 +207,13 @@ ordered_json parse_config_text(const std::string& text) {
   auto depth_check = [](int depth, ordered_json::parse_event_t ev, ordered_json&) {
     if ((ev == ordered_json::parse_event_t::object_start || ev == ordered_json::parse_event_t::array_start) &&
         depth >= kMaxDepth)
-      fail("adapter config is nested more than ", kMaxDepth, " levels deep; not an adapter_config.json");
+      fail_format("adapter config is nested more than ", kMaxDepth, " levels deep; not an adapter_config.json");
     return true;
   };
   try {
     return ordered_json::parse(text, depth_check);
   } catch (const ordered_json::exception& e) {
-    fail("adapter config is not valid JSON: ", e.what());
+    fail_format("adapter config is not valid JSON: ", e.what());
   }
 }
 

@@ -57,7 +57,7 @@ void unmerge_adapters(nn::Module& model) {
 
 void delete_adapter(nn::Module& model, const std::string& adapter_name) {
   PeftState* s = peft_state(model);
-  if (!s || !s->find(adapter_name)) fail("Adapter ", adapter_name, " does not exist");
+  if (!s || !s->find(adapter_name)) fail_key("Adapter ", adapter_name, " does not exist");
   for (auto& [n, t] : tuner_layers(model))
     if (std::find(t->merged_adapters().begin(), t->merged_adapters().end(), adapter_name) != t->merged_adapters().end())
       fail("Cannot delete adapter(s) ['", adapter_name, "'] while they are merged. Please unmerge them first.");

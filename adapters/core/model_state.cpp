@@ -59,7 +59,7 @@ PeftConfigPtr peft_config(const nn::Module& model, const std::string& adapter) {
   PeftConfigPtr c = s ? s->find(adapter) : nullptr;
   if (!c) {
     std::string have = s ? py_list(s->adapter_names()) : "[]";
-    fail("no adapter named '", adapter, "' was injected into this model (adapters: ", have, ")");
+    fail_key("no adapter named '", adapter, "' was injected into this model (adapters: ", have, ")");
   }
   return c;
 }

@@ -24,7 +24,7 @@ struct Ctx {
   std::string file;
   template <class... A>
   [[noreturn]] void fail(const A&... parts) const {
-    ::peft::fail("[tokenizer] ", file, ": ", parts...);
+    ::peft::fail_format("[tokenizer] ", file, ": ", parts...);
   }
 };
 

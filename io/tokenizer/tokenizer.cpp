@@ -339,13 +339,13 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail("[tokenizer] cannot read ", path, " (no such file)");
+  if (!std::filesystem::is_regular_file(path, ec)) fail_io("[tokenizer] cannot read ", path, " (no such file)");
   const auto size = std::filesystem::file_size(path, ec);
-  if (ec || size > (512u << 20)) fail("[tokenizer] ", path, " is larger than 512 MiB or unreadable");
+  if (ec || size > (512u << 20)) fail_io("[tokenizer] ", path, " is larger than 512 MiB or unreadable");
   std::ifstream in(path, std::ios::binary);
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (!in.good() && !in.eof()) fail("[tokenizer] cannot read ", path);
+  if (!in.good() && !in.eof()) fail_io("[tokenizer] cannot read ", path);
   return from_json_text(ss.str(), path);
 }
 

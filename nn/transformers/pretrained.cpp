@@ -38,7 +38,7 @@ struct Family {
 Family family_of(const ordered_json& config) {
   auto it = config.find("model_type");
   if (it == config.end() || !it->is_string())
-    fail("config.json: field 'model_type' is missing or not a string (cannot tell which architecture to build)");
+    fail_format("config.json: field 'model_type' is missing or not a string (cannot tell which architecture to build)");
   const std::string mt = it->get<std::string>();
   if (mt == "bert") return {mt, "BertModel", "", "bert"};
   if (mt == "gpt2") return {mt, "GPT2Model", "GPT2LMHeadModel", "transformer"};
@@ -106,7 +106,7 @@ std::map<std::string, Source> open_checkpoint(const fs::path& dir, std::vector<s
     files.push_back(p.string());
     for (const auto& t : f->tensors()) {
       if (only && !only->count(t.name)) continue;
-      if (out.count(t.name)) fail("load_pretrained: tensor '", t.name, "' appears in more than one file of ", dir.string());
+      if (out.count(t.name)) fail_key("load_pretrained: tensor '", t.name, "' appears in more than one file of ", dir.string());
       out[t.name] = {f, t.name};
     }
   };
@@ -120,27 +120,27 @@ std::map<std::string, Source> open_checkpoint(const fs::path& dir, std::vector<s
   ordered_json j;
   {
     std::ifstream in(index);
-    if (!in) fail("load_pretrained: cannot read ", index.string());
+    if (!in) fail_io("load_pretrained: cannot read ", index.string());
     try {
       j = ordered_json::parse(in);
     } catch (const std::exception& e) {
-      fail("load_pretrained: ", index.string(), " is not valid JSON: ", e.what());
+      fail_format("load_pretrained: ", index.string(), " is not valid JSON: ", e.what());
     }
   }
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-    fail("load_pretrained: ", index.string(), " has no \"weight_map\" object");
+    fail_format("load_pretrained: ", index.string(), " has no \"weight_map\" object");
   std::map<std::string, std::set<std::string>> by_file;
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-    if (!it.value().is_string()) fail("load_pretrained: ", index.string(), ": weight_map[\"", it.key(), "\"] is not a file name");
+    if (!it.value().is_string()) fail_format("load_pretrained: ", index.string(), ": weight_map[\"", it.key(), "\"] is not a file name");
     const std::string f = it.value().get<std::string>();
     if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos || f == "." || f == "..")
-      fail("load_pretrained: ", index.string(), ": shard name '", f, "' must be a plain file name in the folder");
+      fail_format("load_pretrained: ", index.string(), ": shard name '", f, "' must be a plain file name in the folder");
     by_file[f].insert(it.key());
   }
   for (const auto& [f, keys] : by_file) {
     add_file(dir / f, &keys);
     for (const auto& k : keys)
-      if (!out.count(k)) fail("load_pretrained: ", index.string(), " maps '", k, "' to ", f, ", which does not hold it");
+      if (!out.count(k)) fail_key("load_pretrained: ", index.string(), " maps '", k, "' to ", f, ", which does not hold it");
   }
   return out;
 }
@@ -154,18 +154,18 @@ std::vector<std::string> supported_architectures() {
 
 ordered_json read_model_config(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
-  if (!fs::is_directory(dir)) fail("load_pretrained: ", dir, " is not a folder");
+  if (!fs::is_directory(dir)) fail_io("load_pretrained: ", dir, " is not a folder");
   std::ifstream in(p);
-  if (!in) fail("load_pretrained: cannot read ", p.string(), " (a Hugging Face model folder needs config.json)");
+  if (!in) fail_io("load_pretrained: cannot read ", p.string(), " (a Hugging Face model folder needs config.json)");
   std::stringstream ss;
   ss << in.rdbuf();
-  if (ss.str().size() > (16u << 20)) fail("load_pretrained: ", p.string(), " is larger than 16 MiB");
+  if (ss.str().size() > (16u << 20)) fail_format("load_pretrained: ", p.string(), " is larger than 16 MiB");
   try {
     ordered_json j = ordered_json::parse(ss.str());
-    if (!j.is_object()) fail("load_pretrained: ", p.string(), " must hold a JSON object");
+    if (!j.is_object()) fail_format("load_pretrained: ", p.string(), " must hold a JSON object");
     return j;
   } catch (const nlohmann::json::exception& e) {
-    fail("load_pretrained: ", p.string(), " is not valid JSON: ", e.what());
+    fail_format("load_pretrained: ", p.string(), " is not valid JSON: ", e.what());
   }
 }
 
@@ -215,12 +215,12 @@ std::shared_ptr<PreTrainedModel> load_pretrained(const std::string& dir, const P
     } else if (!is_base && !any_prefixed && m != "lm_head.weight") {
       m = pre + m;
     }
-    if (model_key.count(m)) fail("load_pretrained: ", dir, ": checkpoint keys '", model_key[m], "' and '", k, "' both load '", m, "'");
+    if (model_key.count(m)) fail_key("load_pretrained: ", dir, ": checkpoint keys '", model_key[m], "' and '", k, "' both load '", m, "'");
     model_key[m] = k;
   }
   if (is_base && !unused.empty()) {
     if (!fallback && !any_prefixed)
-      fail("load_pretrained: ", dir, ": unexpected checkpoint keys for ", arch, ": ", join(unused));
+      fail_key("load_pretrained: ", dir, ": unexpected checkpoint keys for ", arch, ": ", join(unused));
     inf.ignored_keys.insert(inf.ignored_keys.end(), unused.begin(), unused.end());
   }
   const bool pooler = arch == "BertModel" ? model_key.count("pooler.dense.weight") > 0 : true;
@@ -246,7 +246,7 @@ std::shared_ptr<PreTrainedModel> load_pretrained(const std::string& dir, const P
   for (const auto& [m, k] : model_key)
     if (!expected.count(m)) unexpected.push_back(k);
   if (!unexpected.empty())
-    fail("load_pretrained: ", dir, ": checkpoint keys that ", arch, " does not have: ", join(unexpected),
+    fail_key("load_pretrained: ", dir, ": checkpoint keys that ", arch, " does not have: ", join(unexpected),
          " (is config.json's model_type or architectures right for this checkpoint?)");
   std::vector<std::string> missing;
   for (const auto& [k, t] : targets) {
@@ -264,11 +264,11 @@ std::shared_ptr<PreTrainedModel> load_pretrained(const std::string& dir, const P
     const Source& s = ckpt.at(src_key);
     const io::TensorInfo& ti = s.file->info(s.name);
     if (ti.shape != t.shape())
-      fail("load_pretrained: ", dir, ": '", src_key, "' has shape ", shape_str(ti.shape), " in ", s.file->path(), " but ",
+      fail_shape("load_pretrained: ", dir, ": '", src_key, "' has shape ", shape_str(ti.shape), " in ", s.file->path(), " but ",
            arch, " expects ", shape_str(t.shape()), " for '", k, "' (does config.json match the checkpoint?)");
     const DType disk = io::runtime_dtype(ti.dtype);
     if (!is_floating(disk))
-      fail("load_pretrained: ", dir, ": '", src_key, "' is stored as ", io::st_dtype_name(ti.dtype),
+      fail_shape("load_pretrained: ", dir, ": '", src_key, "' is stored as ", io::st_dtype_name(ti.dtype),
            ", not a floating dtype");
     if (disk == dt) {
       sd.set(k, s.file->get(s.name));
@@ -279,7 +279,7 @@ std::shared_ptr<PreTrainedModel> load_pretrained(const std::string& dir, const P
     }
   }
   if (!missing.empty())
-    fail("load_pretrained: ", dir, ": the checkpoint has no weights for ", join(missing), " (", arch, ", ",
+    fail_key("load_pretrained: ", dir, ": the checkpoint has no weights for ", join(missing), " (", arch, ", ",
          missing.size(), " missing)");
   model->load_state_dict(sd, /*strict=*/true, /*assign=*/true);
   if (info) *info = std::move(inf);
