@@ -256,19 +256,7 @@ int run_generate(const std::vector<std::string>& argv) {
   std::vector<std::string> dirs = a.all("adapter");
   const int64_t n = a.get_int("n", 10);
   Generator gen(uint64_t(a.get_int("seed", 0)));
-  std::vector<std::string> names;
-  // Several adapters on one model are intended here: drop PEFT's warning about it.
-  {
-    ScopedWarningHandler keep_others([](const std::string& msg) {
-      if (msg.find("multiple adapters") == std::string::npos) std::fprintf(stderr, "peft warning: %s\n", msg.c_str());
-    });
-    for (size_t i = 0; i < dirs.size(); ++i) {
-      std::string name = std::filesystem::path(dirs[i]).filename().string();
-      if (name.empty() || std::find(names.begin(), names.end(), name) != names.end()) name = "adapter" + std::to_string(i);
-      load_adapter(*model, dirs[i], name);
-      names.push_back(name);
-    }
-  }
+  std::vector<std::string> names = load_adapter_folders(*model, dirs);
   model->eval();
   const int64_t k = model->config().context;
   if (a.has("merge")) {

@@ -20,10 +20,8 @@ namespace peft::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-
 // Loads adapters DIR... under their folder names (adapter0, adapter1... when names clash).
-std::vector<std::string> load_adapters(nn::Module& model, const std::vector<std::string>& dirs) {
+std::vector<std::string> load_adapter_folders(nn::Module& model, const std::vector<std::string>& dirs) {
   std::vector<std::string> names;
   ScopedWarningHandler keep_others([](const std::string& msg) {
     if (msg.find("multiple adapters") == std::string::npos) std::fprintf(stderr, "peft warning: %s\n", msg.c_str());
@@ -40,6 +38,8 @@ std::vector<std::string> load_adapters(nn::Module& model, const std::vector<std:
   }
   return names;
 }
+
+namespace {
 
 std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);
@@ -95,7 +95,7 @@ int run_embed(const std::vector<std::string>& argv) {
     max_len = size_t(m);
   }
   tools::TextModel tm = tools::TextModel::load(a.required("model"));
-  if (a.has("adapter")) load_adapters(*tm.model, {a.get("adapter")});
+  if (a.has("adapter")) load_adapter_folders(*tm.model, {a.get("adapter")});
   tm.model->eval();
   NoGradGuard ng;
   std::vector<Tensor> parts;
@@ -166,7 +166,7 @@ int run_text_generate(const std::vector<std::string>& argv) {
   o.seed = uint64_t(a.get_int("seed", 0));
   tools::TextModel tm = tools::TextModel::load(dir);
   const Tokenizer& tok = tm.tok();
-  std::vector<std::string> names = load_adapters(*tm.model, a.all("adapter"));
+  std::vector<std::string> names = load_adapter_folders(*tm.model, a.all("adapter"));
   Encoding enc = tok.encode_batch({prompt}, true, std::nullopt, std::nullopt)[0];
   if (enc.ids.empty()) fail("peft generate: the prompt encodes to no tokens");
   const int64_t rows = std::max<int64_t>(1, int64_t(names.size()));
