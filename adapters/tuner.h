@@ -290,7 +290,9 @@ struct TunerMethod {
   std::function<void(const nn::Module& model, const std::string& adapter, PeftConfig& cfg, StateDict& sd)>
       finish_state_dict;
   // Runs before an adapter state dict is loaded (AdaLoRA: resizes the layers by rank_pattern).
-  std::function<void(nn::Module& model, const std::string& adapter, PeftConfig& cfg)> before_load;
+  // Returns how to undo what it changed (empty: nothing to undo), called when the load fails
+  // afterwards so that set_peft_model_state_dict is all-or-nothing.
+  std::function<std::function<void()>(nn::Module& model, const std::string& adapter, PeftConfig& cfg)> before_load;
   // Runs once per injected adapter before any layer is created (PEFT's _pre_injection_hook):
   // a method whose layers share tensors across the whole model (VeRA's vera_A / vera_B)
   // creates them into `shared`; create_and_replace receives them, and once injection

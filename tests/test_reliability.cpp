@@ -501,3 +501,84 @@ TEST_CASE("errors come in kinds a caller can catch separately, with unchanged me
   CHECK_THROWS_AS(lin.param("nope"), Error);
   CHECK(testing::error_of([&] { lin.param("nope"); }).find("has no parameter 'nope'") != std::string::npos);
 }
+
+// ===========================================================================
+// set_peft_model_state_dict is all-or-nothing for every method: a checkpoint whose i-th
+// tensor does not fit fails and leaves the model exactly as it was, for every i, including
+// AdaLoRA's rank_pattern resize that runs before the tensors are loaded.
+
+namespace {
+
+// One checkpoint per method, saved from a model that holds the adapter, and a config to load it with.
+struct MethodCase {
+  const char* name;
+  PeftConfigPtr config;
+};
+
+std::vector<MethodCase> all_or_nothing_cases() {
+  std::vector<MethodCase> out;
+  auto lora = std::make_shared<LoraConfig>();
+  lora->r = 3;
+  lora->target_modules = {"lin0", "lin1"};
+  lora->modules_to_save = std::vector<std::string>{"lin2"};
+  lora->bias = "lora_only";
+  out.push_back({"LORA", lora});
+  auto ia3 = std::make_shared<IA3Config>();
+  ia3->target_modules = {"lin0", "lin1"};
+  ia3->feedforward_modules = {"lin1"};
+  out.push_back({"IA3", ia3});
+  auto ada = std::make_shared<AdaLoraConfig>();
+  ada->init_r = 4;
+  ada->target_r = 2;
+  ada->total_step = 10;
+  ada->target_modules = {"lin0", "lin1"};
+  // as the allocator leaves it: ranks 3 and 1 of 4
+  ada->rank_pattern = AdaLoraConfig::RankPattern{{"lin0.lora_E", {true, false, true, true}},
+                                                 {"lin1.lora_E", {false, false, true, false}}};
+  out.push_back({"ADALORA rank_pattern", ada});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("set_peft_model_state_dict fails on any bad tensor and leaves the model exactly as it was") {
+  ScopedWarningHandler quiet;
+  for (const auto& mc : all_or_nothing_cases()) {
+    CAPTURE(mc.name);
+    // the checkpoint, saved as PEFT names it (AdaLoRA's trimmed by rank_pattern)
+    auto src = mlp();
+    inject_adapter_in_model(*mc.config, *src, "default");
+    peft_config(*src, "default")->inference_mode = false;
+    StateDict ckpt = get_peft_model_state_dict(*src, "default");
+    REQUIRE(ckpt.size() >= 2);
+    // it loads cleanly into a fresh model (so each failure below is the injected one)
+    {
+      auto ok = mlp();
+      inject_adapter_in_model(*mc.config, *ok, "default");
+      nn::LoadResult r = set_peft_model_state_dict(*ok, ckpt, "default");
+      CHECK(r.unexpected_keys.empty());
+    }
+    size_t index = 0;
+    for (const auto& [bad_key, bad_value] : ckpt) {
+      CAPTURE(bad_key);
+      StateDict broken;
+      for (const auto& [k, v] : ckpt) broken.set(k, k == bad_key ? zeros({v.numel() + 1}) : v);
+      auto m = mlp();
+      inject_adapter_in_model(*mc.config, *m, "default");
+      const std::string before = snapshot(*m);
+      CHECK_HAS(error_of([&] { set_peft_model_state_dict(*m, broken, "default"); }), "size mismatch");
+      CHECK(snapshot(*m) == before);
+      ++index;
+    }
+    CHECK(index == ckpt.size());
+  }
+  // a rank_pattern entry that does not fit fails before any layer is resized
+  auto ada = std::dynamic_pointer_cast<AdaLoraConfig>(all_or_nothing_cases()[2].config->clone());
+  ada->rank_pattern->push_back({"lin1.lora_E", {true}});  // rank 1 of 4 entries: wrong length
+  ada->rank_pattern->front().second = {true, true, false, false};
+  auto m = mlp();
+  inject_adapter_in_model(*ada, *m, "default");
+  const std::string before = snapshot(*m);
+  CHECK_HAS(error_of([&] { set_peft_model_state_dict(*m, StateDict{}, "default"); }), "rank_pattern entry");
+  CHECK(snapshot(*m) == before);
+}

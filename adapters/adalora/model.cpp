@@ -80,8 +80,58 @@ nn::ModulePtr create_and_replace(AdaLoraConfig& cfg, const std::string& adapter,
        " is not supported. Currently, only `torch.nn.Linear` and `Conv1D` are supported.");
 }
 
-void resize_modules_by_rank_pattern(nn::Module& model, const AdaLoraConfig::RankPattern& rank_pattern,
-                                    const std::string& adapter) {
+namespace {
+
+// What SVDLinear::update_layer replaces, for one layer: every per-adapter dict in order (an
+// erase + insert moves an entry to the end, so order is part of the state) and the maps.
+class LayerSnapshot {
+ public:
+  explicit LayerSnapshot(SVDLinear& layer) : layer_(layer), r_(layer.r), alpha_(layer.lora_alpha), scaling_(layer.scaling) {
+    for (auto* d : dicts()) {
+      std::vector<std::pair<std::string, Tensor>> entries;
+      for (const auto& [k, t] : d->own_parameters()) entries.emplace_back(k, t);
+      params_.push_back(std::move(entries));
+    }
+    for (const auto& [k, m] : layer.lora_dropout().children()) dropout_.emplace_back(k, m);
+  }
+  void restore() {
+    auto ds = dicts();
+    for (size_t i = 0; i < ds.size(); ++i) {
+      for (const auto& k : ds[i]->keys()) ds[i]->erase(k);
+      for (const auto& [k, t] : params_[i]) ds[i]->insert(k, t, t.requires_grad());
+    }
+    nn::ModuleDict& drop = layer_.lora_dropout();
+    std::vector<std::string> names;
+    for (const auto& [k, m] : drop.children()) names.push_back(k);
+    for (const auto& k : names) drop.erase(k);
+    for (const auto& [k, m] : dropout_) drop.insert(k, m);
+    layer_.r = r_;
+    layer_.lora_alpha = alpha_;
+    layer_.scaling = scaling_;
+  }
+
+ private:
+  std::vector<nn::ParameterDict*> dicts() const {
+    return {&layer_.lora_A(), &layer_.lora_E(), &layer_.lora_B(), &layer_.ranknum()};
+  }
+  SVDLinear& layer_;
+  std::map<std::string, int64_t> r_;
+  std::map<std::string, double> alpha_, scaling_;
+  std::vector<std::vector<std::pair<std::string, Tensor>>> params_;
+  std::vector<std::pair<std::string, nn::ModulePtr>> dropout_;
+};
+
+}  // namespace
+
+std::function<void()> resize_modules_by_rank_pattern(nn::Module& model, const AdaLoraConfig::RankPattern& rank_pattern,
+                                                     const std::string& adapter) {
+  // Every entry is checked before any layer changes, so a bad rank_pattern changes nothing.
+  struct Resize {
+    std::shared_ptr<SVDLinear> target;
+    std::vector<bool> keep;
+    int64_t rank;
+  };
+  std::vector<Resize> plan;
   for (const auto& [name, keep] : rank_pattern) {
     int64_t rank = count_true(keep);
     auto parts = split_dots(name);
@@ -95,32 +145,46 @@ void resize_modules_by_rank_pattern(nn::Module& model, const AdaLoraConfig::Rank
     if (rows == rank && int64_t(keep.size()) != rows) continue;  // already resized
     if (int64_t(keep.size()) != rows)
       fail("rank_pattern entry '", name, "' has ", keep.size(), " entries but the layer has rank ", rows);
-    Tensor idx = kept_indices(keep);
-    Tensor E, A, B, rn;
-    {
-      NoGradGuard ng;
-      E = index_select(target->lora_E()[adapter], 0, idx).clone();
-      A = index_select(target->lora_A()[adapter], 0, idx).clone();
-      B = index_select(target->lora_B()[adapter], 1, idx).clone();
-      rn = target->ranknum()[adapter].detach().clone();
-    }
-    PeftState* st = peft_state(model);
-    auto cfg = st ? std::dynamic_pointer_cast<AdaLoraConfig>(st->find(adapter)) : nullptr;
-    AdapterArgs args;
-    args.r = rank;
-    args.lora_alpha = cfg ? cfg->lora_alpha : target->lora_alpha.at(adapter);
-    args.lora_dropout = cfg ? cfg->lora_dropout : 0.0;
-    args.init_lora_weights = cfg ? cfg->init_lora_weights.truthy() : true;
-    args.inference_mode = cfg ? cfg->inference_mode : false;
-    target->update_layer(adapter, args);
-    if (rank > 0) {
-      NoGradGuard ng;
-      target->lora_E()[adapter].copy_(E);
-      target->lora_A()[adapter].copy_(A);
-      target->lora_B()[adapter].copy_(B);
-      target->ranknum()[adapter].copy_(rn);
-    }
+    plan.push_back({target, keep, rank});
   }
+  PeftState* st = peft_state(model);
+  auto cfg = st ? std::dynamic_pointer_cast<AdaLoraConfig>(st->find(adapter)) : nullptr;
+  auto snapshots = std::make_shared<std::vector<LayerSnapshot>>();
+  auto undo = [snapshots] {
+    for (auto it = snapshots->rbegin(); it != snapshots->rend(); ++it) it->restore();
+  };
+  try {
+    for (const auto& [target, keep, rank] : plan) {
+      Tensor idx = kept_indices(keep);
+      Tensor E, A, B, rn;
+      {
+        NoGradGuard ng;
+        E = index_select(target->lora_E()[adapter], 0, idx).clone();
+        A = index_select(target->lora_A()[adapter], 0, idx).clone();
+        B = index_select(target->lora_B()[adapter], 1, idx).clone();
+        rn = target->ranknum()[adapter].detach().clone();
+      }
+      AdapterArgs args;
+      args.r = rank;
+      args.lora_alpha = cfg ? cfg->lora_alpha : target->lora_alpha.at(adapter);
+      args.lora_dropout = cfg ? cfg->lora_dropout : 0.0;
+      args.init_lora_weights = cfg ? cfg->init_lora_weights.truthy() : true;
+      args.inference_mode = cfg ? cfg->inference_mode : false;
+      snapshots->emplace_back(*target);
+      target->update_layer(adapter, args);
+      if (rank > 0) {
+        NoGradGuard ng;
+        target->lora_E()[adapter].copy_(E);
+        target->lora_A()[adapter].copy_(A);
+        target->lora_B()[adapter].copy_(B);
+        target->ranknum()[adapter].copy_(rn);
+      }
+    }
+  } catch (...) {
+    undo();
+    throw;
+  }
+  return undo;
 }
 
 void resize_state_dict_by_rank_pattern(StateDict& sd, const AdaLoraConfig::RankPattern& rank_pattern) {
@@ -191,9 +255,10 @@ void register_adalora_method() {
     sd = std::move(out);
   };
   // Loading: the layers are resized to the saved rank_pattern first.
-  m.before_load = [](nn::Module& model, const std::string& adapter, PeftConfig& c) {
+  m.before_load = [](nn::Module& model, const std::string& adapter, PeftConfig& c) -> std::function<void()> {
     auto* ac = dynamic_cast<AdaLoraConfig*>(&c);
-    if (ac && ac->rank_pattern) resize_modules_by_rank_pattern(model, *ac->rank_pattern, adapter);
+    if (ac && ac->rank_pattern) return resize_modules_by_rank_pattern(model, *ac->rank_pattern, adapter);
+    return nullptr;
   };
   m.default_target_fields = [](const std::string& model_type) -> std::optional<ordered_json> {
     auto t = default_target_modules("ADALORA", model_type);

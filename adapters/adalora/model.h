@@ -3,6 +3,7 @@
 // model; state dicts drop ranknum, are trimmed by rank_pattern on save and the
 // layers resized by it before a load (PEFT's tuners/adalora/). Registered as method "ADALORA".
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,8 +22,10 @@ nn::ModulePtr create_and_replace(AdaLoraConfig& cfg, const std::string& adapter,
 // PEFT's resize_modules_by_rank_pattern: each layer named in `rank_pattern` is
 // rebuilt with rank = #true, keeping the selected rows of A/E and columns of B;
 // ranknum keeps its old value (init_r), so the scale stays alpha/(init_r+1e-5).
-void resize_modules_by_rank_pattern(nn::Module& model, const AdaLoraConfig::RankPattern& rank_pattern,
-                                    const std::string& adapter = "default");
+// All-or-nothing: every entry is checked first; the returned function puts every resized
+// layer back exactly as it was (set_peft_model_state_dict calls it when the load fails).
+std::function<void()> resize_modules_by_rank_pattern(nn::Module& model, const AdaLoraConfig::RankPattern& rank_pattern,
+                                                     const std::string& adapter = "default");
 
 // PEFT's resize_state_dict_by_rank_pattern on a checkpoint-named state dict
 // ("<module>.lora_A" ...): rows of A/E, columns of B selected by the mask.

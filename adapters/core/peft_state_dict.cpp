@@ -74,6 +74,11 @@ class PrefixSet {
 
 const char* kPeftPrefix = "base_model.model.";
 
+// The load itself, after the method's before_load: checkpoint names -> the model's, then one
+// validated nn::Module::load_state_dict (which writes nothing unless every tensor fits).
+nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                            bool low_cpu_mem_usage, const TunerMethod& method);
+
 }  // namespace
 
 StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name) {
@@ -136,7 +141,20 @@ nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& sta
                                          const std::string& adapter_name, bool low_cpu_mem_usage) {
   PeftConfigPtr cfg = peft_config(model, adapter_name);
   const TunerMethod& method = method_for(cfg->peft_type);
-  if (method.before_load) method.before_load(model, adapter_name, *cfg);
+  std::function<void()> undo_before_load;
+  if (method.before_load) undo_before_load = method.before_load(model, adapter_name, *cfg);
+  try {
+    return load_renamed(model, state_dict, adapter_name, low_cpu_mem_usage, method);
+  } catch (...) {
+    if (undo_before_load) undo_before_load();  // all-or-nothing: the model is as it was
+    throw;
+  }
+}
+
+namespace {
+
+nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                            bool low_cpu_mem_usage, const TunerMethod& method) {
   StateDict full = model.state_dict();
 
   // Strip "base_model.model." when the model itself has no such names.
@@ -180,5 +198,7 @@ nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& sta
     for (auto& [n, t] : tuner_layers(model)) t->move_adapter_to_base_device(adapter_name);
   return r;
 }
+
+}  // namespace
 
 }  // namespace peft
