@@ -1,5 +1,6 @@
 // The CPU backend instance, and its overrides that forward to kernels kept in their own
-// translation units: svd (svd.cpp) and the transformer blocks (cpu_transformer.cpp).
+// translation units: svd (svd.cpp) and the transformer blocks
+// (cpu_norm_rotary.cpp, cpu_attention.cpp).
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/cpu/cpu_transformer.h"
 #include "runtime/cpu/svd.h"

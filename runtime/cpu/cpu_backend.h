@@ -3,7 +3,7 @@
 // cpu_elementwise.cpp (copy, fill, unary, binary, where), cpu_reduce.cpp (reduce,
 // softmax), cpu_gemm.cpp (gemm), cpu_index.cpp (index_select, index_add, gather,
 // scatter_add), cpu_random.cpp (random) and cpu_backend.cpp (the instance, svd and
-// the transformer blocks, which forward to cpu_transformer.cpp).
+// the transformer blocks, which forward to cpu_norm_rotary.cpp and cpu_attention.cpp).
 #pragma once
 #include "runtime/backend.h"
 
