@@ -2,8 +2,9 @@
 // Its methods are defined by job in runtime/cpu/: cpu_allocator.cpp (allocate),
 // cpu_elementwise.cpp (copy, fill, unary, binary, where), cpu_reduce.cpp (reduce,
 // softmax), cpu_gemm.cpp (gemm), cpu_index.cpp (index_select, index_add, gather,
-// scatter_add), cpu_random.cpp (random) and cpu_backend.cpp (the instance, svd and
-// the transformer blocks, which forward to cpu_norm_rotary.cpp and cpu_attention.cpp).
+// scatter_add), cpu_random.cpp (random), cpu_update.cpp (lora_linear_update, adamw_step)
+// and cpu_backend.cpp (the instance, svd and the transformer blocks, which forward to
+// cpu_norm_rotary.cpp and cpu_attention.cpp).
 #pragma once
 #include "runtime/backend.h"
 
@@ -26,6 +27,10 @@ class CpuBackend final : public Backend {
   void gather(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) override;
   void scatter_add(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void random(RandomKind k, Tensor& out, double a, double b, uint64_t seed, uint64_t counter) override;
+
+  void lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale) override;
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const AdamWConstants& c) override;
 
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& out, Tensor& mean,
                   Tensor& rstd) override;
