@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
-#include "runtime/cpu/vec_f32.h"
 #include "runtime/ops.h"
 
 namespace peft::nn {
@@ -151,34 +150,6 @@ AdamW::AdamW(NamedTensors params, AdamWOptions o) : Optimizer(std::move(params),
 
 AdamW::AdamW(const std::vector<Tensor>& params, AdamWOptions o) : AdamW(number(params), o) {}
 
-namespace {
-// The constants of one AdamW update at step t (PyTorch's formulas), computed once in
-// double for every code path; the float32 kernel narrows them.
-struct AdamWConstants {
-  double sign, decay, w1, beta2, w2, step_size, bc2_sqrt, eps;
-};
-AdamWConstants adamw_constants(const AdamWOptions& o, double lr, int64_t t) {
-  const double bc1 = 1 - std::pow(o.beta1, double(t));
-  const double bc2 = 1 - std::pow(o.beta2, double(t));
-  return {o.maximize ? -1.0 : 1.0, 1 - lr * o.weight_decay, 1 - o.beta1, o.beta2, 1 - o.beta2, lr / bc1,
-          std::sqrt(bc2), o.eps};
-}
-
-// float64 twin of cpu::adamw_f32 (runtime/cpu/vec_f32.cpp)
-void adamw_loop_f64(double* p, const double* g, double* m, double* v, int64_t n, const AdamWConstants& c) {
-  const bool lerp_lo = c.w1 < 0.5;
-  for (int64_t i = 0; i < n; ++i) {
-    const double gi = c.sign * g[i];
-    // torch.lerp: weight < 0.5 ? self + w*(end-self) : end - (end-self)*(1-w)
-    const double mi = lerp_lo ? m[i] + c.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0 - c.w1);
-    const double vi = v[i] * c.beta2 + c.w2 * gi * gi;  // mul_(b2).addcmul_(g, g, value=1-b2)
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = p[i] * c.decay - c.step_size * (mi / (std::sqrt(vi) / c.bc2_sqrt + c.eps));
-  }
-}
-}  // namespace
-
 void AdamW::step() {
   NoGradGuard ng;
   ++steps_;
@@ -190,18 +161,13 @@ void AdamW::step() {
     if (p.is_meta()) continue;
     state_like(m_[k], p);
     state_like(v_[k], p);
-    const AdamWConstants c = adamw_constants(o, lr_, ++t_[k]);
+    const int64_t t = ++t_[k];
     if (cpu_loop_ok(p, o.use_ops)) {
-      g = g.contiguous();
-      if (p.dtype() == DType::float32)
-        cpu::adamw_f32(p.data_ptr<float>(), g.data_ptr<float>(), m_[k].data_ptr<float>(),
-                       v_[k].data_ptr<float>(), p.numel(), float(c.sign), float(c.decay), float(c.w1),
-                       float(c.beta2), float(c.w2), float(c.step_size), float(c.bc2_sqrt), float(c.eps));
-      else
-        adamw_loop_f64(p.data_ptr<double>(), g.data_ptr<double>(), m_[k].data_ptr<double>(),
-                       v_[k].data_ptr<double>(), p.numel(), c);
+      adamw_step_(p, g, m_[k], v_[k], lr_, o.beta1, o.beta2, o.eps, o.weight_decay, t, o.maximize);
       continue;
     }
+    // Generic path with runtime ops (any device / dtype), from the same constants.
+    const AdamWConstants c = adamw_constants(lr_, o.beta1, o.beta2, o.eps, o.weight_decay, t, o.maximize);
     Tensor pd = p.detach();
     if (o.maximize) g = neg(g);
     Tensor pn = mul(pd, c.decay);

@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "runtime/ops.h"
 #include "runtime/tensor.h"
 
 namespace peft {
@@ -59,6 +60,23 @@ class Backend {
   // normal(mean a, std b) or bernoulli(keep probability a) as 0/1.
   virtual void random(RandomKind k, Tensor& out, double a, double b, uint64_t seed,
                       uint64_t counter) = 0;
+
+  // ---- in-place updates without autograd (runtime/ops_update.cpp) ----
+  // Fused kernels; a device without them fails clearly.
+
+  // y [M, out] contiguous += scale·(x·aᵀ)·bᵀ with x [M, in], a [r, in], b [out, r] (any strides),
+  // all of one float dtype (float32 or float64); M, in, r and out are positive.
+  virtual void lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale) {
+    (void)y, (void)x, (void)a, (void)b, (void)scale;
+    fail("[lora_linear_update_] has no kernel on this device");
+  }
+  // One AdamW update with the constants `c` (ops.h): param, grad, exp_avg, exp_avg_sq contiguous,
+  // one shape and one float dtype (float32 computes in float32 with c narrowed, float64 in float64).
+  virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                          const AdamWConstants& c) {
+    (void)param, (void)grad, (void)exp_avg, (void)exp_avg_sq, (void)c;
+    fail("[adamw_step_] has no kernel on this device");
+  }
 
   // ---- transformer blocks (runtime/ops_transformer.cpp, layer_norm in ops_nn.cpp) ----
   // Fused kernels; a device without them fails clearly. All tensors share one float dtype

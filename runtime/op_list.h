@@ -26,7 +26,9 @@
   /* transformer blocks (fused kernels; their *_backward ops are internal) */                   \
   X(gelu_tanh) X(rms_norm) X(rms_norm_backward) X(rotary_embedding)                          \
   X(rotary_embedding_backward) X(scaled_dot_product_attention)                               \
-  X(scaled_dot_product_attention_backward) X(chunk)
+  X(scaled_dot_product_attention_backward) X(chunk)                                          \
+  /* in-place updates without autograd */                                                    \
+  X(lora_linear_update_) X(adamw_step_)
 
 namespace peft {
 

@@ -139,6 +139,29 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 // torch.chunk: `chunks` views along dim (the last one smaller when the size does not divide).
 std::vector<Tensor> chunk(const Tensor& a, int64_t chunks, int64_t dim);
 
+// ---- in-place updates (no autograd: they fail when a gradient would be needed) ----
+// y += scale·(x·aᵀ)·bᵀ in place, LoRA's inference update (PEFT's lora.Linear forward without
+// dropout) in one kernel, without the [..., r] and [..., out] temporaries of the op-by-op form.
+// x [..., in], a [r, in], b [out, r], y [..., out] contiguous with x's leading dims; one float
+// dtype (float32 or float64) and one device. Returns y.
+Tensor& lora_linear_update_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale);
+
+// The constants of an AdamW update at step t >= 1 (PyTorch's formulas), computed in float64:
+// sign = -1 when maximizing else 1, decay = 1 - lr·weight_decay, w1 = 1 - beta1 (exp_avg
+// follows torch.lerp), w2 = 1 - beta2, step_size = lr / (1 - beta1^t), bc2_sqrt = √(1 - beta2^t).
+struct AdamWConstants {
+  double sign, decay, w1, beta2, w2, step_size, bc2_sqrt, eps;
+};
+AdamWConstants adamw_constants(double lr, double beta1, double beta2, double eps, double weight_decay,
+                               int64_t step, bool maximize = false);
+// One torch.optim.AdamW update (single-tensor, non-amsgrad) at step t in place, g = ±grad:
+// param = param·decay - step_size·m / (√v / bc2_sqrt + eps) with m = lerp(exp_avg, g, w1) and
+// v = exp_avg_sq·beta2 + w2·g², which become the new exp_avg and exp_avg_sq. param, exp_avg
+// and exp_avg_sq contiguous, grad any strides; one shape, float dtype (float32, computed in
+// float32 with the constants narrowed, or float64) and device.
+void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, double lr, double beta1,
+                 double beta2, double eps, double weight_decay, int64_t step, bool maximize = false);
+
 // ---- operators ----
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }

@@ -1,8 +1,8 @@
 // Transformer building blocks: gelu_tanh, rms_norm, rotary embeddings, attention, chunk.
 // Shapes and dtypes are checked here once, before dispatch (so `meta` costs nothing); the
-// arithmetic runs in the backend's fused kernels (runtime/cpu/cpu_transformer.cpp), and
-// each backward is recorded beside its forward. bfloat16/float16 inputs compute in float32
-// and round once at the end, as torch does.
+// arithmetic runs in the backend's fused kernels (runtime/cpu/cpu_norm_rotary.cpp and
+// cpu_attention.cpp), and each backward is recorded beside its forward. bfloat16/float16
+// inputs compute in float32 and round once at the end, as torch does.
 #include <cmath>
 
 #include "runtime/ops_common.h"

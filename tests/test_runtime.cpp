@@ -2,6 +2,7 @@
 // Forward against hand-computed values (broadcasting, non-contiguous inputs),
 // backward against central finite differences, meta-device shape inference, and
 // the peft::Error each op raises for a bad shape.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -1967,4 +1968,75 @@ TEST_CASE("tanh_backward: grad·(1 - y²) in one op, broadcasting, double backwa
   }, (std::vector<Tensor>{x2}));
   CHECK(testing::error_of([] { tanh_backward(zeros({2, 3}), zeros({4})); }).find("[tanh_backward]") !=
         std::string::npos);
+}
+
+TEST_CASE("lora_linear_update_: y += scale·(x·aᵀ)·bᵀ in place, tiny loops and gemm path, checked arguments") {
+  // (M, in, r, out): the first takes the tiny-product loops for float32, the second two gemms
+  for (auto [M, in, r, out] : std::vector<std::array<int64_t, 4>>{{6, 5, 3, 7}, {64, 256, 8, 192}})
+    for (DType dt : {DType::float32, DType::float64}) {
+      Tensor x = rnd({2, M / 2, in}, 1, dt), a = rnd({r, in}, 2, dt), b = rnd({out, r}, 3, dt);
+      Tensor y = rnd({2, M / 2, out}, 4, dt);
+      Tensor want = add(y, mul(matmul(matmul(x.to(DType::float64), a.to(DType::float64).t()),
+                                      b.to(DType::float64).t()),
+                               0.5));
+      Tensor same = y;
+      Tensor& r_ = lora_linear_update_(y, x, a, b, 0.5);
+      CHECK(&r_ == &y);
+      CHECK(same.same_storage(y));
+      const double tol = dt == DType::float64 ? 1e-12 : 1e-4;
+      CHECK_ALLCLOSE(y.to(DType::float64), want, tol, 10 * tol);
+    }
+  Tensor y = zeros({4, 3}), x = ones({4, 5}), a = ones({2, 5}), b = ones({3, 2});
+  CHECK(error_of([&] { lora_linear_update_(y, x, a, ones({3, 4}), 1.0); }) ==
+        "[lora_linear_update_] shapes do not chain as y [..., out] += x [..., in]·aᵀ·bᵀ: x float32[4, 5], a "
+        "float32[2, 5], b float32[3, 4], y float32[4, 3]");
+  CHECK(error_of([&] { lora_linear_update_(y, x.to(DType::float64), a, b, 1.0); })
+            .find("[lora_linear_update_] needs one dtype") == 0);
+  CHECK(error_of([&] { lora_linear_update_(y, x.to(DType::int64), a, b, 1.0); })
+            .find("[lora_linear_update_] needs float32 or float64 tensors, got x int64[4, 5]") == 0);
+  Tensor yt = zeros({3, 4}).t();
+  CHECK(error_of([&] { lora_linear_update_(yt, x, a, b, 1.0); }).find("needs it contiguous") != std::string::npos);
+  Tensor w = ones({2, 5}).requires_grad_();
+  CHECK(error_of([&] { lora_linear_update_(y, x, w, b, 1.0); }).find("is not differentiable") != std::string::npos);
+  {
+    NoGradGuard ng;
+    lora_linear_update_(y, x, w, b, 2.0);  // y += 2·(5·2) per element
+  }
+  CHECK(y.to_vector<double>() == std::vector<double>(12, 20.0));
+  Tensor ym = meta({4, 3});
+  CHECK(lora_linear_update_(ym, meta({4, 5}), meta({2, 5}), meta({3, 2}), 1.0).is_meta());
+}
+
+TEST_CASE("adamw_step_ matches the op-by-op AdamW formulas; bad arguments name the op") {
+  const double lr = 0.05, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+  for (DType dt : {DType::float64, DType::float32})
+    for (bool maximize : {false, true}) {
+      Tensor p = rnd({37}, 5, dt), m = zeros({37}, dt), v = zeros({37}, dt);
+      Tensor rp = p.clone().to(DType::float64), rm = zeros({37}, DType::float64), rv = zeros({37}, DType::float64);
+      for (int64_t t = 1; t <= 3; ++t) {
+        Tensor g = rnd({37}, 10 + uint64_t(t), dt);
+        adamw_step_(p, g, m, v, lr, b1, b2, eps, wd, t, maximize);
+        const AdamWConstants c = adamw_constants(lr, b1, b2, eps, wd, t, maximize);
+        Tensor gd = mul(g.to(DType::float64), c.sign);
+        rm = add(rm, mul(sub(gd, rm), c.w1));
+        rv = add(mul(rv, c.beta2), mul(mul(gd, gd), c.w2));
+        rp = sub(mul(rp, c.decay), mul(div(rm, add(div(sqrt(rv), c.bc2_sqrt), c.eps)), c.step_size));
+      }
+      const double tol = dt == DType::float64 ? 1e-12 : 2e-6;
+      CHECK_ALLCLOSE(p.to(DType::float64), rp, tol, tol);
+      CHECK_ALLCLOSE(m.to(DType::float64), rm, tol, tol);
+      CHECK_ALLCLOSE(v.to(DType::float64), rv, tol, tol);
+    }
+  Tensor p = zeros({3}), g = ones({3}), m = zeros({3}), v = zeros({3});
+  CHECK(error_of([&] { adamw_step_(p, ones({4}), m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1); }) ==
+        "[adamw_step_] needs one shape, got param float32[3], grad float32[4], exp_avg float32[3], exp_avg_sq "
+        "float32[3]");
+  CHECK(error_of([&] { adamw_step_(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 0); }) ==
+        "[adamw_step_] step counts from 1, got 0 (param float32[3])");
+  Tensor p16 = zeros({3}, DType::bfloat16);
+  CHECK(error_of([&] { adamw_step_(p16, g, m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1); })
+            .find("[adamw_step_] needs float32 or float64 tensors, got param bfloat16[3]") == 0);
+  Tensor leaf = zeros({3}).requires_grad_();
+  CHECK(error_of([&] { adamw_step_(leaf, g, m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1); })
+            .find("call it under NoGradGuard") != std::string::npos);
 }

@@ -7,8 +7,6 @@
 #include <cmath>
 
 #include "runtime/autograd.h"
-#include "runtime/backend.h"
-#include "runtime/cpu/vec_f32.h"
 #include "runtime/ops.h"
 
 namespace peft::lora {
@@ -224,19 +222,16 @@ Tensor Linear::get_delta_weight(const std::string& adapter) {
 
 namespace {
 
-constexpr int64_t kTinyLoraMacs = 1 << 16;
-constexpr int64_t kTinyMaxRank = 64;
-
-// Inference fast path: y += s·(x·Aᵀ)·Bᵀ as two direct CPU float32 products, the second
-// accumulating into y (beta = 1). Skips the dropout/Linear module calls, the [T, out]
-// temporary and the add that the general path costs: at small shapes those dominate
-// (docs/perf-notes.md). Returns false when the general path must run.
-// lora_B must have no bias (the caller checks).
+// Inference fast path: y += s·(x·Aᵀ)·Bᵀ in one fused op (lora_linear_update_), which skips
+// the dropout/Linear module calls, the [T, out] temporary and the add that the general path
+// costs: at small shapes those dominate (docs/perf-notes.md). Returns false when the general
+// path must run. lora_B must have no bias (the caller checks).
 bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, const Tensor& wb, nn::Module& drop,
                              double s) {
   if (is_grad_enabled() && (x.requires_grad() || result.requires_grad())) return false;
   if (is_grad_enabled() && (wa.requires_grad() || wb.requires_grad())) return false;
   if (dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
+  // only the CPU has the kernel; other dtypes keep the general path's rounding
   if (x.device() != Device::cpu || wa.device() != Device::cpu || wb.device() != Device::cpu) return false;
   if (x.dtype() != DType::float32 || wa.dtype() != DType::float32 || wb.dtype() != DType::float32 ||
       result.dtype() != DType::float32)
@@ -246,25 +241,7 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, 
   if (x.size(-1) != in || result.size(-1) != out || wb.size(1) != r) return false;
   const int64_t M = x.numel() / std::max<int64_t>(in, 1);
   if (M == 0 || result.numel() != M * out) return false;
-  if (M * r * (in + out) <= kTinyLoraMacs && r <= kTinyMaxRank && wa.is_contiguous() && wb.is_contiguous()) {
-    // Tiny products: plain loops beat two sgemm calls' dispatch (about 1 µs each).
-    const float* xp = x.data_ptr<float>();
-    const float* ap = wa.data_ptr<float>();
-    const float* bp = wb.data_ptr<float>();
-    float* yp = result.data_ptr<float>();
-    // Bᵀ [r, out] so the second product runs along contiguous rows of y
-    thread_local std::vector<float> bt;
-    bt.resize(size_t(r * out));
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t j = 0; j < r; ++j) bt[size_t(j * out + o)] = bp[o * r + j];
-    cpu::lora_update_f32(M, in, r, out, xp, ap, bt.data(), float(s), yp);
-    return true;
-  }
-  Backend& be = cpu_backend();
-  Tensor x2 = x.view({M, in}), y2 = result.view({M, out});
-  Tensor t = empty({M, r});
-  be.gemm(x2, wa.t(), t, 1.0, 0.0);
-  be.gemm(t, wb.t(), y2, s, 1.0);
+  lora_linear_update_(result, x, wa, wb, s);
   return true;
 }
 

@@ -1,6 +1,6 @@
-// Internal: the CPU's fused transformer kernels (runtime/cpu/cpu_transformer.cpp), reached
-// through CpuBackend's overrides of the Backend methods of the same names (backend.h
-// documents the arguments).
+// Internal: the CPU's fused transformer kernels (runtime/cpu/cpu_norm_rotary.cpp and
+// runtime/cpu/cpu_attention.cpp), reached through CpuBackend's overrides of the Backend
+// methods of the same names (backend.h documents the arguments).
 #pragma once
 #include "runtime/backend.h"
 

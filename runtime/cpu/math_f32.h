@@ -1,4 +1,4 @@
-// Scalar float32 math shared by the generic strided kernels (cpu_backend.cpp)
+// Scalar float32 math shared by the generic strided kernels (cpu_elementwise.cpp, cpu_attention.cpp)
 // and the contiguous ISA-specific loops (vec_f32.cpp): one definition, so both
 // give the same bits.
 #pragma once
