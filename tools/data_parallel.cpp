@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/generator.h"
 #include "runtime/ops.h"
 #include "tools/cli.h"
 
@@ -109,6 +110,7 @@ void DataParallel::broadcast_parameters(const nn::NamedTensors& params) {
     Tensor(p).copy_(flat.narrow(0, at, p.numel()).view(p.shape()));
     at += p.numel();
   }
+  if (rank() > 0) manual_seed(default_generator().seed() + 0x9e3779b97f4a7c15ull * uint64_t(rank()));
 }
 
 DataParallel::Shard DataParallel::shard(int64_t batch) const {

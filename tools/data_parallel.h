@@ -30,7 +30,9 @@ class DataParallel {
   // ranks and settings that differ, then the job stops (comm::Communicator::abort).
   void require_same(const std::vector<std::pair<std::string, std::string>>& settings);
 
-  // Rank 0's values of `params` replace every rank's: all ranks start from one adapter.
+  // Rank 0's values of `params` replace every rank's: all ranks start from one adapter. Then
+  // ranks other than 0 reseed the default generator (dropout masks), which would otherwise
+  // drop the same positions in every rank's shard; rank 0 keeps its stream.
   void broadcast_parameters(const nn::NamedTensors& params);
 
   // Rows [begin, end) of a global batch of `batch` rows are this rank's. Throws a UsageError
