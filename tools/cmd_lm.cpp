@@ -10,6 +10,7 @@
 
 #include "adapters/folder.h"
 #include "adapters/peft.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include <nlohmann/json.hpp>
 
@@ -18,6 +19,7 @@
 #include "tools/args.h"
 #include "tools/charlm.h"
 #include "tools/cli.h"
+#include "tools/data_parallel.h"
 #include "tools/progress.h"
 #include "tools/plot.h"
 #include "tools/text_commands.h"
@@ -133,6 +135,12 @@ options:
   --seed N               random seed (default 0)
   --full                 full fine-tuning instead of LoRA (for comparison; writes
                          DIR/model.safetensors instead of an adapter)
+
+Data parallel: `mpirun -n N peft finetune ...` (a build with MPI) splits each batch of
+--batch examples into N equal shards (--batch must be a multiple of N), averages the
+gradients over the ranks once per step, and gives the adapter of one process with the same
+--batch (up to float32 rounding). Every rank needs the same options and files (checked at
+the start); rank 0 prints and writes DIR/. See docs/distributed.md.
 )";
 
 int run_finetune(const std::vector<std::string>& argv) {
@@ -143,18 +151,26 @@ int run_finetune(const std::vector<std::string>& argv) {
     std::printf("%s", kFinetuneHelp);
     return 0;
   }
+  DataParallel dp("finetune");
   const std::string base = a.required("base"), data = a.required("data"), out = a.required("out");
   const int64_t steps = a.get_int("steps", 600), batch = a.get_int("batch", 256);
   const double lr = a.get_double("lr", 1e-2);
   const bool full = a.has("full");
   if (steps <= 0 || batch <= 0 || lr <= 0) throw UsageError{"--steps, --batch and --lr must be positive"};
+  const DataParallel::Shard shard = dp.shard(batch);
   Generator gen(uint64_t(a.get_int("seed", 0)));
 
   auto model = load_charlm(base);
   lm::WordData words = lm::load_words(data);
   lm::Examples train = lm::make_examples(words.train, model->config().context);
   lm::Examples held = lm::make_examples(words.heldout, model->config().context);
-  const double base_loss = lm::evaluate(*model, held);
+  std::vector<std::pair<std::string, std::string>> settings;
+  for (const char* opt : {"target-modules", "r", "alpha", "dropout", "steps", "batch", "lr", "seed", "full"})
+    settings.emplace_back(std::string("--") + opt, a.get(opt, ""));
+  settings.emplace_back("--base (the model file)", DataParallel::file_digest(base));
+  settings.emplace_back("--data (the training examples)", DataParallel::digest(train.ctx) + DataParallel::digest(train.target));
+  dp.require_same(settings);
+  const double base_loss = dp.is_main() ? lm::evaluate(*model, held) : 0.0;
 
   LoraConfig cfg;
   cfg.r = a.get_int("r", 8);
@@ -171,24 +187,28 @@ int run_finetune(const std::vector<std::string>& argv) {
       n_train += p.numel();
     }
   }
-  std::printf("finetune: %s on %zu words of %s, %s, trainable %lld of %lld parameters (%.2f%%)\n",
+  if (dp.is_main())
+    std::printf("finetune: %s on %zu words of %s, %s, trainable %lld of %lld parameters (%.2f%%)%s\n",
               full ? "full fine-tuning" : "LoRA", words.train.size(), data.c_str(),
               full ? "all layers" : ("r=" + std::to_string(cfg.r) + " on " + a.get("target-modules", "fc1,fc2,lm_head")).c_str(),
-              (long long)n_train, (long long)n_total, 100.0 * double(n_train) / double(n_total));
+              (long long)n_train, (long long)n_total, 100.0 * double(n_train) / double(n_total),
+                dp.size() > 1 ? (", " + std::to_string(dp.size()) + " ranks").c_str() : "");
+  dp.broadcast_parameters(trainable);
 
   nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.0});
   nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
   DivergenceGuard guard(steps / 20);
   model->train();
   std::vector<double> losses;
-  Progress bar("finetune", steps);
+  Progress bar("finetune", steps, dp.log());
   double ema = 0;
   for (int64_t s = 0; s < steps; ++s) {
     sched.apply(s);
-    lm::Batch b = lm::sample_batch(train, batch, gen);
-    Tensor loss = cross_entropy((*model)(b.ctx), b.target);
+    lm::Batch b = lm::sample_batch(train, batch, gen);  // the global batch; this rank's rows below
+    Tensor loss = cross_entropy((*model)(b.ctx.narrow(0, shard.begin, shard.size()).contiguous()),
+                                b.target.narrow(0, shard.begin, shard.size()).contiguous());
     loss.backward();
-    double l = loss.item();
+    const double l = dp.average_gradients(trainable, loss.item());
     if (!std::isfinite(l))
       fail("finetune: loss became ", l, " at step ", s + 1, "; stopping without writing an adapter");
     const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
@@ -204,6 +224,7 @@ int run_finetune(const std::vector<std::string>& argv) {
     bar.update(s + 1, info);
   }
   const double train_seconds = bar.elapsed();
+  if (!dp.is_main()) return 0;
   const double tuned_loss = lm::evaluate(*model, held);
 
   std::filesystem::create_directories(out);
@@ -220,11 +241,12 @@ int run_finetune(const std::vector<std::string>& argv) {
                            {"lr", lr},
                            {"trainable_parameters", n_train},
                            {"total_parameters", n_total},
+                           {"ranks", dp.size()},
                            {"heldout_loss_base", base_loss},
                            {"heldout_loss_tuned", tuned_loss},
                            {"train_seconds", train_seconds},
                            {"tokens_per_second", double(steps * batch) / train_seconds}};
-  std::ofstream(out + "/report.json") << report.dump(2) << "\n";
+  io::write_file_atomic(out + "/report.json", report.dump(2) + "\n");
   std::printf("finetune: held-out loss %.4f -> %.4f nats/char; wrote %s\n", base_loss, tuned_loss, out.c_str());
   return 0;
 }

@@ -20,6 +20,7 @@
 #include "runtime/ops.h"
 #include "tools/args.h"
 #include "tools/cli.h"
+#include "tools/data_parallel.h"
 #include "tools/plot.h"
 #include "tools/progress.h"
 #include "tools/text_model.h"
@@ -157,6 +158,14 @@ options:
   --seed S               batch order (default 0)
   --checkpoint-every N   (default 50; 0: none)
   --examples N           example queries to print (default 5)
+
+Data parallel: `mpirun -n N peft finetune-embed ...` (a build with MPI) splits each batch of
+--batch pairs into N equal shards (--batch must be a multiple of N). Each rank embeds its
+shard, the embeddings are gathered, and every rank computes the loss of the whole batch, so
+every doc of the batch is still a negative for every query; one allreduce per step averages
+the gradients. The adapter equals one process's with the same --batch (up to float32
+rounding). Every rank needs the same options and files (checked at the start); rank 0
+evaluates, prints and writes DIR/. See docs/distributed.md.
 )";
 
 int run_finetune_embed(const std::vector<std::string>& argv) {
@@ -167,6 +176,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     return 0;
   }
   if (!a.positional.empty()) throw UsageError{"unexpected argument '" + a.positional[0] + "'"};
+  DataParallel dp("finetune-embed");
   const fs::path out = a.required("out");
   const int64_t steps = a.get_int("steps", 200), batch = a.get_int("batch", 64), warmup = a.get_int("warmup", 20);
   const int64_t max_q = a.get_int("max-query", 48), max_d = a.get_int("max-doc", 16);
@@ -175,15 +185,31 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   if (steps <= 0 || batch < 2 || warmup < 0 || max_q < 2 || max_d < 2 || ckpt_every < 0 || n_examples < 0)
     throw UsageError{"--steps and --batch (>= 2) must be positive, --max-query/--max-doc >= 2"};
   if (!(lr > 0) || !(scale > 0)) throw UsageError{"--lr and --scale must be positive"};
+  const DataParallel::Shard shard = dp.shard(batch);
   std::vector<TextPair> train = read_pairs_tsv(a.required("train")), held = read_pairs_tsv(a.required("heldout"));
   if (int64_t(train.size()) < batch) fail("finetune-embed: ", train.size(), " training pairs for batches of ", batch);
   tools::TextModel tm = tools::TextModel::load(a.required("model"));
   (void)tm.tok();
-  std::printf("finetune-embed: %s (%s), %zu train pairs, %zu held out\n", a.get("model").c_str(),
-              tm.model->type_name().c_str(), train.size(), held.size());
+  std::vector<std::pair<std::string, std::string>> settings;
+  for (const char* opt : {"steps", "batch", "lr", "warmup", "r", "alpha", "dropout", "target-modules", "max-query",
+                          "max-doc", "scale", "seed"})
+    settings.emplace_back(std::string("--") + opt, a.get(opt, ""));
+  std::string train_text;
+  for (const TextPair& p : train) train_text += p.query + '\t' + p.doc + '\n';
+  settings.emplace_back("--train (the pairs)", DataParallel::digest(train_text));
+  for (const char* file : {"config.json", "model.safetensors"})
+    if (fs::exists(fs::path(a.get("model")) / file))
+      settings.emplace_back(std::string("--model (") + file + ")",
+                            DataParallel::file_digest((fs::path(a.get("model")) / file).string()));
+  dp.require_same(settings);
+  if (dp.is_main())
+    std::printf("finetune-embed: %s (%s), %zu train pairs, %zu held out%s\n", a.get("model").c_str(),
+                tm.model->type_name().c_str(), train.size(), held.size(),
+                dp.size() > 1 ? (", " + std::to_string(dp.size()) + " ranks").c_str() : "");
 
-  const Retrieval base = evaluate(tm, held, size_t(max_q), size_t(max_d), 0);
-  std::printf("base model: recall@1 %.3f  recall@10 %.3f\n", base.recall_at_1, base.recall_at_10);
+  // rank 0 evaluates; the others wait for it in broadcast_parameters
+  const Retrieval base = dp.is_main() ? evaluate(tm, held, size_t(max_q), size_t(max_d), 0) : Retrieval{};
+  if (dp.is_main()) std::printf("base model: recall@1 %.3f  recall@10 %.3f\n", base.recall_at_1, base.recall_at_10);
 
   LoraConfig cfg;
   cfg.r = a.get_int("r", 8);
@@ -197,10 +223,11 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     n_total += p.numel();
     if (p.requires_grad()) trainable.emplace_back(n, p), n_train += p.numel();
   }
+  dp.broadcast_parameters(trainable);
   nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.01});
   nn::WarmupCosineSchedule sched(opt, warmup, steps);
   tm.model->train();
-  fs::create_directories(out);
+  if (dp.is_main()) fs::create_directories(out);
 
   // batches: the training pairs in a seeded order, reshuffled each epoch
   Generator gen(uint64_t(a.get_int("seed", 0)));
@@ -222,19 +249,22 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
 
   std::vector<double> losses, step_seconds;
   DivergenceGuard guard(warmup);
-  Progress bar("finetune-embed", steps);
+  Progress bar("finetune-embed", steps, dp.log());
   Tensor labels = arange(0, double(batch), 1, DType::int64);
   for (int64_t s = 0; s < steps; ++s) {
     const double t0 = bar.elapsed();
     sched.apply(s);
-    std::vector<std::string> qs, ds;
-    for (size_t i : next_batch()) qs.push_back(train[i].query), ds.push_back(train[i].doc);
+    const std::vector<size_t> global = next_batch();
+    std::vector<std::string> qs, ds;  // this rank's shard
+    for (int64_t i = shard.begin; i < shard.end; ++i)
+      qs.push_back(train[global[size_t(i)]].query), ds.push_back(train[global[size_t(i)]].doc);
     nn::ModelInputs iq = tm.batch(qs, size_t(max_q)), id = tm.batch(ds, size_t(max_d));
     iq.skip_padding = id.skip_padding = true;  // padded positions are never pooled
-    Tensor eq = nn::l2_normalize(nn::mean_pooling(tm.model->forward(iq), iq.attention_mask));
-    Tensor ed = nn::l2_normalize(nn::mean_pooling(tm.model->forward(id), id.attention_mask));
+    // every query against every doc of the global batch: the shard's rows keep their history
+    Tensor eq = dp.gather_rows(nn::l2_normalize(nn::mean_pooling(tm.model->forward(iq), iq.attention_mask)));
+    Tensor ed = dp.gather_rows(nn::l2_normalize(nn::mean_pooling(tm.model->forward(id), id.attention_mask)));
     Tensor loss = cross_entropy(mul(matmul(eq, ed.t()), scale), labels);
-    const double l = loss.item();
+    const double l = loss.item();  // the global batch's loss, the same on every rank
     auto stop = [&](const std::string& why) {
       fail("finetune-embed: ", why, "; stopping (",
            fs::exists(out / "checkpoint") ? "the last checkpoint in " + (out / "checkpoint").string() + " is intact"
@@ -242,7 +272,9 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
            "); try a lower --lr");
     };
     if (!std::isfinite(l)) stop(guard.check(s, l));
-    loss.backward();
+    // backward reaches only this rank's rows: x size so that the mean over ranks is the gradient
+    (dp.size() > 1 ? mul(loss, double(dp.size())) : loss).backward();
+    dp.average_gradients(trainable, l);
     const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
     if (std::string why = guard.check(s, l, gnorm); !why.empty()) stop(why);
     opt.step();
@@ -252,7 +284,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     char info[96];
     std::snprintf(info, sizeof info, "loss %.4f  %.2f s/step", l, step_seconds.back());
     bar.update(s + 1, info);
-    if (ckpt_every > 0 && (s + 1) % ckpt_every == 0 && s + 1 < steps) {
+    if (dp.is_main() && ckpt_every > 0 && (s + 1) % ckpt_every == 0 && s + 1 < steps) {
       save_adapter_atomic(*tm.model, out / "checkpoint");
       write_file_atomic(out / "checkpoint" / "trainer_state.json",
                         nlohmann::json({{"step", s + 1}, {"loss", l}, {"lr", opt.lr()}}).dump(2) + "\n");
@@ -262,6 +294,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   std::vector<double> sorted = step_seconds;
   std::sort(sorted.begin(), sorted.end());
   const double median_step = sorted[sorted.size() / 2];
+  if (!dp.is_main()) return 0;
 
   const Retrieval tuned = evaluate(tm, held, size_t(max_q), size_t(max_d), size_t(n_examples));
   save_adapter_atomic(*tm.model, out / "adapter");
@@ -298,6 +331,8 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
                            {"lr", lr},
                            {"seconds", train_seconds},
                            {"seconds_per_step_median", median_step},
+                           {"ranks", dp.size()},
+                           {"gradient_bytes_per_step", dp.size() > 1 ? DataParallel::gradient_bytes(trainable) : 0},
                            {"trainable_parameters", n_train},
                            {"total_parameters", n_total},
                            {"final_loss", losses.back()},

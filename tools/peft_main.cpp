@@ -2,6 +2,7 @@
 #include <cstring>
 #include <exception>
 
+#include "runtime/comm.h"
 #include "runtime/error.h"
 #include "tools/cli.h"
 
@@ -15,6 +16,17 @@ void register_command(const Command& c) { registry().push_back(c); }
 const std::vector<Command>& commands() { return registry(); }
 
 }  // namespace peft::cli
+
+// A failure on one rank of a data-parallel job (mpirun) stops every rank: the others may be
+// waiting for this one in a collective.
+static int report_error(const char* command, const char* what) {
+  peft::comm::Communicator* world = peft::comm::world_if_started();
+  if (world && world->size() > 1)
+    world->abort("peft " + std::string(command) + ": error on rank " + std::to_string(world->rank()) + " of " +
+                 std::to_string(world->size()) + ": " + what);
+  std::fprintf(stderr, "peft %s: error: %s\n", command, what);
+  return 1;
+}
 
 static void print_usage(FILE* f) {
   std::fprintf(f, "usage: peft <command> [options]\n\ncommands:\n");
@@ -37,14 +49,12 @@ int main(int argc, char** argv) {
     try {
       return c.run(args);
     } catch (const peft::cli::UsageError& e) {
+      if (peft::comm::Communicator* world = peft::comm::world_if_started(); world && world->size() > 1)
+        return report_error(c.name, (e.message + " (see 'peft " + c.name + " --help')").c_str());
       std::fprintf(stderr, "peft %s: %s\n(see 'peft %s --help')\n", c.name, e.message.c_str(), c.name);
       return 2;
-    } catch (const peft::Error& e) {
-      std::fprintf(stderr, "peft %s: error: %s\n", c.name, e.what());
-      return 1;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "peft %s: error: %s\n", c.name, e.what());
-      return 1;
+    } catch (const std::exception& e) {  // peft::Error and the rest
+      return report_error(c.name, e.what());
     }
   }
   std::fprintf(stderr, "peft: unknown command '%s'\n\n", argv[1]);

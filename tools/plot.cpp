@@ -2,8 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
+
+#include "io/atomic_file.h"
 
 namespace peft::cli {
 
@@ -37,7 +38,7 @@ void write_loss_svg(const std::string& path, const std::vector<double>& losses, 
     svg << x << "," << y << " ";
   }
   svg << "\"/>\n</svg>\n";
-  std::ofstream(path) << svg.str();
+  io::write_file_atomic(path, svg.str());
 }
 
 }  // namespace peft::cli

@@ -11,12 +11,14 @@ namespace peft::cli {
 
 class Progress {
  public:
+  // out nullptr: silent (the ranks of a data-parallel job other than rank 0)
   Progress(std::string label, int64_t total, FILE* out = stderr)
-      : label_(std::move(label)), total_(total), out_(out), tty_(isatty(fileno(out)) != 0),
+      : label_(std::move(label)), total_(total), out_(out), tty_(out && isatty(fileno(out)) != 0),
         start_(std::chrono::steady_clock::now()) {}
 
   // `info` is appended (e.g. "loss 2.31  41k tok/s").
   void update(int64_t done, const std::string& info) {
+    if (!out_) return;
     double el = elapsed();
     double eta = done > 0 ? el / double(done) * double(total_ - done) : 0;
     if (tty_) {
