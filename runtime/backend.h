@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "runtime/device.h"
 #include "runtime/tensor.h"
 
 namespace peft {
@@ -23,6 +24,8 @@ enum class ReduceKind { sum, max, argmax };
 
 enum class RandomKind { uniform, normal, bernoulli };
 
+DType compute_dtype(DType dt);  // bf16/f16 -> float32, others unchanged
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -40,8 +43,13 @@ class Backend {
   virtual void reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced,
                       Tensor& out) = 0;
   // out[b] = alpha * a[b] @ b[b] + beta * out[b]; a [B?,M,K], b [B?,K,N] any strides,
-  // out contiguous [B?,M,N]. float32 / float64.
+  // out contiguous [B?,M,N]. All three in one dtype: float32 / float64, or whatever
+  // gemm_dtype() returns for a half-precision input.
   virtual void gemm(const Tensor& a, const Tensor& b, Tensor& out, double alpha, double beta) = 0;
+  // The dtype gemm() wants for inputs of dtype dt. Devices with native half-precision
+  // products (CUDA tensor cores, float32 accumulation) keep bfloat16/float16; the CPU
+  // converts them to float32 first.
+  virtual DType gemm_dtype(DType dt) const { return compute_dtype(dt); }
   // a = u·diag(s)·vh; a contiguous float64 [M,N]; u, s, vh contiguous float64 of the shapes
   // svd() documents. Only the CPU has a kernel: other devices go through the CPU.
   virtual void svd(const Tensor& a, Tensor& u, Tensor& s, Tensor& vh) {
@@ -127,14 +135,12 @@ class Backend {
 Backend& backend(Device dev);
 Backend& cpu_backend();
 Backend& cuda_backend();  // throws "built without CUDA" in stub builds
-bool cuda_available();
 // Copies between devices (contiguous src and dst of equal dtype and shape).
 void copy_across_devices(const Tensor& src, Tensor& dst);
 
 // Internal helpers shared by ops.
 Tensor make_tensor(const Shape& shape, DType dt, Device dev);  // allocates (or meta)
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
-DType compute_dtype(DType dt);  // bf16/f16 -> float32, others unchanged
 // Raw (no autograd) conversion to dtype `dt`, returning `t` itself when equal.
 Tensor convert_raw(const Tensor& t, DType dt);
 Tensor contiguous_raw(const Tensor& t);
