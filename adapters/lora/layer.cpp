@@ -237,16 +237,21 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, 
   if (is_grad_enabled() && (x.requires_grad() || result.requires_grad())) return false;
   if (is_grad_enabled() && (wa.requires_grad() || wb.requires_grad())) return false;
   if (dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
-  if (x.device() != Device::cpu || wa.device() != Device::cpu || wb.device() != Device::cpu) return false;
-  if (x.dtype() != DType::float32 || wa.dtype() != DType::float32 || wb.dtype() != DType::float32 ||
-      result.dtype() != DType::float32)
-    return false;
+  // One device and one dtype that the device's gemm takes as is (float32; on CUDA also
+  // bfloat16 / float16): the update is two gemm calls, the second accumulating s·(x·Aᵀ)·Bᵀ
+  // into y through its alpha / beta (the fused scale-and-add epilogue).
+  const Device dev = x.device();
+  if (dev == Device::meta || wa.device() != dev || wb.device() != dev || result.device() != dev) return false;
+  const DType dt = x.dtype();
+  if (wa.dtype() != dt || wb.dtype() != dt || result.dtype() != dt) return false;
+  if (dt != DType::float32 && !(dev != Device::cpu && backend(dev).gemm_dtype(dt) == dt)) return false;
   if (x.dim() < 1 || !x.is_contiguous() || !result.is_contiguous()) return false;
   const int64_t in = wa.size(1), r = wa.size(0), out = wb.size(0);
   if (x.size(-1) != in || result.size(-1) != out || wb.size(1) != r) return false;
   const int64_t M = x.numel() / std::max<int64_t>(in, 1);
   if (M == 0 || result.numel() != M * out) return false;
-  if (M * r * (in + out) <= kTinyLoraMacs && r <= kTinyMaxRank && wa.is_contiguous() && wb.is_contiguous()) {
+  if (dev == Device::cpu && M * r * (in + out) <= kTinyLoraMacs && r <= kTinyMaxRank && wa.is_contiguous() &&
+      wb.is_contiguous()) {
     // Tiny products: plain loops beat two sgemm calls' dispatch (about 1 µs each).
     const float* xp = x.data_ptr<float>();
     const float* ap = wa.data_ptr<float>();
@@ -260,9 +265,9 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, 
     cpu::lora_update_f32(M, in, r, out, xp, ap, bt.data(), float(s), yp);
     return true;
   }
-  Backend& be = cpu_backend();
+  Backend& be = backend(dev);
   Tensor x2 = x.view({M, in}), y2 = result.view({M, out});
-  Tensor t = empty({M, r});
+  Tensor t = empty({M, r}, dt, dev);
   be.gemm(x2, wa.t(), t, 1.0, 0.0);
   be.gemm(t, wb.t(), y2, s, 1.0);
   return true;
