@@ -592,14 +592,17 @@ __global__ void random_kernel(RandomKind k, T* out, int64_t n, double a, double 
     philox(seed, counter + uint64_t(blk), w);
     double u[4], v[4];
     for (int j = 0; j < 4; ++j) u[j] = (double(w[j] >> 8) + 0.5) * (1.0 / 16777216.0);
+    // _rn intrinsics: never contracted into FMAs, so the roundings are the CPU's
     if (k == RandomKind::normal) {
       for (int j = 0; j < 4; j += 2) {
-        const double rad = sqrt(-2.0 * log(u[j]));
-        v[j] = a + b * rad * cos(6.283185307179586 * u[j + 1]);
-        v[j + 1] = a + b * rad * sin(6.283185307179586 * u[j + 1]);
+        const double rad = sqrt(__dmul_rn(-2.0, log(u[j])));
+        const double br = __dmul_rn(b, rad), ang = __dmul_rn(6.283185307179586, u[j + 1]);
+        v[j] = __dadd_rn(a, __dmul_rn(br, cos(ang)));
+        v[j + 1] = __dadd_rn(a, __dmul_rn(br, sin(ang)));
       }
     } else if (k == RandomKind::uniform) {
-      for (int j = 0; j < 4; ++j) v[j] = a + (b - a) * (double(w[j] >> 8) * (1.0 / 16777216.0));
+      const double span = __dadd_rn(b, -a);
+      for (int j = 0; j < 4; ++j) v[j] = __dadd_rn(a, __dmul_rn(span, double(w[j] >> 8) * (1.0 / 16777216.0)));
     } else {
       for (int j = 0; j < 4; ++j) v[j] = u[j] < a ? 1.0 : 0.0;
     }
@@ -809,6 +812,11 @@ class CudaBackend final : public Backend {
     const DType dt = a.dtype();
     if (b.dtype() != dt || out.dtype() != dt)
       fail("[matmul] internal: CUDA gemm needs one dtype, got ", a.desc(), ", ", b.desc(), ", ", out.desc());
+    if (K == 0) {  // out = beta·out; cuBLAS rejects the leading dimensions of empty operands
+      if (beta == 0) fill(out, 0.0);
+      else if (beta != 1) unary(UnaryKind::mul_scalar, out, out, beta, 0.0);
+      return;
+    }
     // Row-major out [M,N] is column-major outᵀ [N,M] = Bᵀ·Aᵀ: cuBLAS's first operand is B.
     Tensor av = a, bv = b;
     MatLayout la = mat_layout(M, K, a.stride(-2), a.stride(-1));
