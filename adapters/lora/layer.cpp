@@ -124,7 +124,8 @@ std::vector<std::pair<std::string, Tensor>> LoraLayer::mixed_batch_groups(const 
   for (auto& [a, r] : rows) {
     if (a == "__base__") continue;
     if (use_dora.count(a) && use_dora.at(a)) fail("Cannot pass `adapter_names` when DoRA is enabled.");
-    out.emplace_back(a, from_vector(r, {int64_t(r.size())}));
+    Tensor idx = from_vector(r, {int64_t(r.size())});
+    out.emplace_back(a, x.device() == Device::cpu ? idx : idx.to(x.device()));  // index ops want x's device
   }
   return out;
 }
