@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/optim.h"
+#include "runtime/device.h"
 #include "runtime/ops.h"
 #include "tools/args.h"
 #include "tools/charlm.h"
@@ -133,11 +134,13 @@ options:
   --seed N               random seed (default 0)
   --full                 full fine-tuning instead of LoRA (for comparison; writes
                          DIR/model.safetensors instead of an adapter)
+  --device D             train on cpu (default), cuda or cuda:N; the held-out
+                         evaluations and the saved files stay on the CPU
 )";
 
 int run_finetune(const std::vector<std::string>& argv) {
   Args a(argv, {"base", "data", "out", "target-modules", "r", "alpha", "dropout", "steps", "batch",
-                "lr", "seed"},
+                "lr", "seed", "device"},
          {"full"});
   if (a.help) {
     std::printf("%s", kFinetuneHelp);
@@ -147,6 +150,8 @@ int run_finetune(const std::vector<std::string>& argv) {
   const int64_t steps = a.get_int("steps", 600), batch = a.get_int("batch", 256);
   const double lr = a.get_double("lr", 1e-2);
   const bool full = a.has("full");
+  const Device device = parse_device(a.get("device", "cpu"));
+  if (device == Device::meta) throw UsageError{"--device meta cannot train; use cpu or cuda"};
   if (steps <= 0 || batch <= 0 || lr <= 0) throw UsageError{"--steps, --batch and --lr must be positive"};
   Generator gen(uint64_t(a.get_int("seed", 0)));
 
@@ -176,6 +181,7 @@ int run_finetune(const std::vector<std::string>& argv) {
               full ? "all layers" : ("r=" + std::to_string(cfg.r) + " on " + a.get("target-modules", "fc1,fc2,lm_head")).c_str(),
               (long long)n_train, (long long)n_total, 100.0 * double(n_train) / double(n_total));
 
+  model->to(device);  // parameter handles stay valid: `trainable` follows
   nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.0});
   nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
   DivergenceGuard guard(steps / 20);
@@ -186,7 +192,7 @@ int run_finetune(const std::vector<std::string>& argv) {
   for (int64_t s = 0; s < steps; ++s) {
     sched.apply(s);
     lm::Batch b = lm::sample_batch(train, batch, gen);
-    Tensor loss = cross_entropy((*model)(b.ctx), b.target);
+    Tensor loss = cross_entropy((*model)(b.ctx.to(device)), b.target.to(device));
     loss.backward();
     double l = loss.item();
     if (!std::isfinite(l))
@@ -203,7 +209,9 @@ int run_finetune(const std::vector<std::string>& argv) {
                   double((s + 1) * batch) / std::max(1e-9, bar.elapsed()));
     bar.update(s + 1, info);
   }
+  cuda_synchronize();
   const double train_seconds = bar.elapsed();
+  model->to(Device::cpu);
   const double tuned_loss = lm::evaluate(*model, held);
 
   std::filesystem::create_directories(out);
@@ -222,6 +230,7 @@ int run_finetune(const std::vector<std::string>& argv) {
                            {"total_parameters", n_total},
                            {"heldout_loss_base", base_loss},
                            {"heldout_loss_tuned", tuned_loss},
+                           {"device", a.get("device", "cpu")},
                            {"train_seconds", train_seconds},
                            {"tokens_per_second", double(steps * batch) / train_seconds}};
   std::ofstream(out + "/report.json") << report.dump(2) << "\n";

@@ -52,8 +52,9 @@ using namespace parity_detail;
 
 class CaseRunner : CheckEmitter {
  public:
-  CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol)
-      : CheckEmitter(cb), dir_(dir), tol_(tol) {}
+  CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol,
+             Device device)
+      : CheckEmitter(cb), dir_(dir), tol_(tol), device_(device) {}
 
   ParityReport run() {
     name_ = fs::path(dir_).filename().string();
@@ -170,6 +171,19 @@ class CaseRunner : CheckEmitter {
     return io.at("x");
   }
 
+  // Runs the outputs, gradients, mixed-batch and training checks with model_ on device_
+  // (`peft parity --device cuda`); model_ returns to the CPU afterwards.
+  struct OnDevice {
+    OnDevice(nn::Module& m, Device d) : m_(m), moved_(d != Device::cpu) {
+      if (moved_) m_.to(d);
+    }
+    ~OnDevice() {
+      if (moved_) m_.to(Device::cpu);
+    }
+    nn::Module& m_;
+    bool moved_;
+  };
+
   // ---------------------------------------------------------------- checks --
   // A check whose case.json field is absent is reported as skipped, by name.
   void skip_absent(const char* field) { emit(field, Status::skip, 0, "not recorded in case.json"); }
@@ -246,7 +260,8 @@ class CaseRunner : CheckEmitter {
   // Output and gradients of sum(output * grad_seed) with each adapter active.
   void check_outputs() {
     StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
-    Tensor x = input(io);
+    OnDevice on(*model_, device_);
+    Tensor x = input(io).to(device_);
     model_->eval();
     if (io.contains("output_base")) {
       std::optional<ScopedWarningHandler> quiet;
@@ -275,7 +290,7 @@ class CaseRunner : CheckEmitter {
       ao.add(compare(out, io.at(n + ".output"), tol_, n + ".output"));
       emit_accum("output." + n, ao);
       if (!io.contains(n + ".grad_seed")) continue;
-      Tensor loss = sum(mul(out, io.at(n + ".grad_seed")));
+      Tensor loss = sum(mul(out, io.at(n + ".grad_seed").to(device_)));
       loss.backward();
       std::map<std::string, Tensor> params;
       for (auto& [pn, p] : model_->named_parameters()) params[pn] = p;
@@ -307,7 +322,8 @@ class CaseRunner : CheckEmitter {
   // Row i uses adapter adapter_names[i]; also checked against per-adapter forwards.
   void check_mixed_batch() {
     StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
-    Tensor x = input(io);
+    OnDevice on(*model_, device_);
+    Tensor x = input(io).to(device_);
     auto names = str_list(meta_["adapter_names"]);
     model_->eval();
     NoGradGuard ng;
@@ -708,7 +724,8 @@ class CaseRunner : CheckEmitter {
     }
     emit_accum("training_init", ai);
 
-    Tensor x = io.at("x"), y = io.at("y");
+    OnDevice on(*model_, device_);
+    Tensor x = io.at("x").to(device_), y = io.at("y").to(device_);
     nn::NamedTensors params;
     for (auto& [n, p] : model_->named_parameters())
       if (p.requires_grad()) params.emplace_back(n, p);
@@ -746,6 +763,7 @@ class CaseRunner : CheckEmitter {
 
   std::string dir_;
   ParityTolerance tol_;
+  Device device_ = Device::cpu;
   ordered_json meta_;
   std::shared_ptr<nn::Module> model_;
   bool ready_ = false, loaded_ = false;
@@ -754,7 +772,7 @@ class CaseRunner : CheckEmitter {
 }  // namespace
 
 ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check,
-                             const ParityTolerance& tol, const std::string& model_dir) {
+                             const ParityTolerance& tol, const std::string& model_dir, Device device) {
   const fs::path meta_path = fs::path(case_dir) / "case.json";
   if (fs::is_regular_file(meta_path)) {
     ordered_json meta;
@@ -768,7 +786,7 @@ ParityReport run_parity_case(const std::string& case_dir, const std::function<vo
     if (meta.is_object() && meta.value("host", std::string()) == "tokenizer")
       return run_tokenizer_parity(case_dir, meta, on_check);
   }
-  CaseRunner r(case_dir, on_check, tol);
+  CaseRunner r(case_dir, on_check, tol, device);
   return r.run();
 }
 
