@@ -48,8 +48,11 @@ skipped=$(sed -n 's/.*| *\([0-9]*\) skipped.*/\1/p' <<<"$line")
 passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0}
 if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$skipped" -ne 0 ] || [ "$passed" -eq 0 ]; then
   status=1
-  [ "$skipped" -ne 0 ] && note "CUDA tests were SKIPPED: no CUDA device visible to the test program"
-  summary+=("cuda tests FAILED: $passed passed/$failed failed/$skipped skipped (log $logs/test_cuda.txt)")
+  if [ "$skipped" -ne 0 ]; then  # nothing below can run either
+    echo "gpu_check: FAILED: no CUDA device visible: test_cuda skipped $skipped cases; nothing ran on a GPU"
+    exit 1
+  fi
+  summary+=("cuda tests FAILED: $passed passed/$failed failed (log $logs/test_cuda.txt)")
 else
   summary+=("cuda tests $passed passed/0 failed")
 fi
