@@ -17,6 +17,23 @@ Backend& backend(Device dev) {
   fail("internal: no kernels for device ", device_name(dev));
 }
 
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::cpu;
+  if (name == "meta") return Device::meta;
+  if (name == "cuda") {
+    if (!cuda_available()) select_cuda_device(0);  // throws why: no device, or no CUDA in this build
+    return Device::cuda;
+  }
+  if (name.rfind("cuda:", 0) == 0) {
+    const std::string n = name.substr(5);
+    if (!n.empty() && n.size() < 4 && n.find_first_not_of("0123456789") == std::string::npos) {
+      select_cuda_device(std::stoi(n));
+      return Device::cuda;
+    }
+  }
+  fail("unknown device '", name, "': expected cpu, cuda, cuda:N (N = 0, 1, ...) or meta");
+}
+
 const char* op_name(Op op) {
   static const char* names[] = {
 #define PEFT_OP_NAME(name) #name,
@@ -26,6 +43,12 @@ const char* op_name(Op op) {
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Op::count_),
                 "op name table out of sync with PEFT_OP_LIST");
   return names[int(op)];
+}
+
+void Backend::lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale) {
+  Tensor t = make_tensor({x.size(0), a.size(0)}, x.dtype(), x.device());
+  gemm(x, a.t(), t, 1.0, 0.0);
+  gemm(t, b.t(), y, scale, 1.0);
 }
 
 Tensor convert_raw(const Tensor& t, DType dt) {

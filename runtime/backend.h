@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "runtime/ops.h"
+#include "runtime/device.h"
 #include "runtime/tensor.h"
 
 namespace peft {
@@ -24,6 +25,8 @@ enum class ReduceKind { sum, max, argmax };
 
 enum class RandomKind { uniform, normal, bernoulli };
 
+DType compute_dtype(DType dt);  // bf16/f16 -> float32, others unchanged
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -41,8 +44,13 @@ class Backend {
   virtual void reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced,
                       Tensor& out) = 0;
   // out[b] = alpha * a[b] @ b[b] + beta * out[b]; a [B?,M,K], b [B?,K,N] any strides,
-  // out contiguous [B?,M,N]. float32 / float64.
+  // out contiguous [B?,M,N]. All three in one dtype: float32 / float64, or whatever
+  // gemm_dtype() returns for a half-precision input.
   virtual void gemm(const Tensor& a, const Tensor& b, Tensor& out, double alpha, double beta) = 0;
+  // The dtype gemm() wants for inputs of dtype dt. Devices with native half-precision
+  // products (CUDA tensor cores, float32 accumulation) keep bfloat16/float16; the CPU
+  // converts them to float32 first.
+  virtual DType gemm_dtype(DType dt) const { return compute_dtype(dt); }
   // a = u·diag(s)·vh; a contiguous float64 [M,N]; u, s, vh contiguous float64 of the shapes
   // svd() documents. Only the CPU has a kernel: other devices go through the CPU.
   virtual void svd(const Tensor& a, Tensor& u, Tensor& s, Tensor& vh) {
@@ -65,11 +73,10 @@ class Backend {
   // Fused kernels; a device without them fails clearly.
 
   // y [M, out] contiguous += scale·(x·aᵀ)·bᵀ with x [M, in], a [r, in], b [out, r] (any strides),
-  // all of one float dtype (float32 or float64); M, in, r and out are positive.
-  virtual void lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale) {
-    (void)y, (void)x, (void)a, (void)b, (void)scale;
-    fail("[lora_linear_update_] has no kernel on this device");
-  }
+  // all of one float dtype (float32, float64, or a half type this device's gemm keeps); M, in, r
+  // and out are positive. Default (backend.cpp): two gemm calls, the second accumulating into y
+  // through beta = 1 (the fused scale-and-add); the CPU overrides it with loops for tiny shapes.
+  virtual void lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& b, double scale);
   // One AdamW update with the constants `c` (ops.h): param, grad, exp_avg, exp_avg_sq contiguous,
   // one shape and one float dtype (float32 computes in float32 with c narrowed, float64 in float64).
   virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
@@ -145,14 +152,12 @@ class Backend {
 Backend& backend(Device dev);
 Backend& cpu_backend();
 Backend& cuda_backend();  // throws "built without CUDA" in stub builds
-bool cuda_available();
 // Copies between devices (contiguous src and dst of equal dtype and shape).
 void copy_across_devices(const Tensor& src, Tensor& dst);
 
 // Internal helpers shared by ops.
 Tensor make_tensor(const Shape& shape, DType dt, Device dev);  // allocates (or meta)
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
-DType compute_dtype(DType dt);  // bf16/f16 -> float32, others unchanged
 // Raw (no autograd) conversion to dtype `dt`, returning `t` itself when equal.
 Tensor convert_raw(const Tensor& t, DType dt);
 Tensor contiguous_raw(const Tensor& t);

@@ -6,6 +6,14 @@ namespace peft {
 
 bool cuda_available() { return false; }
 
+int cuda_device_count() { return 0; }
+
+void cuda_synchronize() {}
+
+void select_cuda_device(int index) {
+  fail("cannot select cuda:", index, ": this build of peft.cpp has no CUDA backend (built without CUDA)");
+}
+
 Backend& cuda_backend() {
   fail("this build of peft.cpp has no CUDA backend (built without CUDA); "
        "rebuild with -Dcuda=enabled on a machine with nvcc and cuBLAS");

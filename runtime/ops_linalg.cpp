@@ -21,11 +21,16 @@ void check_float_pair(const char* op, const Tensor& a, const Tensor& b) {
     fail_shape("[", op, "] tensors on different devices: ", a.desc(), " and ", b.desc());
 }
 
+// The dtype the device's gemm computes x's dtype in (meta: as the CPU).
+DType gemm_dtype_on(const Tensor& x) {
+  return x.is_meta() ? compute_dtype(x.dtype()) : backend(x.device()).gemm_dtype(x.dtype());
+}
+
 // a [M,K] or [B,M,K]; b [K,N] or [B,K,N] with equal B. No autograd.
 Tensor mm_raw(const Tensor& a, const Tensor& b) {
   const bool batched = a.dim() == 3;
   Shape sh = batched ? Shape{a.size(0), a.size(1), b.size(2)} : Shape{a.size(0), b.size(1)};
-  DType cd = compute_dtype(a.dtype());
+  DType cd = gemm_dtype_on(a);
   Tensor out = make_tensor(sh, cd, a.device());
   if (!out.is_meta()) backend(a.device()).gemm(convert_raw(a, cd), convert_raw(b, cd), out, 1.0, 0.0);
   return convert_raw(out, a.dtype());
@@ -104,7 +109,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape osh = x.shape();
   osh.back() = outf;
   const int64_t M = x.numel() / std::max<int64_t>(in, 1);
-  DType cd = compute_dtype(x.dtype());
+  DType cd = gemm_dtype_on(x);
   Tensor out2 = make_tensor({M, outf}, cd, x.device());
   if (!out2.is_meta()) {
     Backend& be = backend(x.device());

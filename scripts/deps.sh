@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages peft.cpp needs, only when something is missing,
-# then configures ./build once. Sourced by quickstart.sh and test.sh.
+# then configures ./build once (not with PEFT_DEPS_ONLY=1). Sourced by quickstart.sh,
+# test.sh and gpu_check.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,7 +21,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -f build/build.ninja ]; then
-  meson setup build >/dev/null
+if [ "${PEFT_DEPS_ONLY:-0}" != 1 ]; then
+  if [ ! -f build/build.ninja ]; then
+    meson setup build >/dev/null
+  fi
+  ninja -C build >/dev/null || ninja -C build  # on failure, show the errors
 fi
-ninja -C build >/dev/null || ninja -C build  # on failure, show the errors

@@ -8,6 +8,7 @@
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "runtime/autograd.h"
+#include "runtime/device.h"
 #include "runtime/generator.h"
 #include "runtime/ops.h"
 #include "tools/bench_common.h"
@@ -25,8 +26,10 @@ const LayerShape kShapes[] = {{8, 64, 4}, {64, 256, 8}, {512, 1024, 8}, {512, 40
 const char* kLayerCases[] = {"base", "lora", "lora-fwd-bwd", "merged"};
 
 // A host module with one Linear "lin" (d -> d, bias) and LoRA r on it; B drawn small
-// (not zero) so no product is trivially zero. Mirrors tools/bench/lora_layer.py.
-std::shared_ptr<nn::Module> lora_host(const LayerShape& s) {
+// (not zero) so no product is trivially zero. `adapters` > 1 adds adapters a1, a2, ...
+// (the mixed-batch case). Mirrors tools/bench/lora_layer.py.
+std::shared_ptr<nn::Module> lora_host(const LayerShape& s, DType dt = DType::float32, Device dev = Device::cpu,
+                                      int adapters = 1) {
   Generator g(0);
   auto host = std::make_shared<nn::Module>("Host");
   host->register_module("lin", std::make_shared<nn::Linear>(s.d, s.d, true, &g));
@@ -35,9 +38,15 @@ std::shared_ptr<nn::Module> lora_host(const LayerShape& s) {
   cfg.lora_alpha = double(2 * s.r);
   cfg.target_modules = TargetModules::list({"lin"});
   inject_adapter_in_model(cfg, *host);
-  NoGradGuard ng;
-  auto& layer = static_cast<TunerLayer&>(host->child("lin"));
-  layer.child("lora_B").child("default").param("weight").normal_(0.0, 0.02, g);
+  for (int i = 1; i < adapters; ++i) inject_adapter_in_model(cfg, *host, "a" + std::to_string(i));
+  {
+    NoGradGuard ng;
+    auto& layer = static_cast<TunerLayer&>(host->child("lin"));
+    for (int i = 0; i < adapters; ++i)
+      layer.child("lora_B").child(i == 0 ? "default" : "a" + std::to_string(i)).param("weight").normal_(0.0, 0.02, g);
+  }
+  if (dt != DType::float32) host->to(dt);
+  if (dev != Device::cpu) host->to(dev);
   return host;
 }
 
@@ -57,8 +66,19 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
   std::vector<std::string> rest = parse_common(args, o);
   std::vector<LayerShape> shapes(std::begin(kShapes), std::end(kShapes));
   bool custom = false;
+  std::string device_name_arg = "cpu", dtype_arg = "float32";
+  int mixed_adapters = 0;
   for (size_t i = 0; i < rest.size(); ++i) {
-    if (rest[i] == "--shape" && i + 1 < rest.size()) {
+    if (rest[i] == "--device" && i + 1 < rest.size()) {
+      device_name_arg = rest[++i];
+    } else if (rest[i] == "--dtype" && i + 1 < rest.size()) {
+      dtype_arg = rest[++i];
+      if (dtype_arg != "float32" && dtype_arg != "bfloat16")
+        throw UsageError{"--dtype expects float32 or bfloat16, got '" + dtype_arg + "'"};
+    } else if (rest[i] == "--mixed" && i + 1 < rest.size()) {
+      mixed_adapters = int(parse_int(rest[i], rest[i + 1], 2));
+      ++i;
+    } else if (rest[i] == "--shape" && i + 1 < rest.size()) {
       long t = 0, d = 0, r = 0;
       char tail = 0;
       const std::string& v = rest[++i];
@@ -72,49 +92,79 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
   }
   if (o.help) {
     std::printf(
-        "usage: peft bench lora-layer [--shape TxDxR ...] [options]\n"
+        "usage: peft bench lora-layer [--shape TxDxR ...] [--device D] [--dtype T] [--mixed K] [options]\n"
         "  One lora.Linear (d -> d with bias, LoRA rank r, float32) on x [T, d]: the base\n"
         "  Linear alone, the LoRA forward, LoRA forward+backward (x requires grad; grads\n"
         "  reset each call) and the forward after merge, against PyTorch + PEFT on the same\n"
         "  thread count. Default shapes 8x64x4, 64x256x8, 512x1024x8, 512x4096x16. The\n"
         "  'x the base forward' note is measured apart: base and LoRA forward alternating\n"
-        "  in short rounds (at least 10), medians.\n%s",
+        "  in short rounds (at least 10), medians.\n"
+        "  --device cpu|cuda|cuda:N and --dtype float32|bfloat16 place the layer and x (PyTorch\n"
+        "  on the same device); --mixed K adds a mixed-batch case: K adapters, row i of x using\n"
+        "  adapter i mod K (PEFT's adapter_names=). Each shape ends with one summary line: LoRA\n"
+        "  forward over base, base over PyTorch's base and (with --mixed) mixed over base.\n%s",
         kCommonHelp);
     return 0;
   }
+  const Device dev = parse_device(device_name_arg);
+  if (dev == Device::meta) throw UsageError{"--device meta has nothing to time; use cpu or cuda"};
+  const DType dt = dtype_arg == "bfloat16" ? DType::bfloat16 : DType::float32;
   auto py = start_worker("lora-layer", o, rep);
   std::vector<Row> rows;
+  std::vector<std::string> summaries;
+  // Kernels are queued asynchronously on a GPU: a timed call ends when they have run.
+  auto synced = [dev](std::function<void()> f) {
+    if (dev == Device::cpu) return f;
+    return std::function<void()>([f] {
+      f();
+      cuda_synchronize();
+    });
+  };
   for (const LayerShape& s : shapes) {
-    auto host = lora_host(s), merged_host = lora_host(s);
+    auto host = lora_host(s, dt, dev), merged_host = lora_host(s, dt, dev);
     merge_adapters(*merged_host);
     auto& layer = host->child("lin");
     auto& base = static_cast<TunerLayer&>(layer).get_base_layer();
     auto& merged = merged_host->child("lin");
     Generator g(1);
-    Tensor x = randn({s.tokens, s.d}, g), up = randn({s.tokens, s.d}, g);
+    Tensor x = randn({s.tokens, s.d}, g).to(dt).to(dev), up = randn({s.tokens, s.d}, g).to(dt).to(dev);
     Tensor xg = x.detach().requires_grad_();
     std::vector<Tensor> trainable;
     for (const auto& [n, p] : layer.named_parameters())
       if (p.requires_grad()) trainable.push_back(p);
+    std::shared_ptr<nn::Module> mixed_host;
+    if (mixed_adapters > 1) {
+      mixed_host = lora_host(s, dt, dev, mixed_adapters);
+      std::vector<std::string> names;
+      for (int64_t i = 0; i < s.tokens; ++i)
+        names.push_back(i % mixed_adapters == 0 ? "default" : "a" + std::to_string(i % mixed_adapters));
+      static_cast<lora::LoraLayer&>(mixed_host->child("lin")).set_mixed_batch(names);
+    }
     Case base_fwd, lora_fwd;
-    base_fwd.run = [&] { NoGradGuard ng; base.forward(x); };
-    lora_fwd.run = [&] { NoGradGuard ng; layer.forward(x); };
-    for (const char* kind : kLayerCases) {
+    base_fwd.run = synced([&] { NoGradGuard ng; base.forward(x); });
+    lora_fwd.run = synced([&] { NoGradGuard ng; layer.forward(x); });
+    std::vector<std::string> kinds(std::begin(kLayerCases), std::end(kLayerCases));
+    if (mixed_host) kinds.push_back("mixed");
+    double base_ours = 0;
+    std::optional<double> base_theirs;
+    for (const std::string& k : kinds) {
       Case c;
-      std::string k = kind;
       if (k == "base") c = base_fwd;
       else if (k == "lora") c = lora_fwd;
-      else if (k == "merged") c.run = [&] { NoGradGuard ng; merged.forward(x); };
+      else if (k == "merged") c.run = synced([&] { NoGradGuard ng; merged.forward(x); });
+      else if (k == "mixed") c.run = synced([&] { NoGradGuard ng; mixed_host->child("lin").forward(x); });
       else
-        c.run = [&] {
+        c.run = synced([&] {
           layer.forward(xg).backward(up);
           xg.zero_grad();
           for (Tensor& p : trainable) p.zero_grad();
-        };
-      nlohmann::json req = {{"case", k}, {"tokens", s.tokens}, {"d", s.d}, {"r", s.r}};
+        });
+      nlohmann::json req = {{"case", k},       {"tokens", s.tokens}, {"d", s.d}, {"r", s.r},
+                            {"device", device_name_arg}, {"dtype", dtype_arg}, {"adapters", std::max(mixed_adapters, 1)}};
       auto [ours, theirs] = interleave(c, py.get(), req, o);
+      if (k == "base") base_ours = ours, base_theirs = theirs;
       char what[96];
-      std::snprintf(what, sizeof what, "%s %ldx%ldx%ld", kind, long(s.tokens), long(s.d), long(s.r));
+      std::snprintf(what, sizeof what, "%s %ldx%ldx%ld", k.c_str(), long(s.tokens), long(s.d), long(s.r));
       rows.push_back({"lora-layer", what, ours, theirs, ""});
       std::fprintf(stderr, "  %-34s %s\n", what, fmt_time(ours).c_str());
     }
@@ -129,11 +179,37 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
       sb.round(tb);
       sl.round(tl);
     }
+    const double lora_ratio = median(tl) / median(tb);
     char note[64];
-    std::snprintf(note, sizeof note, "%.2fx the base forward", median(tl) / median(tb));
-    rows[rows.size() - 3].note = note;
+    std::snprintf(note, sizeof note, "%.2fx the base forward", lora_ratio);
+    rows[rows.size() - (mixed_host ? 4 : 3)].note = note;
+    char summary[320];
+    int n = std::snprintf(summary, sizeof summary, "lora-layer %ldx%ldx%ld %s %s: LoRA fwd %.2fx base",
+                          long(s.tokens), long(s.d), long(s.r), dtype_arg.c_str(), device_name_arg.c_str(), lora_ratio);
+    if (base_theirs)
+      n += std::snprintf(summary + n, sizeof summary - size_t(n), "; base %.2fx PyTorch's", base_ours / *base_theirs);
+    else
+      n += std::snprintf(summary + n, sizeof summary - size_t(n), "; base vs PyTorch not measured");
+    if (mixed_host) {
+      Case mixed_fwd;
+      mixed_fwd.run = synced([&] { NoGradGuard ng; mixed_host->child("lin").forward(x); });
+      Sampler sb2(base_fwd, po), sm(mixed_fwd, po);
+      std::vector<double> tb2, tm;
+      for (int round = 0; round < std::max(o.rounds, 10); ++round) {
+        sb2.round(tb2);
+        sm.round(tm);
+      }
+      const double mixed_ratio = median(tm) / median(tb2);
+      char mnote[64];
+      std::snprintf(mnote, sizeof mnote, "%.2fx the base forward", mixed_ratio);
+      rows.back().note = mnote;
+      std::snprintf(summary + n, sizeof summary - size_t(n), "; mixed batch of %d adapters %.2fx base", mixed_adapters,
+                    mixed_ratio);
+    }
+    summaries.push_back(summary);
   }
   print_rows(rows, o.markdown);
+  for (const std::string& line : summaries) std::printf("%s\n", line.c_str());
   rep.rows.insert(rep.rows.end(), rows.begin(), rows.end());
   return 0;
 }

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/optim.h"
+#include "runtime/device.h"
 #include "runtime/ops.h"
 #include "tools/args.h"
 #include "tools/charlm.h"
@@ -135,6 +136,8 @@ options:
   --seed N               random seed (default 0)
   --full                 full fine-tuning instead of LoRA (for comparison; writes
                          DIR/model.safetensors instead of an adapter)
+  --device D             train on cpu (default), cuda or cuda:N; the held-out
+                         evaluations and the saved files stay on the CPU
 
 Data parallel: `mpirun -n N peft finetune ...` (a build with MPI) splits each batch of
 --batch examples into N equal shards (--batch must be a multiple of N), averages the
@@ -145,7 +148,7 @@ the start); rank 0 prints and writes DIR/. See docs/distributed.md.
 
 int run_finetune(const std::vector<std::string>& argv) {
   Args a(argv, {"base", "data", "out", "target-modules", "r", "alpha", "dropout", "steps", "batch",
-                "lr", "seed"},
+                "lr", "seed", "device"},
          {"full"});
   if (a.help) {
     std::printf("%s", kFinetuneHelp);
@@ -156,6 +159,11 @@ int run_finetune(const std::vector<std::string>& argv) {
   const int64_t steps = a.get_int("steps", 600), batch = a.get_int("batch", 256);
   const double lr = a.get_double("lr", 1e-2);
   const bool full = a.has("full");
+  const Device device = parse_device(a.get("device", "cpu"));
+  if (device == Device::meta) throw UsageError{"--device meta cannot train; use cpu or cuda"};
+  // the communicator moves host float32 buffers; a device-side one (NCCL) is future work
+  if (device != Device::cpu && dp.size() > 1)
+    throw UsageError{"--device cuda under mpirun is not supported yet (the gradients are averaged on the CPU)"};
   if (steps <= 0 || batch <= 0 || lr <= 0) throw UsageError{"--steps, --batch and --lr must be positive"};
   const DataParallel::Shard shard = dp.shard(batch);
   Generator gen(uint64_t(a.get_int("seed", 0)));
@@ -195,6 +203,7 @@ int run_finetune(const std::vector<std::string>& argv) {
                 dp.size() > 1 ? (", " + std::to_string(dp.size()) + " ranks").c_str() : "");
   dp.broadcast_parameters(trainable);
 
+  model->to(device);  // parameter handles stay valid: `trainable` follows
   nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.0});
   nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
   DivergenceGuard guard(steps / 20);
@@ -205,8 +214,8 @@ int run_finetune(const std::vector<std::string>& argv) {
   for (int64_t s = 0; s < steps; ++s) {
     sched.apply(s);
     lm::Batch b = lm::sample_batch(train, batch, gen);  // the global batch; this rank's rows below
-    Tensor loss = cross_entropy((*model)(b.ctx.narrow(0, shard.begin, shard.size()).contiguous()),
-                                b.target.narrow(0, shard.begin, shard.size()).contiguous());
+    Tensor loss = cross_entropy((*model)(b.ctx.narrow(0, shard.begin, shard.size()).contiguous().to(device)),
+                                b.target.narrow(0, shard.begin, shard.size()).contiguous().to(device));
     loss.backward();
     const double l = dp.average_gradients(trainable, loss.item());
     if (!std::isfinite(l))
@@ -223,8 +232,10 @@ int run_finetune(const std::vector<std::string>& argv) {
                   double((s + 1) * batch) / std::max(1e-9, bar.elapsed()));
     bar.update(s + 1, info);
   }
+  cuda_synchronize();
   const double train_seconds = bar.elapsed();
   if (!dp.is_main()) return 0;
+  model->to(Device::cpu);
   const double tuned_loss = lm::evaluate(*model, held);
 
   std::filesystem::create_directories(out);
@@ -244,6 +255,7 @@ int run_finetune(const std::vector<std::string>& argv) {
                            {"ranks", dp.size()},
                            {"heldout_loss_base", base_loss},
                            {"heldout_loss_tuned", tuned_loss},
+                           {"device", a.get("device", "cpu")},
                            {"train_seconds", train_seconds},
                            {"tokens_per_second", double(steps * batch) / train_seconds}};
   io::write_file_atomic(out + "/report.json", report.dump(2) + "\n");

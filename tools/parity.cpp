@@ -166,7 +166,7 @@ Tensor CaseRunner::input(const StateDict& io) const {
 
 
 ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check,
-                             const ParityTolerance& tol, const std::string& model_dir) {
+                             const ParityTolerance& tol, const std::string& model_dir, Device device) {
   const fs::path meta_path = fs::path(case_dir) / "case.json";
   if (fs::is_regular_file(meta_path)) {
     ordered_json meta;
@@ -180,7 +180,7 @@ ParityReport run_parity_case(const std::string& case_dir, const std::function<vo
     if (meta.is_object() && meta.value("host", std::string()) == "tokenizer")
       return run_tokenizer_parity(case_dir, meta, on_check);
   }
-  parity_detail::CaseRunner r(case_dir, on_check, tol);
+  parity_detail::CaseRunner r(case_dir, on_check, tol, device);
   return r.run();
 }
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/dtype.h"
+
 namespace peft::tools {
 
 struct ParityCheck {
@@ -35,8 +37,11 @@ struct ParityTolerance {
 // exception becomes a FAIL line.
 // Cases on Hugging Face hosts ("host": "hf") load the case's model/ folder, or `model_dir`
 // when given (cases that name a model_source instead of carrying model/).
+// `device` runs the output, gradient, mixed-batch and training checks of the PEFT cases
+// there (inputs and model moved; everything else, and the hf_ / tokenizer cases, on the CPU).
 ParityReport run_parity_case(const std::string& case_dir, const std::function<void(const ParityCheck&)>& on_check = {},
-                             const ParityTolerance& tol = {}, const std::string& model_dir = "");
+                             const ParityTolerance& tol = {}, const std::string& model_dir = "",
+                             Device device = Device::cpu);
 
 // "PASS case check 1.2e-07" / "FAIL case check 3.0e-02 (detail)" / "SKIP case check (reason)".
 std::string format_check(const ParityCheck& c);

@@ -9,6 +9,7 @@
 
 #include "io/state_dict.h"
 #include "nn/module.h"
+#include "runtime/dtype.h"
 #include "tools/parity.h"
 #include "tools/parity_compare.h"
 
@@ -18,8 +19,9 @@ class CaseRunner : CheckEmitter {
   using Status = ParityCheck::Status;
 
  public:
-  CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol)
-      : CheckEmitter(cb), dir_(dir), tol_(tol) {}
+  CaseRunner(const std::string& dir, const std::function<void(const ParityCheck&)>& cb, const ParityTolerance& tol,
+             Device device)
+      : CheckEmitter(cb), dir_(dir), tol_(tol), device_(device) {}
 
   ParityReport run();
 
@@ -35,6 +37,19 @@ class CaseRunner : CheckEmitter {
   // Loads adapter_<name>.safetensors for every adapter.
   void load_adapters(nn::Module& m, bool low_cpu, bool report);
   Tensor input(const StateDict& io) const;
+
+  // Runs the outputs, gradients, mixed-batch and training checks with model_ on device_
+  // (`peft parity --device cuda`); model_ returns to the CPU afterwards.
+  struct OnDevice {
+    OnDevice(nn::Module& m, Device d) : m_(m), moved_(d != Device::cpu) {
+      if (moved_) m_.to(d);
+    }
+    ~OnDevice() {
+      if (moved_) m_.to(Device::cpu);
+    }
+    nn::Module& m_;
+    bool moved_;
+  };
 
   // ---------------------------------------------------------------- checks --
   // A check whose case.json field is absent is reported as skipped, by name.
@@ -70,6 +85,7 @@ class CaseRunner : CheckEmitter {
   void check_training();
   std::string dir_;
   ParityTolerance tol_;
+  Device device_ = Device::cpu;
   ordered_json meta_;
   std::shared_ptr<nn::Module> model_;
   bool ready_ = false, loaded_ = false;

@@ -96,7 +96,8 @@ void CaseRunner::check_adapter_keys() {
 // Output and gradients of sum(output * grad_seed) with each adapter active.
 void CaseRunner::check_outputs() {
   StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
-  Tensor x = input(io);
+  OnDevice on(*model_, device_);
+  Tensor x = input(io).to(device_);
   model_->eval();
   if (io.contains("output_base")) {
     std::optional<ScopedWarningHandler> quiet;
@@ -125,7 +126,7 @@ void CaseRunner::check_outputs() {
     ao.add(compare(out, io.at(n + ".output"), tol_, n + ".output"));
     emit_accum("output." + n, ao);
     if (!io.contains(n + ".grad_seed")) continue;
-    Tensor loss = sum(mul(out, io.at(n + ".grad_seed")));
+    Tensor loss = sum(mul(out, io.at(n + ".grad_seed").to(device_)));
     loss.backward();
     std::map<std::string, Tensor> params;
     for (auto& [pn, p] : model_->named_parameters()) params[pn] = p;
@@ -157,7 +158,8 @@ void CaseRunner::check_outputs() {
 // Row i uses adapter adapter_names[i]; also checked against per-adapter forwards.
 void CaseRunner::check_mixed_batch() {
   StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
-  Tensor x = input(io);
+  OnDevice on(*model_, device_);
+  Tensor x = input(io).to(device_);
   auto names = str_list(meta_["adapter_names"]);
   model_->eval();
   NoGradGuard ng;

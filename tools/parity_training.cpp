@@ -186,7 +186,8 @@ void CaseRunner::check_training() {
   }
   emit_accum("training_init", ai);
 
-  Tensor x = io.at("x"), y = io.at("y");
+  OnDevice on(*model_, device_);
+  Tensor x = io.at("x").to(device_), y = io.at("y").to(device_);
   nn::NamedTensors params;
   for (auto& [n, p] : model_->named_parameters())
     if (p.requires_grad()) params.emplace_back(n, p);

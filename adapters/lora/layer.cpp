@@ -122,7 +122,8 @@ std::vector<std::pair<std::string, Tensor>> LoraLayer::mixed_batch_groups(const 
   for (auto& [a, r] : rows) {
     if (a == "__base__") continue;
     if (use_dora.count(a) && use_dora.at(a)) fail("Cannot pass `adapter_names` when DoRA is enabled.");
-    out.emplace_back(a, from_vector(r, {int64_t(r.size())}));
+    Tensor idx = from_vector(r, {int64_t(r.size())});
+    out.emplace_back(a, x.device() == Device::cpu ? idx : idx.to(x.device()));  // index ops want x's device
   }
   return out;
 }
@@ -231,11 +232,13 @@ bool accumulate_lora_no_grad(Tensor& result, const Tensor& x, const Tensor& wa, 
   if (is_grad_enabled() && (x.requires_grad() || result.requires_grad())) return false;
   if (is_grad_enabled() && (wa.requires_grad() || wb.requires_grad())) return false;
   if (dynamic_cast<nn::Identity*>(&drop) == nullptr) return false;
-  // only the CPU has the kernel; other dtypes keep the general path's rounding
-  if (x.device() != Device::cpu || wa.device() != Device::cpu || wb.device() != Device::cpu) return false;
-  if (x.dtype() != DType::float32 || wa.dtype() != DType::float32 || wb.dtype() != DType::float32 ||
-      result.dtype() != DType::float32)
-    return false;
+  // One device and dtype. On the CPU only float32 (other dtypes keep the general path's
+  // rounding); another device takes what its gemm keeps as is (CUDA: also bfloat16 / float16).
+  const Device dev = x.device();
+  if (dev == Device::meta || wa.device() != dev || wb.device() != dev || result.device() != dev) return false;
+  const DType dt = x.dtype();
+  if (wa.dtype() != dt || wb.dtype() != dt || result.dtype() != dt || !is_floating(dt)) return false;
+  if (dev == Device::cpu && dt != DType::float32) return false;
   if (x.dim() < 1 || !x.is_contiguous() || !result.is_contiguous()) return false;
   const int64_t in = wa.size(1), r = wa.size(0), out = wb.size(0);
   if (x.size(-1) != in || result.size(-1) != out || wb.size(1) != r) return false;
@@ -255,6 +258,9 @@ Tensor Linear::forward(const Tensor& x) {
   if (!mixed_batch_.empty()) {
     auto groups = mixed_batch_groups(x);
     Tensor result = base_layer().forward(x);
+    // The groups' rows are disjoint: one index_add of all their outputs gives each row the
+    // sum a per-group index_add would, with one pass over `result` instead of one per adapter.
+    std::vector<Tensor> outs, rows;
     for (const auto& [a, idx] : groups) {
       if (!lora_A().contains(a)) continue;
       check_adapter_materialized(a);
@@ -262,8 +268,11 @@ Tensor Linear::forward(const Tensor& x) {
       DType adt = weight_of(lora_A()[a]).dtype();
       if (is_floating(sub.dtype()) && sub.dtype() != adt) sub = sub.to(adt);
       Tensor out = mul(lora_B()[a].forward(lora_A()[a].forward(lora_dropout()[a].forward(sub))), scaling.at(a));
-      result = index_add(result, 0, idx, out.to(result.dtype()));
+      outs.push_back(out.to(result.dtype()));
+      rows.push_back(idx);
     }
+    if (outs.size() == 1) return index_add(result, 0, rows[0], outs[0]);
+    if (!outs.empty()) result = index_add(result, 0, cat(rows, 0), cat(outs, 0));
     return result;
   }
   if (merged()) return base_layer().forward(x);
