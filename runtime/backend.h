@@ -4,11 +4,12 @@
 #include <memory>
 #include <vector>
 
-#include "runtime/ops.h"
 #include "runtime/device.h"
 #include "runtime/tensor.h"
 
 namespace peft {
+
+struct AdamWConstants;  // runtime/ops.h
 
 enum class UnaryKind {
   neg, exp, log, sqrt, rsqrt, abs, sign, erf, relu, gelu, silu, tanh, sigmoid, gelu_tanh,

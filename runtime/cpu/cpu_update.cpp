@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "runtime/cpu/cpu_backend.h"
+#include "runtime/ops.h"
 #include "runtime/cpu/vec_f32.h"
 
 namespace peft::cpu {
