@@ -157,25 +157,25 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
   im->path = path;
 
   Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (f.fd < 0) fail(path, ": cannot open for reading: ", errno_str(errno));
+  if (f.fd < 0) fail_io(path, ": cannot open for reading: ", errno_str(errno));
   struct stat st {};
-  if (::fstat(f.fd, &st) != 0) fail(path, ": cannot stat: ", errno_str(errno));
-  if (S_ISDIR(st.st_mode)) fail(path, ": is a directory, not a safetensors file");
-  if (!S_ISREG(st.st_mode)) fail(path, ": is not a regular file, cannot map it");
+  if (::fstat(f.fd, &st) != 0) fail_io(path, ": cannot stat: ", errno_str(errno));
+  if (S_ISDIR(st.st_mode)) fail_io(path, ": is a directory, not a safetensors file");
+  if (!S_ISREG(st.st_mode)) fail_io(path, ": is not a regular file, cannot map it");
   uint64_t size = uint64_t(st.st_size);
-  if (size == 0) fail(path, ": file is empty (0 bytes), not a safetensors file");
+  if (size == 0) fail_format(path, ": file is empty (0 bytes), not a safetensors file");
   if (size < 8)
-    fail(path, ": file is only ", size,
+    fail_format(path, ": file is only ", size,
          " bytes; a safetensors file starts with an 8-byte header length");
   if (size > uint64_t(std::numeric_limits<size_t>::max()))
-    fail(path, ": file of ", size, " bytes is too large to map on this platform");
+    fail_format(path, ": file of ", size, " bytes is too large to map on this platform");
 
   auto map = std::make_shared<Mapping>();
   // Private, copy-on-write mapping: tensors viewing it may be written in place (optimizers,
   // merging) without touching the file and without a fault on a read-only page.
   void* addr = ::mmap(nullptr, size_t(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE,
                       f.fd, 0);
-  if (addr == MAP_FAILED) fail(path, ": cannot map ", size, " bytes: ", errno_str(errno));
+  if (addr == MAP_FAILED) fail_io(path, ": cannot map ", size, " bytes: ", errno_str(errno));
   map->addr = addr;
   map->size = size_t(size);
   const uint8_t* base = static_cast<const uint8_t*>(addr);
@@ -183,10 +183,10 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | base[i];
   if (n > limits.max_header_bytes)
-    fail(path, ": header length ", n, " exceeds the limit of ", limits.max_header_bytes,
+    fail_format(path, ": header length ", n, " exceeds the limit of ", limits.max_header_bytes,
          " bytes (ReadLimits::max_header_bytes); the file is corrupt or not a safetensors file");
   if (n > size - 8)
-    fail(path, ": header length ", n, " exceeds the file size (", size, " bytes, so at most ",
+    fail_format(path, ": header length ", n, " exceeds the file size (", size, " bytes, so at most ",
          size - 8, " bytes of header); the file is truncated or not a safetensors file");
   im->map = map;
   im->file_size = size;
@@ -203,7 +203,7 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
       case ojson::parse_event_t::object_start:
       case ojson::parse_event_t::array_start:
         if (depth >= kMaxJsonDepth)
-          fail(path, ": header JSON is nested more than ", kMaxJsonDepth,
+          fail_format(path, ": header JSON is nested more than ", kMaxJsonDepth,
                " levels deep; not a safetensors header");
         if (ev == ojson::parse_event_t::object_start) keys.emplace_back();
         break;
@@ -213,7 +213,7 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
       case ojson::parse_event_t::key:
         if (!keys.empty() && parsed.is_string() &&
             !keys.back().insert(parsed.get_ref<const std::string&>()).second)
-          fail(path, ": header has the key '", parsed.get_ref<const std::string&>(),
+          fail_format(path, ": header has the key '", parsed.get_ref<const std::string&>(),
                "' twice in one object");
         break;
       default:
@@ -228,18 +228,18 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
     std::string what = e.what();
     auto p = what.find("] ");
     if (what.rfind("[json.exception", 0) == 0 && p != std::string::npos) what = what.substr(p + 2);
-    fail(path, ": header is not valid JSON (", n, "-byte header, error at byte ", e.byte,
+    fail_format(path, ": header is not valid JSON (", n, "-byte header, error at byte ", e.byte,
          "): ", what);
   } catch (const ojson::exception& e) {
-    fail(path, ": header is not valid JSON: ", e.what());
+    fail_format(path, ": header is not valid JSON: ", e.what());
   }
   if (!header.is_object())
-    fail(path, ": header is ", json_kind(header),
+    fail_format(path, ": header is ", json_kind(header),
          ", not a JSON object of tensor entries; not a safetensors file");
 
   uint64_t count = header.size() - (header.contains("__metadata__") ? 1 : 0);
   if (count > limits.max_tensors)
-    fail(path, ": header lists ", count, " tensors, more than the limit of ", limits.max_tensors,
+    fail_format(path, ": header lists ", count, " tensors, more than the limit of ", limits.max_tensors,
          " (ReadLimits::max_tensors)");
   im->tensors.reserve(size_t(count));
 
@@ -248,11 +248,11 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
     const ojson& v = it.value();
     if (name == "__metadata__") {
       if (!v.is_object())
-        fail(path, ": __metadata__ must be an object of string to string, but it is ",
+        fail_format(path, ": __metadata__ must be an object of string to string, but it is ",
              json_kind(v), " (", brief(v), ")");
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string())
-          fail(path, ": __metadata__ must be an object of string to string, but key '", m.key(),
+          fail_format(path, ": __metadata__ must be an object of string to string, but key '", m.key(),
                "' has ", json_kind(m.value()), " value ", brief(m.value()));
         im->metadata[m.key()] = m.value().get<std::string>();
       }
@@ -260,28 +260,28 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
     }
     const std::string tn = "tensor '" + name + "'";
     if (!v.is_object())
-      fail(path, ": ", tn, " entry is ", json_kind(v),
+      fail_format(path, ": ", tn, " entry is ", json_kind(v),
            "; expected an object with dtype, shape and data_offsets");
     for (const char* field : {"dtype", "shape", "data_offsets"})
-      if (!v.contains(field)) fail(path, ": ", tn, " has no '", field, "' field");
+      if (!v.contains(field)) fail_format(path, ": ", tn, " has no '", field, "' field");
 
     TensorInfo ti;
     ti.name = name;
     const ojson& jd = v["dtype"];
     if (!jd.is_string())
-      fail(path, ": ", tn, " has dtype ", brief(jd), ", which is not a string");
+      fail_format(path, ": ", tn, " has dtype ", brief(jd), ", which is not a string");
     if (!parse_st_dtype(jd.get<std::string>(), ti.dtype))
-      fail(path, ": ", tn, " has dtype '", jd.get<std::string>(),
+      fail_format(path, ": ", tn, " has dtype '", jd.get<std::string>(),
            "', which peft.cpp cannot read (supported: F64, F32, F16, BF16, I64, I32, U8, BOOL)");
 
     const ojson& js = v["shape"];
-    if (!js.is_array()) fail(path, ": ", tn, " has shape ", brief(js), ", which is not a list");
+    if (!js.is_array()) fail_format(path, ": ", tn, " has shape ", brief(js), ", which is not a list");
     uint64_t numel = 1;
     bool overflow = false;
     for (const ojson& d : js) {
       uint64_t dim = 0;
       if (!as_index(d, dim))
-        fail(path, ": ", tn, " has shape ", brief(js),
+        fail_format(path, ": ", tn, " has shape ", brief(js),
              ": dimensions must be non-negative integers below 2^63 (", brief(d), " is not)");
       ti.shape.push_back(int64_t(dim));
       if (__builtin_mul_overflow(numel, dim, &numel)) overflow = true;
@@ -290,20 +290,20 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
     uint64_t nbytes = 0;
     if (overflow || numel > uint64_t(std::numeric_limits<int64_t>::max()) ||
         __builtin_mul_overflow(numel, esize, &nbytes))
-      fail(path, ": ", tn, " has shape ", shape_str(ti.shape), " of ", st_dtype_name(ti.dtype),
+      fail_format(path, ": ", tn, " has shape ", shape_str(ti.shape), " of ", st_dtype_name(ti.dtype),
            " whose byte size overflows 64 bits; the file is corrupt");
 
     const ojson& jo = v["data_offsets"];
     uint64_t b = 0, e = 0;
     if (!jo.is_array() || jo.size() != 2 || !as_index(jo[0], b) || !as_index(jo[1], e))
-      fail(path, ": ", tn, " has data_offsets ", brief(jo),
+      fail_format(path, ": ", tn, " has data_offsets ", brief(jo),
            "; expected [begin, end], two non-negative integers");
-    if (b > e) fail(path, ": ", tn, " has data_offsets [", b, ", ", e, "]: begin > end");
+    if (b > e) fail_format(path, ": ", tn, " has data_offsets [", b, ", ", e, "]: begin > end");
     if (e > im->data_size)
-      fail(path, ": ", tn, " has data_offsets [", b, ", ", e, "] but the data section is only ",
+      fail_format(path, ": ", tn, " has data_offsets [", b, ", ", e, "] but the data section is only ",
            im->data_size, " bytes (file truncated?)");
     if (e - b != nbytes)
-      fail(path, ": ", tn, " has data_offsets [", b, ", ", e, "] but shape ",
+      fail_format(path, ": ", tn, " has data_offsets [", b, ", ", e, "] but shape ",
            shape_str(ti.shape), " of ", st_dtype_name(ti.dtype), " needs ", nbytes, " bytes");
     ti.begin = b;
     ti.end = e;
@@ -323,7 +323,7 @@ std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const
     const TensorInfo& t = ts[i];
     if (t.begin == t.end) continue;
     if (prev && t.begin < prev->end)
-      fail(path, ": tensors '", prev->name, "' [", prev->begin, ", ", prev->end, "] and '", t.name,
+      fail_format(path, ": tensors '", prev->name, "' [", prev->begin, ", ", prev->end, "] and '", t.name,
            "' [", t.begin, ", ", t.end, "] overlap in the data section");
     if (!prev || t.end > prev->end) prev = &t;
   }

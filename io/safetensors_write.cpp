@@ -49,11 +49,11 @@ void write_all(int fd, const void* data, uint64_t n, const std::string& target,
     ssize_t r = ::write(fd, p, chunk);
     if (r < 0) {
       if (errno == EINTR) continue;
-      fail(target, ": cannot save: writing the temporary file '", tmp, "' failed: ",
+      fail_io(target, ": cannot save: writing the temporary file '", tmp, "' failed: ",
            errno_str(errno), "; the existing file (if any) was left unchanged");
     }
     if (r == 0)
-      fail(target, ": cannot save: writing the temporary file '", tmp,
+      fail_io(target, ": cannot save: writing the temporary file '", tmp,
            "' made no progress; the existing file (if any) was left unchanged");
     p += r;
     n -= uint64_t(r);
@@ -171,12 +171,12 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Tensor
     int err = errno;
     struct stat dst {};
     if (err == ENOENT || err == ENOTDIR) {
-      if (::stat(w.dir.c_str(), &dst) != 0) fail(path, ": cannot save: the folder '", w.dir, "' does not exist");
-      if (!S_ISDIR(dst.st_mode)) fail(path, ": cannot save: '", w.dir, "' is not a folder");
+      if (::stat(w.dir.c_str(), &dst) != 0) fail_io(path, ": cannot save: the folder '", w.dir, "' does not exist");
+      if (!S_ISDIR(dst.st_mode)) fail_io(path, ": cannot save: '", w.dir, "' is not a folder");
     }
-    fail(path, ": cannot save: cannot create a temporary file in '", w.dir, "': ", errno_str(err));
+    fail_io(path, ": cannot save: cannot create a temporary file in '", w.dir, "': ", errno_str(err));
   }
-  if (tmp.fd < 0) fail(path, ": cannot save: no unique temporary file name in '", w.dir, "'");
+  if (tmp.fd < 0) fail_io(path, ": cannot save: no unique temporary file name in '", w.dir, "'");
 
   // Keep the permissions of a file being replaced.
   struct stat old {};
@@ -220,17 +220,17 @@ void SafetensorsWriter::commit() {
     fail(path, ": cannot save: only ", w.next, " of ", w.slots.size(), " tensors were written (next: '",
          w.slots[w.next].spec.name, "'); the existing file (if any) was left unchanged");
   if (::fsync(tmp.fd) != 0)
-    fail(path, ": cannot save: fsync of the temporary file '", tmp.path, "' failed: ", errno_str(errno),
+    fail_io(path, ": cannot save: fsync of the temporary file '", tmp.path, "' failed: ", errno_str(errno),
          "; the existing file (if any) was left unchanged");
   int fd = tmp.fd;
   tmp.fd = -1;
   if (::close(fd) != 0)
-    fail(path, ": cannot save: closing the temporary file '", tmp.path, "' failed: ", errno_str(errno),
+    fail_io(path, ": cannot save: closing the temporary file '", tmp.path, "' failed: ", errno_str(errno),
          "; the existing file (if any) was left unchanged");
   if (::rename(tmp.path.c_str(), w.target.c_str()) != 0) {
     int err = errno;
-    if (err == EISDIR) fail(path, ": cannot save: the path is an existing folder, not a file");
-    fail(path, ": cannot save: renaming the temporary file '", tmp.path, "' over it failed: ", errno_str(err),
+    if (err == EISDIR) fail_io(path, ": cannot save: the path is an existing folder, not a file");
+    fail_io(path, ": cannot save: renaming the temporary file '", tmp.path, "' over it failed: ", errno_str(err),
          "; the existing file (if any) was left unchanged");
   }
   tmp.committed = true;

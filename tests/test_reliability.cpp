@@ -495,8 +495,15 @@ TEST_CASE("errors come in kinds a caller can catch separately, with unchanged me
   // malformed contents: FormatError
   CHECK_THROWS_AS(config_from_json(std::string("{\"peft_type\": ")), FormatError);
   CHECK_THROWS_AS(config_from_json(std::string("{\"peft_type\": 3}")), FormatError);
+  const fs::path garbage = fs::temp_directory_path() / "peft_error_kinds_garbage.safetensors";
+  {
+    std::ofstream(garbage) << "this is not a safetensors file at all";
+  }
+  CHECK_THROWS_AS(io::load_safetensors(garbage.string()), FormatError);
+  fs::remove(garbage);
   // the file system: IOError
   CHECK_THROWS_AS(io::write_file_atomic("/nonexistent-dir-for-peft-test/x.bin", "data"), IOError);
+  CHECK_THROWS_AS(io::load_safetensors("/nonexistent-dir-for-peft-test/x.safetensors"), IOError);
   // every kind is still a peft::Error
   CHECK_THROWS_AS(lin.param("nope"), Error);
   CHECK(testing::error_of([&] { lin.param("nope"); }).find("has no parameter 'nope'") != std::string::npos);
