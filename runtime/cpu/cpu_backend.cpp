@@ -438,6 +438,10 @@ class BlockCache {
   size_t limit_ = size_t(1024) << 20;
 };
 
+// Live CPU tensor bytes (cpu_allocated_bytes): a relaxed counter, one add per allocation.
+std::atomic<size_t> g_allocated{0};
+std::atomic<size_t> g_allocated_peak{0};
+
 // Never destroyed: tensors held by other static objects may be freed after main.
 BlockCache& block_cache() {
   static BlockCache* c = new BlockCache();
@@ -508,11 +512,21 @@ class CpuBackend final : public Backend {
     if (padded >= BlockCache::kMinBlock) {
       padded = BlockCache::round(padded);
       p = block_cache().get(padded);
-      st->owner = std::shared_ptr<void>(p, [padded](void* q) { block_cache().put(q, padded); });
+      st->owner = std::shared_ptr<void>(p, [padded](void* q) {
+        g_allocated.fetch_sub(padded, std::memory_order_relaxed);
+        block_cache().put(q, padded);
+      });
     } else {
       p = padded ? std::aligned_alloc(64, padded) : nullptr;
       if (padded && !p) fail("out of memory allocating ", nbytes, " bytes on cpu");
-      st->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+      st->owner = std::shared_ptr<void>(p, [padded](void* q) {
+        g_allocated.fetch_sub(padded, std::memory_order_relaxed);
+        std::free(q);
+      });
+    }
+    const size_t now = g_allocated.fetch_add(padded, std::memory_order_relaxed) + padded;
+    size_t peak = g_allocated_peak.load(std::memory_order_relaxed);
+    while (now > peak && !g_allocated_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
     }
     st->data = p;
     st->nbytes = nbytes;
@@ -1185,5 +1199,9 @@ Backend& cpu_backend() {
   static CpuBackend b;
   return b;
 }
+
+size_t cpu_allocated_bytes() { return g_allocated.load(std::memory_order_relaxed); }
+size_t cpu_allocated_peak_bytes() { return g_allocated_peak.load(std::memory_order_relaxed); }
+void reset_cpu_allocated_peak() { g_allocated_peak.store(cpu_allocated_bytes(), std::memory_order_relaxed); }
 
 }  // namespace peft
