@@ -72,7 +72,9 @@ const char* kCommonHelp =
     "  --threads N     CPU threads for both sides (default: all cores, or PEFT_NUM_THREADS)\n"
     "  --python PATH   interpreter with torch + peft (default $PEFT_BENCH_PYTHON, else python3)\n"
     "  --no-python     time ours only\n"
-    "  --markdown      print the result table as markdown\n";
+    "  --markdown      print the result table as markdown\n"
+    "Rows with a 'peak RSS' entry give each process's resident high-water mark while the\n"
+    "row was sampled (ours / the PyTorch worker; whole processes, earlier rows included).\n";
 
 constexpr int kSettleMs = 20;
 
