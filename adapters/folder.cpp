@@ -59,6 +59,7 @@ using io::fsync_dir;
 void save_pretrained(const nn::Module& model, const std::string& dir,
                      const std::vector<std::string>& adapter_names,
                      const SavePretrainedOptions& opts) {
+  ModelReadGuard lock(model);  // see adapters/model_lock.h
   const PeftState* state = peft_state(model);
   if (!state) fail("save_pretrained: the model has no adapters (call inject_adapter_in_model first)");
   std::vector<std::string> names = adapter_names.empty() ? state->adapter_names() : adapter_names;
@@ -207,6 +208,7 @@ class ModelUndo {
 
 LoadAdapterResult load_adapter(nn::Module& model, const std::string& dir,
                                const std::string& adapter_name, bool low_cpu_mem_usage) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   if (const PeftState* st = peft_state(model); st && st->find(adapter_name))
     fail("load_adapter: the model already has an adapter named '", adapter_name, "'");
   LoadAdapterResult r;

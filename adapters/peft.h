@@ -25,6 +25,7 @@
 #include "adapters/tuner.h"
 #include "adapters/utilities.h"
 #include "adapters/folder.h"
+#include "adapters/model_lock.h"
 
 namespace peft {
 

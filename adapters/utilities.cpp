@@ -5,6 +5,7 @@
 
 #include "adapters/lora/config.h"
 #include "adapters/lora/layer.h"
+#include "adapters/model_lock.h"
 
 namespace peft {
 
@@ -28,6 +29,7 @@ void check_merge_allowed(const nn::Module& model) {
 }
 
 nn::Module& unload_and_optionally_merge(nn::Module& model, bool merge, const MergeAndUnloadOptions& opts) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   if (merge) check_merge_allowed(model);
   auto layers = tuner_layers(model);
   if (merge) {
@@ -89,6 +91,7 @@ nn::Module& merge_and_unload(nn::Module& model, const MergeAndUnloadOptions& opt
 nn::Module& unload(nn::Module& model) { return unload_and_optionally_merge(model, false, {}); }
 
 void set_scale(nn::Module& model, const std::string& adapter, double scale) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   bool found = false;
   for (auto& l : lora_layers(model))
     if (l->scaling.count(adapter)) {

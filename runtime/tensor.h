@@ -162,6 +162,14 @@ Tensor uniform(const Shape& shape, double lo, double hi, Generator& gen, DType d
 int64_t shape_numel(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 
+// ---- memory ----
+// Bytes of CPU tensor storage the runtime holds for live tensors (64-byte padded sizes; idle
+// blocks of the reuse cache and memory-mapped checkpoint files are not counted). Cheap.
+size_t cpu_allocated_bytes();
+// The most cpu_allocated_bytes() has been since the last reset (or the start).
+size_t cpu_allocated_peak_bytes();
+void reset_cpu_allocated_peak();
+
 // ---- thread count for CPU kernels (PEFT_NUM_THREADS overrides the default) ----
 void set_num_threads(int n);
 int get_num_threads();

@@ -23,20 +23,6 @@ export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tools/fuzz/lsan.supp:print
 start=$(date +%s)
 status=0
 meson test -C "$B" --print-errorlogs --num-processes 1 --timeout-multiplier 3 "$@" || status=$?
-python3 - "$B" <<'PY' || status=1
-import json, re, sys
-passed = failed = skipped = 0
-with open(sys.argv[1] + "/meson-logs/testlog.json") as f:
-    for line in f:
-        rec = json.loads(line)
-        m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed \|\s*(\d+) skipped",
-                      rec.get("stdout", ""))
-        if m:
-            passed += int(m.group(2)); failed += int(m.group(3)); skipped += int(m.group(4))
-        elif rec.get("result") != "OK":
-            failed += 1  # a sanitizer abort or a timeout before doctest's summary
-print(f"doctest: {passed} passed, {failed} failed, {skipped} skipped (ASan+UBSan)")
-sys.exit(1 if failed or passed == 0 else 0)
-PY
+python3 scripts/doctest_summary.py "$B" ASan+UBSan || status=1
 echo "sanitize.sh: tests took $(( $(date +%s) - start )) s"
 exit $status

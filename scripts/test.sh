@@ -10,19 +10,5 @@ PEFT_MINILM_DIR="$(bash scripts/fetch_minilm.sh)"
 export PEFT_MINILM_DIR
 status=0
 meson test -C build --print-errorlogs --num-processes 1 "$@" || status=$?
-python3 - <<'PY' || status=1
-import json, re, sys
-passed = failed = skipped = 0
-with open("build/meson-logs/testlog.json") as f:
-    for line in f:
-        rec = json.loads(line)
-        m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed \|\s*(\d+) skipped",
-                      rec.get("stdout", ""))
-        if m:
-            passed += int(m.group(2)); failed += int(m.group(3)); skipped += int(m.group(4))
-        elif rec.get("result") != "OK":
-            failed += 1  # crashed or timed out before doctest's summary
-print(f"doctest: {passed} passed, {failed} failed, {skipped} skipped")
-sys.exit(1 if failed or passed == 0 else 0)
-PY
+python3 scripts/doctest_summary.py build || status=1
 exit $status

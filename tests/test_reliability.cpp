@@ -588,4 +588,35 @@ TEST_CASE("set_peft_model_state_dict fails on any bad tensor and leaves the mode
   const std::string before = snapshot(*m);
   CHECK_HAS(error_of([&] { set_peft_model_state_dict(*m, StateDict{}, "default"); }), "rank_pattern entry");
   CHECK(snapshot(*m) == before);
+
+// ===========================================================================
+// Memory: injection wraps the base layers and allocates only the adapter's own tensors.
+
+TEST_CASE("injecting LoRA r=8 allocates no more than the adapter's bytes plus 1 MiB, at peak as well") {
+  // 3 Linear layers of 1024x1024 (12 MiB of float32 weights): one copied base weight is 4 MiB
+  auto m = tools::build_host_model("mlp", nlohmann::json{{"in", 1024}, {"hidden", 1024}, {"out", 1024}});
+  std::vector<const void*> base_data;
+  for (const auto& [n, p] : m->named_parameters()) base_data.push_back(p.raw_data());
+  LoraConfig c;
+  c.r = 8;
+  c.target_modules = {"lin0", "lin1", "lin2"};
+  const size_t before = cpu_allocated_bytes();
+  reset_cpu_allocated_peak();
+  inject_adapter_in_model(c, *m);
+  const size_t after = cpu_allocated_bytes(), peak = cpu_allocated_peak_bytes();
+  size_t adapter = 0;
+  for (const auto& [n, t] : get_peft_model_state_dict(*m)) adapter += t.nbytes();
+  CHECK(adapter == 3 * 8 * (1024 + 1024) * 4);
+  const size_t slack = size_t(1) << 20;
+  INFO("before " << before << ", after " << after << ", peak " << peak << ", adapter " << adapter);
+  CHECK(after <= before + adapter + slack);
+  CHECK(peak <= before + adapter + slack);
+  // the base weights are the same storage, wrapped, not copies
+  size_t i = 0;
+  for (const auto& [n, p] : m->named_parameters())
+    if (n.find("lora_") == std::string::npos) {
+      REQUIRE(i < base_data.size());
+      CHECK(p.raw_data() == base_data[i++]);
+    }
+  CHECK(i == base_data.size());
 }

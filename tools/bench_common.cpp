@@ -72,7 +72,9 @@ const char* kCommonHelp =
     "  --threads N     CPU threads for both sides (default: all cores, or PEFT_NUM_THREADS)\n"
     "  --python PATH   interpreter with torch + peft (default $PEFT_BENCH_PYTHON, else python3)\n"
     "  --no-python     time ours only\n"
-    "  --markdown      print the result table as markdown\n";
+    "  --markdown      print the result table as markdown\n"
+    "Rows with a 'peak RSS' entry give each process's resident high-water mark while the\n"
+    "row was sampled (ours / the PyTorch worker; whole processes, earlier rows included).\n";
 
 constexpr int kSettleMs = 20;
 
@@ -218,16 +220,21 @@ void PyWorker::round(const nlohmann::json& request, const Options& o, bool first
   nlohmann::json r = call(req);
   for (double t : r["times"]) out.push_back(t);
   notes_ = r.value("notes", nlohmann::json::object());
+  peak_rss_ = r.value("peak_rss", int64_t(-1));
 }
 
 std::pair<double, std::optional<double>> interleave(Case ours, PyWorker* py, const nlohmann::json& request,
-                                                    const Options& o) {
+                                                    const Options& o, Row* row) {
   Sampler s(std::move(ours), o);
   std::vector<double> a, b;
+  if (row) reset_peak_rss();
   for (int r = 0; r < o.rounds; ++r) {
     s.round(a);
     if (py) py->round(request, o, r == 0, b);
+    if (row && py && py->last_peak_rss() >= 0)
+      row->peak_rss_theirs = std::max(row->peak_rss_theirs.value_or(0), py->last_peak_rss());
   }
+  if (row) row->peak_rss = peak_rss();
   std::optional<double> theirs;
   if (py) theirs = median(b);
   return {median(a), theirs};
@@ -279,18 +286,31 @@ void print_rows(const std::vector<Row>& rows, bool markdown, FILE* f) {
     std::snprintf(buf, sizeof buf, "%.2f", r.ours / *r.theirs);
     return buf;
   };
+  // "ours / theirs" in MiB, "-" where not measured
+  auto rss = [](const Row& r) -> std::string {
+    if (r.peak_rss < 0) return "-";
+    char buf[64];
+    if (r.peak_rss_theirs)
+      std::snprintf(buf, sizeof buf, "%.0f / %.0f MiB", double(r.peak_rss) / (1 << 20),
+                    double(*r.peak_rss_theirs) / (1 << 20));
+    else
+      std::snprintf(buf, sizeof buf, "%.0f MiB / -", double(r.peak_rss) / (1 << 20));
+    return buf;
+  };
   if (markdown) {
-    std::fprintf(f, "| benchmark | case | peft.cpp | PyTorch + PEFT | ratio | notes |\n");
-    std::fprintf(f, "|---|---|---:|---:|---:|---|\n");
+    std::fprintf(f, "| benchmark | case | peft.cpp | PyTorch + PEFT | ratio | peak RSS (ours / PyTorch) | notes |\n");
+    std::fprintf(f, "|---|---|---:|---:|---:|---:|---|\n");
     for (const Row& r : rows)
-      std::fprintf(f, "| %s | %s | %s | %s | %s | %s |\n", r.bench.c_str(), r.what.c_str(), fmt_time(r.ours).c_str(),
-                   r.theirs ? fmt_time(*r.theirs).c_str() : "-", ratio(r).c_str(), r.note.c_str());
+      std::fprintf(f, "| %s | %s | %s | %s | %s | %s | %s |\n", r.bench.c_str(), r.what.c_str(),
+                   fmt_time(r.ours).c_str(), r.theirs ? fmt_time(*r.theirs).c_str() : "-", ratio(r).c_str(),
+                   rss(r).c_str(), r.note.c_str());
     return;
   }
-  std::fprintf(f, "%-11s %-34s %12s %15s %7s  %s\n", "benchmark", "case", "peft.cpp", "PyTorch+PEFT", "ratio", "notes");
+  std::fprintf(f, "%-11s %-34s %12s %15s %7s %18s  %s\n", "benchmark", "case", "peft.cpp", "PyTorch+PEFT", "ratio",
+               "peak RSS", "notes");
   for (const Row& r : rows)
-    std::fprintf(f, "%-11s %-34s %12s %15s %7s  %s\n", r.bench.c_str(), r.what.c_str(), fmt_time(r.ours).c_str(),
-                 r.theirs ? fmt_time(*r.theirs).c_str() : "-", ratio(r).c_str(), r.note.c_str());
+    std::fprintf(f, "%-11s %-34s %12s %15s %7s %18s  %s\n", r.bench.c_str(), r.what.c_str(), fmt_time(r.ours).c_str(),
+                 r.theirs ? fmt_time(*r.theirs).c_str() : "-", ratio(r).c_str(), rss(r).c_str(), r.note.c_str());
 }
 
 std::string machine_description() {

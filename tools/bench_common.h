@@ -71,12 +71,15 @@ class PyWorker {
   const nlohmann::json& hello() const { return hello_; }
   // The "notes" of the latest reply (e.g. the worker's peak memory growth).
   const nlohmann::json& last_notes() const { return notes_; }
+  // The worker's peak resident memory (bytes) while it sampled the latest request; -1 unknown.
+  int64_t last_peak_rss() const { return peak_rss_; }
 
  private:
   PyWorker() = default;
   int pid_ = -1, to_ = -1;
   FILE* from_ = nullptr;
   nlohmann::json hello_, notes_;
+  int64_t peak_rss_ = -1;
 };
 
 // Resident memory of this process (bytes) and its peak since the last reset_peak_rss().
@@ -86,10 +89,15 @@ void reset_peak_rss();  // /proc/self/clear_refs "5"; peak_rss() = current_rss()
 
 // Result rows, printed by each benchmark and collected by `peft bench all`.
 struct Row {
+  Row() = default;
+  Row(std::string b, std::string w, double o, std::optional<double> t, std::string n)
+      : bench(std::move(b)), what(std::move(w)), ours(o), theirs(t), note(std::move(n)) {}
   std::string bench, what;
   double ours = 0;                    // seconds (median)
   std::optional<double> theirs;       // PyTorch + PEFT, seconds (median)
   std::string note;                   // e.g. memory
+  int64_t peak_rss = -1;              // bytes, this process while the row ran; -1: not measured
+  std::optional<int64_t> peak_rss_theirs;  // the PyTorch worker's, likewise
 };
 struct Report {
   std::vector<Row> rows;
@@ -103,9 +111,11 @@ void print_rows(const std::vector<Row>& rows, bool markdown, FILE* f = stdout);
 std::string machine_description();
 
 // Runs `ours` and (when the worker is there) `theirs` interleaved for `o.rounds`
-// rounds and returns {ours median, theirs median}.
+// rounds and returns {ours median, theirs median}. With `row`, also records each process's
+// peak resident memory while it sampled into row->peak_rss / peak_rss_theirs (the two
+// sides are separate processes, so each high-water mark is its own).
 std::pair<double, std::optional<double>> interleave(Case ours, PyWorker* py, const nlohmann::json& request,
-                                                    const Options& o);
+                                                    const Options& o, Row* row = nullptr);
 
 // The benchmarks (tools/bench_*.cpp); each prints its rows and appends them to `rep`.
 using BenchFn = int (*)(const std::vector<std::string>& args, Report& rep);

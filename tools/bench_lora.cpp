@@ -161,11 +161,13 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
         });
       nlohmann::json req = {{"case", k},       {"tokens", s.tokens}, {"d", s.d}, {"r", s.r},
                             {"device", device_name_arg}, {"dtype", dtype_arg}, {"adapters", std::max(mixed_adapters, 1)}};
-      auto [ours, theirs] = interleave(c, py.get(), req, o);
+      Row row;
+      auto [ours, theirs] = interleave(c, py.get(), req, o, &row);
       if (k == "base") base_ours = ours, base_theirs = theirs;
       char what[96];
       std::snprintf(what, sizeof what, "%s %ldx%ldx%ld", k.c_str(), long(s.tokens), long(s.d), long(s.r));
-      rows.push_back({"lora-layer", what, ours, theirs, ""});
+      row.bench = "lora-layer", row.what = what, row.ours = ours, row.theirs = theirs;
+      rows.push_back(row);
       std::fprintf(stderr, "  %-34s %s\n", what, fmt_time(ours).c_str());
     }
     // The target is LoRA forward over base forward: measured on its own with the two
@@ -263,10 +265,12 @@ int bench_train_step(const std::vector<std::string>& args, Report& rep) {
     opt.zero_grad();
     (void)loss.item();
   };
-  auto [ours, theirs] = interleave(c, py.get(), {{"case", "step"}, {"batch", batch}}, o);
+  Row row;
+  auto [ours, theirs] = interleave(c, py.get(), {{"case", "step"}, {"batch", batch}}, o, &row);
   char what[64];
   std::snprintf(what, sizeof what, "CharLM LoRA step, batch %ld", long(batch));
-  std::vector<Row> rows{{"train-step", what, ours, theirs, ""}};
+  row.bench = "train-step", row.what = what, row.ours = ours, row.theirs = theirs;
+  std::vector<Row> rows{row};
   print_rows(rows, o.markdown);
   rep.rows.insert(rep.rows.end(), rows.begin(), rows.end());
   return 0;

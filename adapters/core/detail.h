@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/model_lock.h"
 #include "adapters/tuner.h"
 
 namespace peft {

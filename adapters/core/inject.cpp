@@ -73,11 +73,13 @@ void mark_bias_trainable(nn::Module& model, const PeftConfig& cfg) {
 
 nn::Module& inject_adapter_in_model(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
                                     bool low_cpu_mem_usage) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   return detail::inject_adapter(config, model, adapter_name, low_cpu_mem_usage, {});
 }
 
 nn::Module& inject_from_state_dict(const PeftConfig& config, nn::Module& model, const StateDict& state_dict,
                                    const std::string& adapter_name, bool low_cpu_mem_usage) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   detail::InjectOptions opts;
   opts.state_dict = &state_dict;
   return detail::inject_adapter(config, model, adapter_name, low_cpu_mem_usage, opts);

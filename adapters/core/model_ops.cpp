@@ -23,6 +23,7 @@ using namespace core_detail;
 // ------------------------------------------------------- model-level helpers --
 
 void set_adapter(nn::Module& model, const std::vector<std::string>& adapter_names, bool inference_mode) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   for (auto& [n, t] : tuner_layers(model)) t->set_adapter(adapter_names, inference_mode);
   for (auto& [n, w] : modules_to_save_wrappers(model)) w->set_adapter(adapter_names, inference_mode);
   if (PeftState* s = peft_state(model)) s->active_adapters = adapter_names;
@@ -33,6 +34,7 @@ void set_adapter(nn::Module& model, const std::string& adapter_name, bool infere
 }
 
 void enable_adapters(nn::Module& model, bool enabled) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   for (auto& [n, t] : tuner_layers(model)) {
     if (!enabled) {
       if (PeftState* s = peft_state(model))
@@ -47,15 +49,18 @@ void enable_adapters(nn::Module& model, bool enabled) {
 }
 
 void merge_adapters(nn::Module& model, bool safe_merge, const std::vector<std::string>& adapter_names) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   for (auto& [n, t] : tuner_layers(model)) t->merge(safe_merge, adapter_names);
 }
 
 void unmerge_adapters(nn::Module& model) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   for (auto& [n, t] : tuner_layers(model))
     if (t->merged()) t->unmerge();
 }
 
 void delete_adapter(nn::Module& model, const std::string& adapter_name) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   PeftState* s = peft_state(model);
   if (!s || !s->find(adapter_name)) fail_key("Adapter ", adapter_name, " does not exist");
   for (auto& [n, t] : tuner_layers(model))

@@ -82,6 +82,7 @@ nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, cons
 }  // namespace
 
 StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& adapter_name) {
+  ModelReadGuard lock(model);  // see adapters/model_lock.h
   PeftConfigPtr cfg = peft_config(model, adapter_name);
   const TunerMethod& method = method_for(cfg->peft_type);
   PeftState* state = peft_state(model);
@@ -139,6 +140,7 @@ StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& 
 
 nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& state_dict,
                                          const std::string& adapter_name, bool low_cpu_mem_usage) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   PeftConfigPtr cfg = peft_config(model, adapter_name);
   const TunerMethod& method = method_for(cfg->peft_type);
   std::function<void()> undo_before_load;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
@@ -106,14 +107,43 @@ void LoraLayer::erase_adapter_state(const std::string& name) {
   use_rslora.erase(name);
 }
 
-std::vector<std::pair<std::string, Tensor>> LoraLayer::mixed_batch_groups(const Tensor& x) const {
-  if (x.dim() == 0 || int64_t(mixed_batch_.size()) != x.size(0))
-    fail("Length of `adapter_names` should be the same as the number of inputs, but got ", mixed_batch_.size(),
+namespace {
+// The mixed-batch row assignments of the calling thread, per layer (see MixedBatchScope).
+thread_local std::unordered_map<const LoraLayer*, const std::vector<std::string>*> t_mixed_batch;
+}  // namespace
+
+LoraLayer::MixedBatchScope::MixedBatchScope(const std::vector<std::shared_ptr<LoraLayer>>& layers,
+                                            const std::vector<std::string>& names) {
+  saved_.reserve(layers.size());
+  for (const auto& l : layers) {
+    auto [it, fresh] = t_mixed_batch.try_emplace(l.get(), &names);
+    saved_.emplace_back(l.get(), fresh ? nullptr : it->second);
+    it->second = &names;
+  }
+}
+
+LoraLayer::MixedBatchScope::~MixedBatchScope() {
+  for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+    if (it->second) t_mixed_batch[it->first] = it->second;
+    else t_mixed_batch.erase(it->first);
+  }
+}
+
+const std::vector<std::string>* LoraLayer::mixed_batch() const {
+  if (t_mixed_batch.empty()) return nullptr;  // the common path: one branch
+  auto it = t_mixed_batch.find(this);
+  return it == t_mixed_batch.end() ? nullptr : it->second;
+}
+
+std::vector<std::pair<std::string, Tensor>> LoraLayer::mixed_batch_groups(const Tensor& x,
+                                                                          const std::vector<std::string>& names) const {
+  if (x.dim() == 0 || int64_t(names.size()) != x.size(0))
+    fail("Length of `adapter_names` should be the same as the number of inputs, but got ", names.size(),
          " and ", x.dim() ? x.size(0) : 0, " respectively.");
   if (merged()) fail("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
   std::vector<std::pair<std::string, std::vector<int64_t>>> rows;
-  for (int64_t i = 0; i < int64_t(mixed_batch_.size()); ++i) {
-    const std::string& a = mixed_batch_[size_t(i)];
+  for (int64_t i = 0; i < int64_t(names.size()); ++i) {
+    const std::string& a = names[size_t(i)];
     auto it = std::find_if(rows.begin(), rows.end(), [&](const auto& p) { return p.first == a; });
     if (it == rows.end()) rows.push_back({a, {i}});
     else it->second.push_back(i);
@@ -255,8 +285,8 @@ Tensor Linear::forward(const Tensor& x) {
     if (merged()) unmerge();
     return base_layer().forward(x);
   }
-  if (!mixed_batch_.empty()) {
-    auto groups = mixed_batch_groups(x);
+  if (const auto* names = mixed_batch()) {
+    auto groups = mixed_batch_groups(x, *names);
     Tensor result = base_layer().forward(x);
     // The groups' rows are disjoint: one index_add of all their outputs gives each row the
     // sum a per-group index_add would, with one pass over `result` instead of one per adapter.
@@ -458,8 +488,8 @@ Tensor Embedding::forward(const Tensor& x) {
     return base_layer().forward(x);
   }
   const nn::Embedding& base = as_embedding(get_base_layer());
-  if (!mixed_batch_.empty()) {
-    auto groups = mixed_batch_groups(x);
+  if (const auto* names = mixed_batch()) {
+    auto groups = mixed_batch_groups(x, *names);
     Tensor result = base_layer().forward(x);
     for (const auto& [a, idx] : groups) {
       if (!lora_embedding_A().contains(a)) continue;

@@ -49,10 +49,21 @@ class LoraLayer : public TunerLayer {
 
   virtual void update_layer(const std::string& adapter, const AdapterArgs& args) = 0;
 
-  // Mixed-batch inference (PEFT's adapter_names=): row i of the next forwards
-  // uses adapter names[i] ("__base__": none). Cleared with an empty vector.
-  void set_mixed_batch(std::vector<std::string> names) { mixed_batch_ = std::move(names); }
-  const std::vector<std::string>& mixed_batch() const { return mixed_batch_; }
+  // Mixed-batch inference (PEFT's adapter_names=): while a scope lives, row i of the calling
+  // thread's forwards through `layers` uses adapter names[i] ("__base__": none). Per thread,
+  // not a member, so concurrent mixed batches on one model don't see each other's rows.
+  class MixedBatchScope {
+   public:
+    MixedBatchScope(const std::vector<std::shared_ptr<LoraLayer>>& layers, const std::vector<std::string>& names);
+    ~MixedBatchScope();
+    MixedBatchScope(const MixedBatchScope&) = delete;
+    MixedBatchScope& operator=(const MixedBatchScope&) = delete;
+
+   private:
+    std::vector<std::pair<const LoraLayer*, const std::vector<std::string>*>> saved_;  // restored on exit
+  };
+  // The row assignment in effect for this layer on the calling thread (nullptr: none).
+  const std::vector<std::string>* mixed_batch() const;
 
   nn::ModuleDict& lora_dropout() const;
   nn::ModuleDict& lora_A() const;
@@ -81,8 +92,8 @@ class LoraLayer : public TunerLayer {
   void common_update(const std::string& adapter, const AdapterArgs& args);
   // Checks adapter_names against the input (PEFT's _check_forward_args) and
   // groups the rows per adapter, in order of first appearance.
-  std::vector<std::pair<std::string, Tensor>> mixed_batch_groups(const Tensor& x) const;
-  std::vector<std::string> mixed_batch_;
+  std::vector<std::pair<std::string, Tensor>> mixed_batch_groups(const Tensor& x,
+                                                                 const std::vector<std::string>& names) const;
 };
 
 class Linear : public LoraLayer {

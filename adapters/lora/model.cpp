@@ -1,6 +1,7 @@
 #include "adapters/lora/model.h"
 
 #include "adapters/defaults.h"
+#include "adapters/model_lock.h"
 #include "nn/transformers/common.h"
 
 #include <algorithm>
@@ -114,6 +115,7 @@ Tensor forward_mixed_batch(nn::Module& model, const Tensor& x, const std::vector
 
 Tensor forward_mixed_batch(nn::Module& model, const std::vector<std::string>& adapter_names,
                            const std::function<Tensor()>& fn) {
+  ModelReadGuard lock(model);  // see adapters/model_lock.h
   std::vector<std::shared_ptr<lora::LoraLayer>> layers;
   std::set<std::string> known;
   for (auto& [n, t] : tuner_layers(model))
@@ -139,13 +141,7 @@ Tensor forward_mixed_batch(nn::Module& model, const std::vector<std::string>& ad
     for (const auto& a : known) k += (i++ ? ", " : "") + a;
     fail("Trying to infer with non-existing adapter(s): ", u, ". Available adapters: ", k);
   }
-  struct Reset {
-    std::vector<std::shared_ptr<lora::LoraLayer>>& ls;
-    ~Reset() {
-      for (auto& l : ls) l->set_mixed_batch({});
-    }
-  } reset{layers};
-  for (auto& l : layers) l->set_mixed_batch(adapter_names);
+  lora::LoraLayer::MixedBatchScope scope(layers, adapter_names);
   return fn();
 }
 

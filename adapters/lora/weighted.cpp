@@ -52,6 +52,7 @@ Tensor weighted_sum(const std::vector<Tensor>& ts, const std::vector<double>& ws
 bool add_weighted_adapter(nn::Module& model, const std::vector<std::string>& adapters,
                           const std::vector<double>& weights, const std::string& adapter_name,
                           const WeightedAdapterOptions& opts) {
+  ModelWriteGuard lock(model);  // see adapters/model_lock.h
   PeftState* state = peft_state(model);
   if (!state) fail("add_weighted_adapter: the model has no adapters (inject one first)");
   if (state->find(adapter_name)) return false;

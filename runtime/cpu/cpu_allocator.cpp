@@ -1,4 +1,5 @@
 // CpuBackend::allocate: 64-byte aligned blocks, the large ones through a reuse cache.
+#include <atomic>
 #include <algorithm>
 #include <cstdlib>
 #include <map>
@@ -68,6 +69,10 @@ class BlockCache {
 };
 
 // Never destroyed: tensors held by other static objects may be freed after main.
+// Live CPU tensor bytes (cpu_allocated_bytes): a relaxed counter, one add per allocation.
+std::atomic<size_t> g_allocated{0};
+std::atomic<size_t> g_allocated_peak{0};
+
 BlockCache& block_cache() {
   static BlockCache* c = new BlockCache();
   return *c;
@@ -82,11 +87,21 @@ std::shared_ptr<Storage> CpuBackend::allocate(size_t nbytes) {
   if (padded >= BlockCache::kMinBlock) {
     padded = BlockCache::round(padded);
     p = block_cache().get(padded);
-    st->owner = std::shared_ptr<void>(p, [padded](void* q) { block_cache().put(q, padded); });
+    st->owner = std::shared_ptr<void>(p, [padded](void* q) {
+      g_allocated.fetch_sub(padded, std::memory_order_relaxed);
+      block_cache().put(q, padded);
+    });
   } else {
     p = padded ? std::aligned_alloc(64, padded) : nullptr;
     if (padded && !p) fail("out of memory allocating ", nbytes, " bytes on cpu");
-    st->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    st->owner = std::shared_ptr<void>(p, [padded](void* q) {
+      g_allocated.fetch_sub(padded, std::memory_order_relaxed);
+      std::free(q);
+    });
+  }
+  const size_t now = g_allocated.fetch_add(padded, std::memory_order_relaxed) + padded;
+  size_t peak = g_allocated_peak.load(std::memory_order_relaxed);
+  while (now > peak && !g_allocated_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
   }
   st->data = p;
   st->nbytes = nbytes;
@@ -95,3 +110,11 @@ std::shared_ptr<Storage> CpuBackend::allocate(size_t nbytes) {
 }
 
 }  // namespace peft::cpu
+
+namespace peft {
+
+size_t cpu_allocated_bytes() { return cpu::g_allocated.load(std::memory_order_relaxed); }
+size_t cpu_allocated_peak_bytes() { return cpu::g_allocated_peak.load(std::memory_order_relaxed); }
+void reset_cpu_allocated_peak() { cpu::g_allocated_peak.store(cpu_allocated_bytes(), std::memory_order_relaxed); }
+
+}  // namespace peft

@@ -8,7 +8,8 @@
 
 #include "runtime/cpu/math_f32.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Not under TSan: the loader runs the clones' ifunc resolver, instrumented, before TSan is up.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define PEFT_VEC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PEFT_VEC_CLONES

@@ -8,7 +8,7 @@ talks to it one JSON object per line, so the two sides can run interleaved
   worker -> {"ok": true, "torch": "2.11.0", "peft": "0.21.0", "threads": 2}
             (or {"ok": false, "why": "..."} when torch or peft do not import)
   bench  -> {"case": ..., <case parameters>, "reps": R, "warmup": W, "min_sample_s": S}
-  worker -> {"times": [seconds per call, ...], "notes": {...}}   or {"error": "..."}
+  worker -> {"times": [seconds per call, ...], "notes": {...}, "peak_rss": bytes}   or {"error": "..."}
   bench  -> {"quit": true}
 
 Each benchmark is a module next to this file (lora_layer.py, train_step.py,
@@ -92,8 +92,11 @@ def peak_rss():
 
 
 def reset_peak_rss():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not writable (some containers): VmHWM stays the lifetime peak, as in C++
+        pass
 
 
 def serve(bench, threads):
@@ -121,8 +124,9 @@ def serve(bench, threads):
             if key not in cases:
                 cases[key] = mod.make_case(req)
             c = cases[key]
+            reset_peak_rss()  # peak_rss: this process's high-water mark while it sampled
             times = sample(c, req.get("reps", 5), req.get("warmup", 3), req.get("min_sample_s", 2e-3))
-            reply = {"times": times, "notes": c.notes}
+            reply = {"times": times, "notes": c.notes, "peak_rss": peak_rss()}
         except Exception:  # noqa: BLE001 - reported to the C++ side, which fails with it
             reply = {"error": traceback.format_exc(limit=4)}
         print(json.dumps(reply), flush=True)
