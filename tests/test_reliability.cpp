@@ -588,6 +588,7 @@ TEST_CASE("set_peft_model_state_dict fails on any bad tensor and leaves the mode
   const std::string before = snapshot(*m);
   CHECK_HAS(error_of([&] { set_peft_model_state_dict(*m, StateDict{}, "default"); }), "rank_pattern entry");
   CHECK(snapshot(*m) == before);
+}
 
 // ===========================================================================
 // Memory: injection wraps the base layers and allocates only the adapter's own tensors.

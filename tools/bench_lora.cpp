@@ -133,12 +133,11 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
     for (const auto& [n, p] : layer.named_parameters())
       if (p.requires_grad()) trainable.push_back(p);
     std::shared_ptr<nn::Module> mixed_host;
+    std::vector<std::string> mixed_names;  // row i's adapter (PEFT's adapter_names=...)
     if (mixed_adapters > 1) {
       mixed_host = lora_host(s, dt, dev, mixed_adapters);
-      std::vector<std::string> names;
       for (int64_t i = 0; i < s.tokens; ++i)
-        names.push_back(i % mixed_adapters == 0 ? "default" : "a" + std::to_string(i % mixed_adapters));
-      static_cast<lora::LoraLayer&>(mixed_host->child("lin")).set_mixed_batch(names);
+        mixed_names.push_back(i % mixed_adapters == 0 ? "default" : "a" + std::to_string(i % mixed_adapters));
     }
     Case base_fwd, lora_fwd;
     base_fwd.run = synced([&] { NoGradGuard ng; base.forward(x); });
@@ -152,7 +151,7 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
       if (k == "base") c = base_fwd;
       else if (k == "lora") c = lora_fwd;
       else if (k == "merged") c.run = synced([&] { NoGradGuard ng; merged.forward(x); });
-      else if (k == "mixed") c.run = synced([&] { NoGradGuard ng; mixed_host->child("lin").forward(x); });
+      else if (k == "mixed") c.run = synced([&] { NoGradGuard ng; forward_mixed_batch(*mixed_host, x, mixed_names); });
       else
         c.run = synced([&] {
           layer.forward(xg).backward(up);
@@ -194,7 +193,7 @@ int bench_lora_layer(const std::vector<std::string>& args, Report& rep) {
       n += std::snprintf(summary + n, sizeof summary - size_t(n), "; base vs PyTorch not measured");
     if (mixed_host) {
       Case mixed_fwd;
-      mixed_fwd.run = synced([&] { NoGradGuard ng; mixed_host->child("lin").forward(x); });
+      mixed_fwd.run = synced([&] { NoGradGuard ng; forward_mixed_batch(*mixed_host, x, mixed_names); });
       Sampler sb2(base_fwd, po), sm(mixed_fwd, po);
       std::vector<double> tb2, tm;
       for (int round = 0; round < std::max(o.rounds, 10); ++round) {
