@@ -140,11 +140,16 @@ static std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-static DType model_float_dtype(const nn::Module& model) {
-  for (const auto& [n, p] : model.named_parameters())
-    if (is_floating(p.dtype())) return p.dtype();
-  return DType::float32;
+// The dtype of the model's first floating parameter (tree order), float32 when none.
+static std::optional<DType> first_float_dtype(const nn::Module& m) {
+  for (const auto& [n, p] : m.own_parameters())
+    if (p.defined() && is_floating(p.dtype())) return p.dtype();
+  for (const auto& [n, c] : m.children())
+    if (auto d = first_float_dtype(*c)) return d;
+  return std::nullopt;
 }
+
+static DType model_float_dtype(const nn::Module& model) { return first_float_dtype(model).value_or(DType::float32); }
 
 namespace {
 
@@ -157,12 +162,13 @@ class ModelUndo {
  public:
   explicit ModelUndo(nn::Module& model) : model_(model) {
     training_.emplace_back(&model, model.is_training());
-    for (auto& [name, m] : model.named_modules())  // depth first, parents before children
+    // depth first, parents before children; adapter dicts hold nothing injection replaces
+    for (auto& [name, m] : detail::host_modules(model))
       if (!name.empty()) {
         modules_.emplace_back(name, m);
         training_.emplace_back(m.get(), m->is_training());
       }
-    for (auto& [name, p] : model.named_parameters()) grads_.emplace_back(p, p.requires_grad());
+    for (auto& p : detail::all_parameters(model)) grads_.emplace_back(p, p.requires_grad());
     if (const PeftState* st = peft_state(model)) state_ = *st;
   }
 
@@ -227,7 +233,7 @@ LoadAdapterResult load_adapter(nn::Module& model, const std::string& dir,
   ModelUndo undo(model);
   try {
     inject_adapter_in_model(*r.config, model, adapter_name, low_cpu_mem_usage);
-    nn::LoadResult out = set_peft_model_state_dict(model, sd, adapter_name, low_cpu_mem_usage);
+    nn::LoadResult out = detail::load_adapter_state(model, sd, adapter_name, low_cpu_mem_usage);
     const std::string prefix = method_for(r.config->peft_type).prefix;
     for (const auto& k : out.missing_keys)
       if (k.find(prefix) != std::string::npos && k.find(adapter_name) != std::string::npos)

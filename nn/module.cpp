@@ -399,13 +399,25 @@ void Module::to(DType dt) {
 }
 
 void Module::requires_grad_(bool on) {
-  for (auto& [name, p] : named_parameters()) {
-    if (!is_floating(p.dtype())) {
-      if (on) fail("[", type_name_, "] requires_grad_(true): parameter '", name, "' is ", p.desc(), ", not floating");
-      continue;
-    }
-    p.impl().requires_grad = on;
-  }
+  // Checked first, so a refused call changes nothing; names are built only for the message
+  // (this runs for every adapter of every layer on each set_adapter).
+  std::function<bool(const Module&)> all_floating = [&](const Module& m) {
+    for (const auto& [name, p] : m.params_)
+      if (p.defined() && !is_floating(p.dtype())) return false;
+    for (const auto& [name, c] : m.children_)
+      if (!all_floating(*c)) return false;
+    return true;
+  };
+  if (on && !all_floating(*this))
+    for (auto& [name, p] : named_parameters())
+      if (!is_floating(p.dtype()))
+        fail("[", type_name_, "] requires_grad_(true): parameter '", name, "' is ", p.desc(), ", not floating");
+  std::function<void(Module&)> set = [&](Module& m) {
+    for (auto& [name, p] : m.params_)
+      if (p.defined() && is_floating(p.dtype())) p.impl().requires_grad = on;
+    for (auto& [name, c] : m.children_) set(*c);
+  };
+  set(*this);
 }
 
 void Module::zero_grad() {

@@ -25,6 +25,19 @@ struct InjectOptions {
 };
 nn::Module& inject_adapter(const PeftConfig& config, nn::Module& model, const std::string& adapter_name,
                            bool low_cpu_mem_usage, const InjectOptions& opts);
+
+// The model's modules in named_modules() order, but below a tuner layer only its base_layer
+// chain, never its per-adapter dicts: what matching, wrapping and bookkeeping need, at a cost
+// that does not grow with the number of adapters loaded (loading N adapters stays linear).
+std::vector<std::pair<std::string, nn::ModulePtr>> host_modules(const nn::Module& model);
+// Every parameter of the tree without building names (a parameter shared by two modules
+// appears twice): for saving and restoring flags, where that is harmless.
+std::vector<Tensor> all_parameters(const nn::Module& model);
+// set_peft_model_state_dict for load_adapter: the same loading, all-or-nothing, but it resolves
+// the checkpoint's keys through the tuner layers instead of the whole model's state dict and
+// reports only this adapter's missing tensors (load_adapter's result) and unexpected keys.
+nn::LoadResult load_adapter_state(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                                  bool low_cpu_mem_usage);
 }  // namespace detail
 
 }  // namespace peft

@@ -104,7 +104,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
   // 0.21.0: flags of pre-existing parameters are restored after a second injection.
   std::vector<std::pair<Tensor, bool>> snapshot;
   if (second)
-    for (auto& [n, p] : model.named_parameters()) snapshot.emplace_back(p, p.requires_grad());
+    for (auto& p : detail::all_parameters(model)) snapshot.emplace_back(p, p.requires_grad());
 
   {
     PeftState probe = existing ? *existing : PeftState{};
@@ -119,7 +119,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
     if (method->check_new_adapter_config) method->check_new_adapter_config(probe, *cfg);
   }
 
-  auto named = model.named_modules();  // taken before any replacement
+  auto named = detail::host_modules(model);  // taken before any replacement
 
   // "all-linear": every nn::Linear (Conv1D included) and Linear-like tuner layer, not below
   // tuner layers, minus a transformer's output embeddings (lm_head), as PEFT's
@@ -254,7 +254,7 @@ nn::Module& detail::inject_adapter(const PeftConfig& config, nn::Module& model, 
 
   // modules_to_save: plain endswith (no dot boundary) over the names before wrapping.
   if (cfg->modules_to_save && !cfg->modules_to_save->empty()) {
-    auto names_now = model.named_modules();
+    auto names_now = detail::host_modules(model);
     std::vector<std::string> wrapped;
     for (auto& [key, m] : names_now) {
       if (key.empty()) continue;

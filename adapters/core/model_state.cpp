@@ -15,6 +15,7 @@
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "adapters/core/internal.h"
+#include "adapters/core/detail.h"
 
 namespace peft {
 
@@ -64,9 +65,50 @@ PeftConfigPtr peft_config(const nn::Module& model, const std::string& adapter) {
   return c;
 }
 
+namespace {
+void collect_host_modules(const std::string& prefix, const nn::ModulePtr& m, std::unordered_set<const nn::Module*>& seen,
+                          std::vector<std::pair<std::string, nn::ModulePtr>>& out) {
+  if (!seen.insert(m.get()).second) return;
+  out.emplace_back(prefix, m);
+  const std::string pre = prefix.empty() ? "" : prefix + ".";
+  if (auto* t = dynamic_cast<TunerLayer*>(m.get())) {
+    collect_host_modules(pre + "base_layer", t->base_layer_ptr(), seen, out);
+    return;
+  }
+  for (const auto& [name, c] : m->children()) collect_host_modules(pre + name, c, seen, out);
+}
+
+void collect_parameters(const nn::Module& m, std::vector<Tensor>& out) {
+  for (const auto& [n, t] : m.own_parameters())
+    if (t.defined()) out.push_back(t);
+  for (const auto& [n, c] : m.children()) collect_parameters(*c, out);
+}
+}  // namespace
+
+std::vector<std::pair<std::string, nn::ModulePtr>> detail::host_modules(const nn::Module& model) {
+  std::vector<std::pair<std::string, nn::ModulePtr>> out;
+  std::unordered_set<const nn::Module*> seen;
+  // The root may live outside a shared_ptr (stack object): then its entry holds a null pointer.
+  auto self = std::const_pointer_cast<nn::Module>(model.weak_from_this().lock());
+  seen.insert(&model);
+  out.emplace_back("", self);
+  if (auto* t = dynamic_cast<const TunerLayer*>(&model)) {
+    collect_host_modules("base_layer", t->base_layer_ptr(), seen, out);
+    return out;
+  }
+  for (const auto& [name, c] : model.children()) collect_host_modules(name, c, seen, out);
+  return out;
+}
+
+std::vector<Tensor> detail::all_parameters(const nn::Module& model) {
+  std::vector<Tensor> out;
+  collect_parameters(model, out);
+  return out;
+}
+
 std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> tuner_layers(const nn::Module& model) {
   std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> out;
-  for (auto& [name, m] : model.named_modules())
+  for (auto& [name, m] : detail::host_modules(model))
     if (auto t = std::dynamic_pointer_cast<TunerLayer>(m)) out.emplace_back(name, t);
   return out;
 }
@@ -74,7 +116,7 @@ std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> tuner_layers(co
 std::vector<std::pair<std::string, std::shared_ptr<ModulesToSaveWrapper>>> modules_to_save_wrappers(
     const nn::Module& model) {
   std::vector<std::pair<std::string, std::shared_ptr<ModulesToSaveWrapper>>> out;
-  for (auto& [name, m] : model.named_modules())
+  for (auto& [name, m] : detail::host_modules(model))
     if (auto t = std::dynamic_pointer_cast<ModulesToSaveWrapper>(m)) out.emplace_back(name, t);
   return out;
 }

@@ -203,4 +203,120 @@ nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, cons
 
 }  // namespace
 
+namespace {
+
+// The module at dotted `path` ("" = model), or nullptr; never throws.
+nn::Module* find_module(nn::Module& model, const std::string& path) {
+  nn::Module* cur = &model;
+  size_t start = 0;
+  while (cur && start < path.size()) {
+    size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    cur = cur->has_child(part) ? &cur->child(part) : nullptr;
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return cur;
+}
+
+// The model's tensors of `adapter` in tuner layers of the method with `prefix` (model key names, tree order).
+std::vector<std::string> adapter_model_keys(const nn::Module& model, const std::string& prefix, const std::string& adapter) {
+  std::vector<std::string> keys;
+  for (auto& [name, t] : tuner_layers(model)) {
+    if (t->prefix() != prefix) continue;
+    const std::string base = name.empty() ? "" : name + ".";
+    for (const auto& [p, v] : t->own_parameters())
+      if (key_has_adapter(base + p, adapter)) keys.push_back(base + p);
+    for (const auto& [b, v] : t->own_buffers())
+      if (key_has_adapter(base + b, adapter)) keys.push_back(base + b);
+    for (const auto& [c, dict] : t->children()) {
+      if (c == "base_layer") continue;
+      const std::string at = base + c + "." + adapter;
+      if (dict->has_param(adapter) || dict->has_buffer(adapter)) keys.push_back(at);
+      if (dict->has_child(adapter))
+        for (const auto& [k, v] : dict->child(adapter).state_dict()) keys.push_back(at + "." + k);
+    }
+  }
+  return keys;
+}
+
+}  // namespace
+
+nn::LoadResult detail::load_adapter_state(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                                          bool low_cpu_mem_usage) {
+  ModelWriteGuard lock(model);
+  PeftConfigPtr cfg = peft_config(model, adapter_name);
+  const TunerMethod& method = method_for(cfg->peft_type);
+  std::function<void()> undo_before_load;
+  if (method.before_load) undo_before_load = method.before_load(model, adapter_name, *cfg);
+  try {
+    // The same renaming as set_peft_model_state_dict, from the tuner layers' own keys.
+    const bool model_prefixed = find_module(model, "base_model.model") != nullptr;
+    std::vector<StateDict::Item> in;
+    for (const auto& [k, v] : state_dict) {
+      std::string key = k;
+      if (!model_prefixed && starts_with(key, kPeftPrefix)) key = key.substr(std::string(kPeftPrefix).size());
+      in.emplace_back(key, v);
+    }
+    for (auto& [name, w] : modules_to_save_wrappers(model)) {
+      std::string pre = name.empty() ? "" : name + ".";
+      for (auto& [k, v] : in) {
+        if (!starts_with(k, pre)) continue;
+        std::string rest = k.substr(pre.size());
+        if (starts_with(rest, "modules_to_save.") || starts_with(rest, "original_module.")) continue;
+        if (w->modules_to_save().contains(adapter_name)) k = pre + "modules_to_save." + adapter_name + "." + rest;
+      }
+    }
+    const std::vector<std::string> own_keys = adapter_model_keys(model, method.prefix, adapter_name);
+    std::map<std::string, std::string> ckpt_to_model;
+    for (const auto& k : own_keys) {
+      std::string ck = method.to_checkpoint_key ? method.to_checkpoint_key(k, adapter_name) : k;
+      ckpt_to_model[strip_adapter_name(ck, adapter_name)] = k;
+    }
+    StateDict renamed;
+    for (auto& [k, v] : in) {
+      auto it = ckpt_to_model.find(k);
+      renamed.set(it == ckpt_to_model.end() ? k : it->second, v);
+    }
+
+    // Resolve each key to its owning module; check every shape before anything is written.
+    nn::LoadResult r;
+    std::map<nn::Module*, StateDict> by_owner;
+    std::vector<nn::Module*> owner_order;
+    std::vector<std::string> size_errors;
+    for (const auto& [key, src] : renamed) {
+      size_t dot = key.rfind('.');
+      nn::Module* owner = find_module(model, dot == std::string::npos ? "" : key.substr(0, dot));
+      const std::string leaf = dot == std::string::npos ? key : key.substr(dot + 1);
+      const Tensor* dst = nullptr;
+      if (owner && owner->has_param(leaf)) dst = &owner->param(leaf);
+      else if (owner && owner->has_buffer(leaf)) dst = &owner->buffer(leaf);
+      if (!dst || !dst->defined()) {
+        r.unexpected_keys.push_back(key);
+        continue;
+      }
+      if (!src.defined()) fail("load_state_dict: entry '", key, "' is an undefined tensor");
+      if (src.shape() != dst->shape())
+        size_errors.push_back("size mismatch for " + key + ": copying a param with shape " + shape_str(src.shape()) +
+                              " from checkpoint, the shape in current model is " + shape_str(dst->shape()) + ".");
+      if (!by_owner.count(owner)) owner_order.push_back(owner);
+      by_owner[owner].set(leaf, src);
+    }
+    if (!size_errors.empty()) {
+      std::string joined;
+      for (const auto& e : size_errors) joined += "\n\t" + e;
+      fail_shape("Error(s) in loading state_dict for ", model.type_name(), ":", joined);
+    }
+    for (nn::Module* owner : owner_order) owner->load_state_dict(by_owner.at(owner), /*strict=*/false, low_cpu_mem_usage);
+    for (const auto& k : own_keys)
+      if (!renamed.contains(k)) r.missing_keys.push_back(k);
+    if (low_cpu_mem_usage)
+      for (auto& [n, t] : tuner_layers(model)) t->move_adapter_to_base_device(adapter_name);
+    return r;
+  } catch (...) {
+    if (undo_before_load) undo_before_load();
+    throw;
+  }
+}
+
 }  // namespace peft
