@@ -155,21 +155,17 @@ nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& sta
 
 namespace {
 
-nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
-                            bool low_cpu_mem_usage, const TunerMethod& method) {
-  StateDict full = model.state_dict();
-
-  // Strip "base_model.model." when the model itself has no such names.
-  bool model_prefixed = false;
-  for (const auto& [k, v] : full)
-    if (starts_with(k, kPeftPrefix)) model_prefixed = true;
+// Checkpoint names -> the model's: "base_model.model." dropped when the model has no such
+// names, modules_to_save keys moved under the wrapper's copy for `adapter`, and the adapter
+// name put back into each checkpoint name of `own_keys` (the model's keys of this adapter).
+StateDict to_model_names(const nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                         const TunerMethod& method, bool model_prefixed, const std::vector<std::string>& own_keys) {
   std::vector<StateDict::Item> in;
   for (const auto& [k, v] : state_dict) {
     std::string key = k;
     if (!model_prefixed && starts_with(key, kPeftPrefix)) key = key.substr(std::string(kPeftPrefix).size());
     in.emplace_back(key, v);
   }
-
   // modules_to_save: "<m>.<k>" -> "<m>.modules_to_save.<adapter>.<k>"
   for (auto& [name, w] : modules_to_save_wrappers(model)) {
     std::string pre = name.empty() ? "" : name + ".";
@@ -180,12 +176,8 @@ nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, cons
       if (w->modules_to_save().contains(adapter_name)) k = pre + "modules_to_save." + adapter_name + "." + rest;
     }
   }
-
-  // Re-insert the adapter name: checkpoint name of each of the model's own adapter keys.
   std::map<std::string, std::string> ckpt_to_model;
-  const PrefixSet prefixes(adapter_prefixes(model, method.prefix));
-  for (const auto& [k, v] : full) {
-    if (!prefixes.covers(k) || !key_has_adapter(k, adapter_name)) continue;
+  for (const auto& k : own_keys) {
     std::string ck = method.to_checkpoint_key ? method.to_checkpoint_key(k, adapter_name) : k;
     ckpt_to_model[strip_adapter_name(ck, adapter_name)] = k;
   }
@@ -194,6 +186,24 @@ nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, cons
     auto it = ckpt_to_model.find(k);
     renamed.set(it == ckpt_to_model.end() ? k : it->second, v);
   }
+  return renamed;
+}
+
+}  // namespace
+
+namespace {
+
+nn::LoadResult load_renamed(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+                            bool low_cpu_mem_usage, const TunerMethod& method) {
+  StateDict full = model.state_dict();
+  bool model_prefixed = false;
+  for (const auto& [k, v] : full)
+    if (starts_with(k, kPeftPrefix)) model_prefixed = true;
+  std::vector<std::string> own_keys;
+  const PrefixSet prefixes(adapter_prefixes(model, method.prefix));
+  for (const auto& [k, v] : full)
+    if (prefixes.covers(k) && key_has_adapter(k, adapter_name)) own_keys.push_back(k);
+  StateDict renamed = to_model_names(model, state_dict, adapter_name, method, model_prefixed, own_keys);
 
   nn::LoadResult r = model.load_state_dict(renamed, /*strict=*/false, /*assign=*/low_cpu_mem_usage);
   if (low_cpu_mem_usage)
@@ -251,33 +261,9 @@ nn::LoadResult detail::load_adapter_state(nn::Module& model, const StateDict& st
   if (method.before_load) undo_before_load = method.before_load(model, adapter_name, *cfg);
   try {
     // The same renaming as set_peft_model_state_dict, from the tuner layers' own keys.
-    const bool model_prefixed = find_module(model, "base_model.model") != nullptr;
-    std::vector<StateDict::Item> in;
-    for (const auto& [k, v] : state_dict) {
-      std::string key = k;
-      if (!model_prefixed && starts_with(key, kPeftPrefix)) key = key.substr(std::string(kPeftPrefix).size());
-      in.emplace_back(key, v);
-    }
-    for (auto& [name, w] : modules_to_save_wrappers(model)) {
-      std::string pre = name.empty() ? "" : name + ".";
-      for (auto& [k, v] : in) {
-        if (!starts_with(k, pre)) continue;
-        std::string rest = k.substr(pre.size());
-        if (starts_with(rest, "modules_to_save.") || starts_with(rest, "original_module.")) continue;
-        if (w->modules_to_save().contains(adapter_name)) k = pre + "modules_to_save." + adapter_name + "." + rest;
-      }
-    }
     const std::vector<std::string> own_keys = adapter_model_keys(model, method.prefix, adapter_name);
-    std::map<std::string, std::string> ckpt_to_model;
-    for (const auto& k : own_keys) {
-      std::string ck = method.to_checkpoint_key ? method.to_checkpoint_key(k, adapter_name) : k;
-      ckpt_to_model[strip_adapter_name(ck, adapter_name)] = k;
-    }
-    StateDict renamed;
-    for (auto& [k, v] : in) {
-      auto it = ckpt_to_model.find(k);
-      renamed.set(it == ckpt_to_model.end() ? k : it->second, v);
-    }
+    StateDict renamed = to_model_names(model, state_dict, adapter_name, method,
+                                       find_module(model, "base_model.model") != nullptr, own_keys);
 
     // Resolve each key to its owning module; check every shape before anything is written.
     nn::LoadResult r;
