@@ -6,6 +6,7 @@
 
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_kernels.h"
+#include "runtime/reduce_dims.h"
 
 namespace peft::cuda {
 
@@ -314,29 +315,8 @@ void dispatch_size(size_t es, F&& f) {
 
 void reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced, Tensor& out) {
   RPlan p;
-  struct D {
-    int64_t size, xs, os;
-  };
-  std::vector<D> kept, red;
-  for (int64_t d = 0; d < x.dim(); ++d) {
-    const int64_t n = x.shape()[size_t(d)];
-    if (n == 1) continue;
-    if (reduced[size_t(d)]) red.push_back({n, x.strides()[size_t(d)], 0});
-    else kept.push_back({n, x.strides()[size_t(d)], out.strides()[size_t(d)]});
-  }
-  auto coalesce = [](std::vector<D>& dims) {
-    std::vector<D> o;
-    for (const D& d : dims) {
-      if (!o.empty() && o.back().xs == d.xs * d.size && o.back().os == d.os * d.size) {
-        o.back() = {o.back().size * d.size, d.xs, d.os};
-        continue;
-      }
-      o.push_back(d);
-    }
-    dims = std::move(o);
-  };
-  coalesce(kept);
-  coalesce(red);
+  std::vector<RDim> kept, red;
+  split_reduce_dims(x, reduced, out, kept, red);
   if (kept.size() > size_t(kMaxDims) || red.size() > size_t(kMaxDims))
     fail("[reduce] CUDA kernels take up to ", kMaxDims, " non-mergeable dims, got ", x.desc());
   p.nk = int(kept.size());
