@@ -10,147 +10,48 @@
 #include "runtime/cpu/loops.h"
 #include "runtime/cpu/math_f32.h"
 #include "runtime/cpu/vec_f32.h"
+#include "runtime/scalar_math.h"
 
 namespace peft::cpu {
 namespace {
 
-template <class T>
-inline T gelu_f(T x) {
-  return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
-}
-template <class T>
-inline T gelu_tanh_f(T x) {
-  if constexpr (std::is_same_v<T, float>) return cpu::gelu_tanh_f32(x);  // same bits on every layout
-  return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * (x * x * x))));
-}
-template <class T>
-inline T gelu_tanh_grad_f(T g, T x) {
-  if constexpr (std::is_same_v<T, float>) return cpu::gelu_tanh_grad_f32(g, x);
-  const T x2 = x * x, t = std::tanh(T(0.7978845608028654) * (x + T(0.044715) * (x2 * x)));
-  const T du = T(0.7978845608028654) * (T(1) + T(0.134145) * x2);
-  return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du);
-}
-template <class T>
-inline T sigmoid_f(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
+// The CPU's Math policy for the shared formulas (runtime/scalar_math.h): float32 exp, tanh
+// and gelu_tanh from math_f32.h, the same bits as the vectorised loops on every layout.
+struct CpuMath {
+  template <class T>
+  static T exp(T x) {
+    if constexpr (std::is_same_v<T, float>) return exp_f32(x);
+    else return std::exp(x);
+  }
+  template <class T>
+  static T tanh(T x) {
+    if constexpr (std::is_same_v<T, float>) return tanh_f32(x);
+    else return std::tanh(x);
+  }
+  template <class T>
+  static T gelu_tanh(T x) {
+    if constexpr (std::is_same_v<T, float>) return gelu_tanh_f32(x);
+    else return scalar::gelu_tanh(x);
+  }
+  template <class T>
+  static T gelu_tanh_grad(T g, T x) {
+    if constexpr (std::is_same_v<T, float>) return gelu_tanh_grad_f32(g, x);
+    else return scalar::gelu_tanh_grad(g, x);
+  }
+};
 
 template <class T>
 inline T unary_value(UnaryKind k, T x, double s0, double s1) {
-  if constexpr (std::is_same_v<T, bool>) {
-    (void)s1;
-    switch (k) {
-      case UnaryKind::neg: return x;
-      case UnaryKind::abs: return x;
-      default: return x;
-    }
-  } else {
-    const T a = T(s0);
-    switch (k) {
-      case UnaryKind::neg: return -x;
-      case UnaryKind::abs: return x < 0 ? -x : x;
-      case UnaryKind::sign: return T((x > 0) - (x < 0));
-      case UnaryKind::relu: return x > 0 ? x : T(0);
-      case UnaryKind::add_scalar: return x + a;
-      case UnaryKind::mul_scalar: return x * a;
-      case UnaryKind::div_scalar: return x / a;
-      case UnaryKind::rsub_scalar: return a - x;
-      case UnaryKind::clamp: return x < a ? a : (x > T(s1) ? T(s1) : x);
-      default: break;
-    }
-    if constexpr (std::is_floating_point_v<T>) {
-      switch (k) {
-        case UnaryKind::exp:
-          if constexpr (std::is_same_v<T, float>) return exp_f32(x);  // same bits on every layout
-          return std::exp(x);
-        case UnaryKind::log: return std::log(x);
-        case UnaryKind::sqrt: return std::sqrt(x);
-        case UnaryKind::rsqrt: return T(1) / std::sqrt(x);
-        case UnaryKind::erf: return std::erf(x);
-        case UnaryKind::gelu: return gelu_f(x);
-        case UnaryKind::gelu_tanh: return gelu_tanh_f(x);
-        case UnaryKind::silu: return x * sigmoid_f(x);
-        case UnaryKind::tanh:
-          if constexpr (std::is_same_v<T, float>) return tanh_f32(x);  // same bits on every layout
-          return std::tanh(x);
-        case UnaryKind::sigmoid: return sigmoid_f(x);
-        case UnaryKind::rdiv_scalar: return a / x;
-        case UnaryKind::pow_scalar:
-          if (s0 == 2.0) return x * x;
-          if (s0 == 1.0) return x;
-          if (s0 == 0.5) return std::sqrt(x);
-          return std::pow(x, a);
-        default: break;
-      }
-    } else {
-      switch (k) {
-        case UnaryKind::rdiv_scalar: return a / x;
-        case UnaryKind::pow_scalar: return T(std::pow(double(x), s0));
-        default: break;
-      }
-    }
-    return x;
-  }
+  return scalar::unary_value<T, CpuMath>(k, x, s0, s1);
 }
-
-template <class T>
-inline bool predicate_value(UnaryKind k, T x, double s) {
-  double v = to_d<T>(x);
-  switch (k) {
-    case UnaryKind::isfinite: return std::isfinite(v);
-    case UnaryKind::logical_not: return v == 0;
-    case UnaryKind::eq_scalar: return v == s;
-    case UnaryKind::ne_scalar: return v != s;
-    case UnaryKind::gt_scalar: return v > s;
-    case UnaryKind::lt_scalar: return v < s;
-    case UnaryKind::ge_scalar: return v >= s;
-    case UnaryKind::le_scalar: return v <= s;
-    default: return false;
-  }
-}
-
-inline bool is_predicate(UnaryKind k) { return k >= UnaryKind::isfinite; }
-
 template <class T>
 inline T binary_value(BinaryKind k, T a, T b) {
-  if constexpr (std::is_same_v<T, bool>) {
-    switch (k) {
-      case BinaryKind::add: return a || b;
-      case BinaryKind::mul: return a && b;
-      case BinaryKind::maximum: return a || b;
-      default: return a != b;
-    }
-  } else {
-    switch (k) {
-      case BinaryKind::add: return a + b;
-      case BinaryKind::sub: return a - b;
-      case BinaryKind::mul: return a * b;
-      case BinaryKind::div: return a / b;
-      case BinaryKind::maximum: return (a != a) ? a : (a > b ? a : b);
-      case BinaryKind::tanh_grad: return a * (T(1) - b * b);
-      case BinaryKind::gelu_tanh_grad:
-        if constexpr (std::is_floating_point_v<T>) return gelu_tanh_grad_f(a, b);
-        else return a;
-      case BinaryKind::pow:
-        if constexpr (std::is_floating_point_v<T>) return std::pow(a, b);
-        else return T(std::pow(double(a), double(b)));
-      default: return a;
-    }
-  }
+  return scalar::binary_value<T, CpuMath>(k, a, b);
 }
+using scalar::compare_value;
+using scalar::predicate_value;
 
-template <class T>
-inline bool compare_value(BinaryKind k, T a, T b) {
-  switch (k) {
-    case BinaryKind::eq: return a == b;
-    case BinaryKind::ne: return a != b;
-    case BinaryKind::gt: return a > b;
-    case BinaryKind::lt: return a < b;
-    case BinaryKind::ge: return a >= b;
-    case BinaryKind::le: return a <= b;
-    default: return false;
-  }
-}
+inline bool is_predicate(UnaryKind k) { return k >= UnaryKind::isfinite; }
 
 inline bool is_compare(BinaryKind k) { return k >= BinaryKind::eq; }
 

@@ -28,15 +28,6 @@ PEFT_TX_INLINE T round_as(T v) {
   if constexpr (R == 3) return T(f16_to_float(float_to_f16(float(v))));
   return v;
 }
-template <class T>
-int round_mode(DType rt) {
-  switch (rt) {
-    case DType::float32: return std::is_same_v<T, float> ? 0 : 1;
-    case DType::bfloat16: return 2;
-    case DType::float16: return 3;
-    default: return 0;
-  }
-}
 template <class T, class F>
 void dispatch_round(int mode, F&& f) {
   switch (mode) {

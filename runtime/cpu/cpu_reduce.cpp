@@ -9,27 +9,10 @@
 #include "runtime/cpu/dtype_dispatch.h"
 #include "runtime/cpu/loops.h"
 #include "runtime/cpu/vec_f32.h"
+#include "runtime/reduce_dims.h"
 
 namespace peft::cpu {
 namespace {
-
-// One dimension of a reduction: size, x stride, out stride (elements).
-struct RDim {
-  int64_t size, xs, os;
-};
-
-// Merges adjacent dims (outer, inner) whose strides make them one run.
-void coalesce(std::vector<RDim>& dims) {
-  std::vector<RDim> out;
-  for (const RDim& d : dims) {
-    if (!out.empty() && out.back().xs == d.xs * d.size && out.back().os == d.os * d.size) {
-      out.back() = {out.back().size * d.size, d.xs, d.os};
-      continue;
-    }
-    out.push_back(d);
-  }
-  dims = std::move(out);
-}
 
 // Visits reduced elements [begin, end) (row-major over `dims`) as runs along the
 // innermost dim: f(offset, length, stride), offsets in elements.
@@ -68,16 +51,7 @@ void for_runs(const std::vector<RDim>& dims, int64_t begin, int64_t end, F&& f) 
 void CpuBackend::reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced, Tensor& out) {
   // Kept dims (matching out) and reduced dims, size-1 dims dropped, each list coalesced.
   std::vector<RDim> kept, red;
-  for (int64_t d = 0; d < x.dim(); ++d) {
-    const int64_t n = x.shape()[size_t(d)];
-    if (n == 1) continue;
-    if (reduced[size_t(d)])
-      red.push_back({n, x.strides()[size_t(d)], 0});
-    else
-      kept.push_back({n, x.strides()[size_t(d)], out.strides()[size_t(d)]});
-  }
-  coalesce(kept);
-  coalesce(red);
+  split_reduce_dims(x, reduced, out, kept, red);
   int64_t n_out = 1, n_red = 1;
   for (const RDim& d : kept) n_out *= d.size;
   for (const RDim& d : red) n_red *= d.size;

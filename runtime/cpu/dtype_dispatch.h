@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "runtime/dtype.h"
+#include "runtime/dtype_switch.h"
 #include "runtime/error.h"
 #include "runtime/half.h"
 
@@ -66,37 +67,18 @@ inline D convert(S x) {
   }
 }
 
+// The switches of runtime/dtype_switch.h with the CPU's storage types.
 template <class F>
 void dispatch_all(DType dt, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    case DType::bfloat16: f(BF16{}); break;
-    case DType::float16: f(F16{}); break;
-    case DType::int64: f(int64_t{}); break;
-    case DType::bool_: f(bool{}); break;
-  }
+  dispatch_dtype_all<BF16, F16>(dt, static_cast<F&&>(f));
 }
-
-// compute dtypes only: float32, float64, int64, bool
 template <class F>
 void dispatch_compute(DType dt, const char* what, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    case DType::int64: f(int64_t{}); break;
-    case DType::bool_: f(bool{}); break;
-    default: fail("[", what, "] internal: CPU kernel called with ", dtype_name(dt));
-  }
+  dispatch_dtype_compute(dt, "CPU", what, static_cast<F&&>(f));
 }
-
 template <class F>
 void dispatch_float(DType dt, const char* what, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    default: fail("[", what, "] internal: CPU kernel needs float32/float64, got ", dtype_name(dt));
-  }
+  dispatch_dtype_float(dt, "CPU", what, static_cast<F&&>(f));
 }
 
 }  // namespace peft::cpu

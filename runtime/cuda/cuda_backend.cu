@@ -2,7 +2,7 @@
 // (float32, float64, and bfloat16 / float16 on tensor cores with float32 accumulation),
 // own kernels for everything else. All work goes on the legacy default stream, so
 // copies to the host and the caching allocator's reuse are ordered without events.
-// Transformer blocks live in cuda_transformer.cu.
+// The kernels live in cuda_elementwise.cu, cuda_reduce_index.cu and cuda_transformer.cu.
 #include <cublas_v2.h>
 
 #include <atomic>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/cuda/cuda_common.cuh"
+#include "runtime/cuda/cuda_kernels.h"
 #include "runtime/cuda/cuda_transformer.h"
 
 namespace peft {
@@ -152,468 +153,6 @@ cublasHandle_t cublas_handle() {
 }
 
 // ---------------------------------------------------------------------------
-// elementwise kernels
-
-template <class S, class D>
-__global__ void copy_kernel(Iter<2> it, D* dst, const S* src) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[2];
-    iter_offsets<2>(it, i, off);
-    dst[off[0]] = convert<S, D>(src[off[1]]);
-  }
-}
-
-template <class T>
-__global__ void fill_kernel(Iter<1> it, T* dst, double value) {
-  const T v = from_d<T>(value);
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[1];
-    iter_offsets<1>(it, i, off);
-    dst[off[0]] = v;
-  }
-}
-
-template <class T>
-__device__ inline T sigmoid_d(T x) {
-  return T(1) / (T(1) + exp(-x));
-}
-template <class T>
-__device__ inline T gelu_tanh_d(T x) {
-  return T(0.5) * x * (T(1) + tanh(T(0.7978845608028654) * (x + T(0.044715) * (x * x * x))));
-}
-template <class T>
-__device__ inline T gelu_tanh_grad_d(T g, T x) {
-  const T x2 = x * x, t = tanh(T(0.7978845608028654) * (x + T(0.044715) * (x2 * x)));
-  const T du = T(0.7978845608028654) * (T(1) + T(0.134145) * x2);
-  return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du);
-}
-
-// The CPU's unary_value (cpu_backend.cpp), kind by kind.
-template <class T>
-__device__ inline T unary_value(UnaryKind k, T x, double s0, double s1) {
-  if constexpr (std::is_same_v<T, bool>) {
-    return x;
-  } else {
-    const T a = T(s0);
-    switch (k) {
-      case UnaryKind::neg: return -x;
-      case UnaryKind::abs: return x < 0 ? -x : x;
-      case UnaryKind::sign: return T((x > 0) - (x < 0));
-      case UnaryKind::relu: return x > 0 ? x : T(0);
-      case UnaryKind::add_scalar: return x + a;
-      case UnaryKind::mul_scalar: return x * a;
-      case UnaryKind::div_scalar: return x / a;
-      case UnaryKind::rsub_scalar: return a - x;
-      case UnaryKind::clamp: return x < a ? a : (x > T(s1) ? T(s1) : x);
-      case UnaryKind::rdiv_scalar: return a / x;
-      default: break;
-    }
-    if constexpr (std::is_floating_point_v<T>) {
-      switch (k) {
-        case UnaryKind::exp: return exp(x);
-        case UnaryKind::log: return log(x);
-        case UnaryKind::sqrt: return sqrt(x);
-        case UnaryKind::rsqrt: return T(1) / sqrt(x);
-        case UnaryKind::erf: return erf(x);
-        case UnaryKind::gelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-        case UnaryKind::gelu_tanh: return gelu_tanh_d(x);
-        case UnaryKind::silu: return x * sigmoid_d(x);
-        case UnaryKind::tanh: return tanh(x);
-        case UnaryKind::sigmoid: return sigmoid_d(x);
-        case UnaryKind::pow_scalar:
-          if (s0 == 2.0) return x * x;
-          if (s0 == 1.0) return x;
-          if (s0 == 0.5) return sqrt(x);
-          return pow(x, a);
-        default: break;
-      }
-    } else {
-      if (k == UnaryKind::pow_scalar) return T(pow(double(x), s0));
-    }
-    return x;
-  }
-}
-
-template <class T>
-__device__ inline bool predicate_value(UnaryKind k, T x, double s) {
-  const double v = to_d<T>(x);
-  switch (k) {
-    case UnaryKind::isfinite: return isfinite(v);
-    case UnaryKind::logical_not: return v == 0;
-    case UnaryKind::eq_scalar: return v == s;
-    case UnaryKind::ne_scalar: return v != s;
-    case UnaryKind::gt_scalar: return v > s;
-    case UnaryKind::lt_scalar: return v < s;
-    case UnaryKind::ge_scalar: return v >= s;
-    case UnaryKind::le_scalar: return v <= s;
-    default: return false;
-  }
-}
-
-template <class T>
-__global__ void unary_kernel(Iter<2> it, UnaryKind k, T* out, const T* x, double s0, double s1) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[2];
-    iter_offsets<2>(it, i, off);
-    out[off[0]] = unary_value<T>(k, x[off[1]], s0, s1);
-  }
-}
-
-template <class T>
-__global__ void predicate_kernel(Iter<2> it, UnaryKind k, bool* out, const T* x, double s0) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[2];
-    iter_offsets<2>(it, i, off);
-    out[off[0]] = predicate_value<T>(k, x[off[1]], s0);
-  }
-}
-
-template <class T>
-__device__ inline T binary_value(BinaryKind k, T a, T b) {
-  if constexpr (std::is_same_v<T, bool>) {
-    switch (k) {
-      case BinaryKind::add: return a || b;
-      case BinaryKind::mul: return a && b;
-      case BinaryKind::maximum: return a || b;
-      default: return a != b;
-    }
-  } else {
-    switch (k) {
-      case BinaryKind::add: return a + b;
-      case BinaryKind::sub: return a - b;
-      case BinaryKind::mul: return a * b;
-      case BinaryKind::div: return a / b;
-      case BinaryKind::maximum: return (a != a) ? a : (a > b ? a : b);
-      case BinaryKind::tanh_grad: return a * (T(1) - b * b);
-      case BinaryKind::gelu_tanh_grad:
-        if constexpr (std::is_floating_point_v<T>) return gelu_tanh_grad_d(a, b);
-        else return a;
-      case BinaryKind::pow:
-        if constexpr (std::is_floating_point_v<T>) return pow(a, b);
-        else return T(pow(double(a), double(b)));
-      default: return a;
-    }
-  }
-}
-
-template <class T>
-__device__ inline bool compare_value(BinaryKind k, T a, T b) {
-  switch (k) {
-    case BinaryKind::eq: return a == b;
-    case BinaryKind::ne: return a != b;
-    case BinaryKind::gt: return a > b;
-    case BinaryKind::lt: return a < b;
-    case BinaryKind::ge: return a >= b;
-    case BinaryKind::le: return a <= b;
-    default: return false;
-  }
-}
-
-template <class T>
-__global__ void binary_kernel(Iter<3> it, BinaryKind k, T* out, const T* a, const T* b) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[3];
-    iter_offsets<3>(it, i, off);
-    out[off[0]] = binary_value<T>(k, a[off[1]], b[off[2]]);
-  }
-}
-
-template <class T>
-__global__ void compare_kernel(Iter<3> it, BinaryKind k, bool* out, const T* a, const T* b) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[3];
-    iter_offsets<3>(it, i, off);
-    out[off[0]] = compare_value<T>(k, a[off[1]], b[off[2]]);
-  }
-}
-
-template <class T>
-__global__ void where_kernel(Iter<4> it, T* out, const bool* cond, const T* a, const T* b) {
-  PEFT_GRID_LOOP(i, it.numel) {
-    int64_t off[4];
-    iter_offsets<4>(it, i, off);
-    out[off[0]] = cond[off[1]] ? a[off[2]] : b[off[3]];
-  }
-}
-
-// ---------------------------------------------------------------------------
-// reductions: kept dims (as out) and reduced dims, size-1 dims dropped, each coalesced.
-
-struct RPlan {
-  int nk = 0, nr = 0;
-  int64_t ksize[kMaxDims], kxs[kMaxDims], kos[kMaxDims];
-  int64_t rsize[kMaxDims], rxs[kMaxDims];
-  int64_t n_out = 1, n_red = 1;
-};
-
-__device__ inline void locate_out(const RPlan& p, int64_t o, int64_t& xoff, int64_t& ooff) {
-  xoff = 0;
-  ooff = 0;
-  for (int d = p.nk - 1; d >= 0; --d) {
-    const int64_t i = o % p.ksize[d];
-    o /= p.ksize[d];
-    xoff += i * p.kxs[d];
-    ooff += i * p.kos[d];
-  }
-}
-__device__ inline int64_t red_offset(const RPlan& p, int64_t r) {
-  int64_t off = 0;
-  for (int d = p.nr - 1; d >= 0; --d) {
-    off += (r % p.rsize[d]) * p.rxs[d];
-    r /= p.rsize[d];
-  }
-  return off;
-}
-
-template <class T>
-using SumAcc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
-
-template <class T>
-__device__ inline T from_acc(SumAcc<T> a) {
-  if constexpr (std::is_same_v<T, bool>) return a != 0;
-  else return T(a);
-}
-
-// One block per output element: large reductions.
-template <class T>
-__global__ void sum_block_kernel(RPlan p, const T* x, T* out) {
-  using A = SumAcc<T>;
-  for (int64_t o = blockIdx.x; o < p.n_out; o += gridDim.x) {
-    int64_t xoff, ooff;
-    locate_out(p, o, xoff, ooff);
-    A acc = 0;
-    for (int64_t r = threadIdx.x; r < p.n_red; r += blockDim.x) acc += A(x[xoff + red_offset(p, r)]);
-    acc = block_sum<A>(acc);
-    if (threadIdx.x == 0) out[ooff] = from_acc<T>(acc);
-  }
-}
-
-// One thread per output element: many outputs (neighbouring outputs read neighbouring inputs).
-template <class T>
-__global__ void sum_thread_kernel(RPlan p, const T* x, T* out) {
-  using A = SumAcc<T>;
-  PEFT_GRID_LOOP(o, p.n_out) {
-    int64_t xoff, ooff;
-    locate_out(p, o, xoff, ooff);
-    A acc = 0;
-    for (int64_t r = 0; r < p.n_red; ++r) acc += A(x[xoff + red_offset(p, r)]);
-    out[ooff] = from_acc<T>(acc);
-  }
-}
-
-// max / argmax: the first NaN wins, else the first maximum (as PyTorch and the CPU).
-template <class T>
-struct Best {
-  T v;
-  int64_t i;
-};
-template <class T>
-__device__ inline Best<T> better(Best<T> a, Best<T> b) {
-  if (a.i < 0) return b;
-  if (b.i < 0) return a;
-  const bool an = a.v != a.v, bn = b.v != b.v;
-  if (an && bn) return a.i < b.i ? a : b;
-  if (an) return a;
-  if (bn) return b;
-  if (a.v > b.v) return a;
-  if (b.v > a.v) return b;
-  return a.i < b.i ? a : b;
-}
-template <class T>
-__device__ inline Best<T> scan_max(const RPlan& p, const T* x, int64_t xoff, int64_t r0, int64_t step) {
-  Best<T> best{T{}, -1};
-  for (int64_t r = r0; r < p.n_red; r += step) best = better(best, Best<T>{x[xoff + red_offset(p, r)], r});
-  return best;
-}
-
-template <class T>
-__global__ void max_block_kernel(RPlan p, const T* x, T* out, int64_t* out_idx) {
-  __shared__ T sv[kThreads];
-  __shared__ int64_t si[kThreads];
-  for (int64_t o = blockIdx.x; o < p.n_out; o += gridDim.x) {
-    int64_t xoff, ooff;
-    locate_out(p, o, xoff, ooff);
-    Best<T> b = scan_max(p, x, xoff, threadIdx.x, blockDim.x);
-    __syncthreads();
-    sv[threadIdx.x] = b.v;
-    si[threadIdx.x] = b.i;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-      if (threadIdx.x < s) {
-        Best<T> c = better(Best<T>{sv[threadIdx.x], si[threadIdx.x]},
-                           Best<T>{sv[threadIdx.x + s], si[threadIdx.x + s]});
-        sv[threadIdx.x] = c.v;
-        si[threadIdx.x] = c.i;
-      }
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-      if (out_idx) out_idx[ooff] = si[0] < 0 ? 0 : si[0];
-      else out[ooff] = sv[0];
-    }
-  }
-}
-
-template <class T>
-__global__ void max_thread_kernel(RPlan p, const T* x, T* out, int64_t* out_idx) {
-  PEFT_GRID_LOOP(o, p.n_out) {
-    int64_t xoff, ooff;
-    locate_out(p, o, xoff, ooff);
-    Best<T> b = scan_max(p, x, xoff, 0, 1);
-    if (out_idx) out_idx[ooff] = b.i < 0 ? 0 : b.i;
-    else out[ooff] = b.v;
-  }
-}
-
-// ---------------------------------------------------------------------------
-// softmax over dim of a contiguous [outer, n, inner] tensor
-
-template <class T>
-__device__ inline T exp_t(T x) {
-  return exp(x);
-}
-
-// inner == 1: one block per row
-template <class T>
-__global__ void softmax_rows_kernel(const T* x, T* y, int64_t rows, int64_t n, bool log_out) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    T mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = xr[j] > mx ? xr[j] : mx;
-    mx = block_max<T>(mx);
-    if (!isfinite(double(mx))) mx = 0;
-    double s = 0;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += double(exp_t<T>(xr[j] - mx));
-    s = block_sum<double>(s);
-    if (log_out) {
-      const T ls = T(log(s));
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - mx - ls;
-    } else {
-      const T inv = T(1.0 / s);
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp_t<T>(xr[j] - mx) * inv;
-    }
-  }
-}
-
-// inner > 1: one thread per (outer, inner) column
-template <class T>
-__global__ void softmax_strided_kernel(const T* x, T* y, int64_t outer, int64_t n, int64_t inner, bool log_out) {
-  PEFT_GRID_LOOP(r, outer * inner) {
-    const int64_t o = r / inner, i = r % inner;
-    const T* xr = x + o * n * inner + i;
-    T* yr = y + o * n * inner + i;
-    T mx = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) mx = xr[j * inner] > mx ? xr[j * inner] : mx;
-    if (!isfinite(double(mx))) mx = 0;
-    double s = 0;
-    for (int64_t j = 0; j < n; ++j) s += exp(double(xr[j * inner] - mx));
-    if (log_out) {
-      const T ls = T(log(s));
-      for (int64_t j = 0; j < n; ++j) yr[j * inner] = xr[j * inner] - mx - ls;
-    } else {
-      const T inv = T(1.0 / s);
-      for (int64_t j = 0; j < n; ++j) yr[j * inner] = exp_t<T>(xr[j * inner] - mx) * inv;
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// index ops (x, out, src contiguous; index contiguous int64, checked on the host first)
-
-template <class E>
-__global__ void index_select_kernel(const E* x, E* out, const int64_t* idx, int64_t total, int64_t n,
-                                    int64_t nidx, int64_t inner) {
-  PEFT_GRID_LOOP(e, total) {
-    const int64_t c = e % inner, r = e / inner, i = r % nidx, o = r / nidx;
-    out[e] = x[(o * n + idx[i]) * inner + c];
-  }
-}
-
-template <class E>
-__global__ void gather_kernel(const E* x, E* out, const int64_t* idx, int64_t total, int64_t n, int64_t m,
-                              int64_t inner) {
-  PEFT_GRID_LOOP(e, total) {
-    const int64_t c = e % inner, o = e / (m * inner);
-    out[e] = x[(o * n + idx[e]) * inner + c];
-  }
-}
-
-template <class T>
-__device__ inline void atomic_add(T* p, T v) {
-  if constexpr (std::is_same_v<T, int64_t>)
-    atomicAdd(reinterpret_cast<unsigned long long*>(p), (unsigned long long)v);  // two's complement
-  else
-    atomicAdd(p, v);
-}
-
-template <class T>
-__global__ void index_add_kernel(T* out, const T* src, const int64_t* idx, int64_t total, int64_t n, int64_t nidx,
-                                 int64_t inner) {
-  PEFT_GRID_LOOP(e, total) {
-    const int64_t c = e % inner, r = e / inner, i = r % nidx, o = r / nidx;
-    atomic_add(out + (o * n + idx[i]) * inner + c, src[e]);
-  }
-}
-
-template <class T>
-__global__ void scatter_add_kernel(T* out, const T* src, const int64_t* idx, int64_t total, int64_t n, int64_t m,
-                                   int64_t inner) {
-  PEFT_GRID_LOOP(e, total) {
-    const int64_t c = e % inner, o = e / (m * inner);
-    atomic_add(out + (o * n + idx[e]) * inner + c, src[e]);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// random: the CPU's Philox4x32-10 (runtime/generator.cpp) and its transforms, in double.
-
-__device__ inline void philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
-  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = uint64_t(0xD2511F53u) * c0;
-    const uint64_t p1 = uint64_t(0xCD9E8D57u) * c2;
-    const uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n1 = uint32_t(p1);
-    const uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
-    const uint32_t n3 = uint32_t(p0);
-    c0 = n0, c1 = n1, c2 = n2, c3 = n3;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
-}
-
-template <class T>
-__global__ void random_kernel(RandomKind k, T* out, int64_t n, double a, double b, uint64_t seed, uint64_t counter) {
-  PEFT_GRID_LOOP(blk, (n + 3) / 4) {
-    uint32_t w[4];
-    philox(seed, counter + uint64_t(blk), w);
-    double u[4], v[4];
-    for (int j = 0; j < 4; ++j) u[j] = (double(w[j] >> 8) + 0.5) * (1.0 / 16777216.0);
-    // _rn intrinsics: never contracted into FMAs, so the roundings are the CPU's
-    if (k == RandomKind::normal) {
-      for (int j = 0; j < 4; j += 2) {
-        const double rad = sqrt(__dmul_rn(-2.0, log(u[j])));
-        const double br = __dmul_rn(b, rad), ang = __dmul_rn(6.283185307179586, u[j + 1]);
-        v[j] = __dadd_rn(a, __dmul_rn(br, cos(ang)));
-        v[j + 1] = __dadd_rn(a, __dmul_rn(br, sin(ang)));
-      }
-    } else if (k == RandomKind::uniform) {
-      const double span = __dadd_rn(b, -a);
-      for (int j = 0; j < 4; ++j) v[j] = __dadd_rn(a, __dmul_rn(span, double(w[j] >> 8) * (1.0 / 16777216.0)));
-    } else {
-      for (int j = 0; j < 4; ++j) v[j] = u[j] < a ? 1.0 : 0.0;
-    }
-    for (int j = 0; j < 4; ++j) {
-      const int64_t i = blk * 4 + j;
-      if (i < n) out[i] = T(v[j]);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // gemm helpers
 
 struct MatLayout {
@@ -667,135 +206,56 @@ class CudaBackend final : public Backend {
     return st;
   }
 
+  // elementwise kernels: cuda_elementwise.cu
   void copy(const Tensor& src, Tensor& dst) override {
     make_current();
-    if (dst.numel() == 0) return;
-    if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
-      check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice), "copy");
-      return;
-    }
-    Iter<2> it = make_iter<2>(dst.shape(), {&dst, &src}, "copy");
-    dispatch_all(src.dtype(), [&](auto s_tag) {
-      using S = decltype(s_tag);
-      dispatch_all(dst.dtype(), [&](auto d_tag) {
-        using D = decltype(d_tag);
-        copy_kernel<S, D><<<blocks_for(it.numel), kThreads>>>(it, dptr<D>(dst), dptr<S>(src));
-      });
-    });
-    check_launch("copy");
+    cuda::copy(src, dst);
   }
-
   void fill(Tensor& dst, double value) override {
     make_current();
-    if (dst.numel() == 0) return;
-    Iter<1> it = make_iter<1>(dst.shape(), {&dst}, "fill");
-    dispatch_all(dst.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      fill_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, dptr<T>(dst), value);
-    });
-    check_launch("fill");
+    cuda::fill(dst, value);
   }
-
   void unary(UnaryKind k, const Tensor& x, Tensor& out, double s0, double s1) override {
     make_current();
-    if (out.numel() == 0) return;
-    Iter<2> it = make_iter<2>(out.shape(), {&out, &x}, "unary");
-    const bool pred = k >= UnaryKind::isfinite;
-    dispatch_compute(x.dtype(), "unary", [&](auto tag) {
-      using T = decltype(tag);
-      if (pred)
-        predicate_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, k, dptr<bool>(out), dptr<T>(x), s0);
-      else
-        unary_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, k, dptr<T>(out), dptr<T>(x), s0, s1);
-    });
-    check_launch("unary");
+    cuda::unary(k, x, out, s0, s1);
   }
-
   void binary(BinaryKind k, const Tensor& a, const Tensor& b, Tensor& out) override {
     make_current();
-    if (out.numel() == 0) return;
-    Iter<3> it = make_iter<3>(out.shape(), {&out, &a, &b}, "binary");
-    const bool cmp = k >= BinaryKind::eq;
-    dispatch_compute(a.dtype(), "binary", [&](auto tag) {
-      using T = decltype(tag);
-      if (cmp)
-        compare_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, k, dptr<bool>(out), dptr<T>(a), dptr<T>(b));
-      else
-        binary_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, k, dptr<T>(out), dptr<T>(a), dptr<T>(b));
-    });
-    check_launch("binary");
+    cuda::binary(k, a, b, out);
   }
-
   void where(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& out) override {
     make_current();
-    if (out.numel() == 0) return;
-    Iter<4> it = make_iter<4>(out.shape(), {&out, &cond, &a, &b}, "where");
-    dispatch_all(a.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      where_kernel<T><<<blocks_for(it.numel), kThreads>>>(it, dptr<T>(out), dptr<bool>(cond), dptr<T>(a),
-                                                          dptr<T>(b));
-    });
-    check_launch("where");
+    cuda::where(cond, a, b, out);
   }
 
+  // reductions, softmax, index ops, random: cuda_reduce_index.cu
   void reduce(ReduceKind k, const Tensor& x, const std::vector<bool>& reduced, Tensor& out) override {
     make_current();
-    RPlan p;
-    struct D {
-      int64_t size, xs, os;
-    };
-    std::vector<D> kept, red;
-    for (int64_t d = 0; d < x.dim(); ++d) {
-      const int64_t n = x.shape()[size_t(d)];
-      if (n == 1) continue;
-      if (reduced[size_t(d)]) red.push_back({n, x.strides()[size_t(d)], 0});
-      else kept.push_back({n, x.strides()[size_t(d)], out.strides()[size_t(d)]});
-    }
-    auto coalesce = [](std::vector<D>& dims) {
-      std::vector<D> o;
-      for (const D& d : dims) {
-        if (!o.empty() && o.back().xs == d.xs * d.size && o.back().os == d.os * d.size) {
-          o.back() = {o.back().size * d.size, d.xs, d.os};
-          continue;
-        }
-        o.push_back(d);
-      }
-      dims = std::move(o);
-    };
-    coalesce(kept);
-    coalesce(red);
-    if (kept.size() > size_t(kMaxDims) || red.size() > size_t(kMaxDims))
-      fail("[reduce] CUDA kernels take up to ", kMaxDims, " non-mergeable dims, got ", x.desc());
-    p.nk = int(kept.size());
-    p.nr = int(red.size());
-    for (int i = 0; i < p.nk; ++i) {
-      p.ksize[i] = kept[size_t(i)].size, p.kxs[i] = kept[size_t(i)].xs, p.kos[i] = kept[size_t(i)].os;
-      p.n_out *= p.ksize[i];
-    }
-    for (int i = 0; i < p.nr; ++i) {
-      p.rsize[i] = red[size_t(i)].size, p.rxs[i] = red[size_t(i)].xs;
-      p.n_red *= p.rsize[i];
-    }
-    if (p.n_out == 0) return;
-    // A thread per output when outputs are many and neighbours read neighbouring memory, or
-    // when each output sums few elements; else a block per output.
-    const bool inner_kept = !kept.empty() && kept.back().xs == 1;
-    const bool per_thread = p.n_red <= 32 || (p.n_out >= 2048 && inner_kept);
-    const unsigned grid = per_thread ? blocks_for(p.n_out) : unsigned(std::min<int64_t>(p.n_out, 65535));
-    dispatch_compute(x.dtype(), "reduce", [&](auto tag) {
-      using T = decltype(tag);
-      const T* xp = dptr<T>(x);
-      if (k == ReduceKind::sum) {
-        if (per_thread) sum_thread_kernel<T><<<grid, kThreads>>>(p, xp, dptr<T>(out));
-        else sum_block_kernel<T><<<grid, kThreads>>>(p, xp, dptr<T>(out));
-      } else {
-        T* ov = k == ReduceKind::max ? dptr<T>(out) : nullptr;
-        int64_t* oi = k == ReduceKind::argmax ? dptr<int64_t>(out) : nullptr;
-        if (per_thread) max_thread_kernel<T><<<grid, kThreads>>>(p, xp, ov, oi);
-        else max_block_kernel<T><<<grid, kThreads>>>(p, xp, ov, oi);
-      }
-    });
-    check_launch("reduce");
+    cuda::reduce(k, x, reduced, out);
+  }
+  void softmax(const Tensor& x, int64_t dim, bool log, Tensor& out) override {
+    make_current();
+    cuda::softmax(x, dim, log, out);
+  }
+  void index_select(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) override {
+    make_current();
+    cuda::index_select(x, dim, index, out);
+  }
+  void index_add(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override {
+    make_current();
+    cuda::index_add(out, dim, index, src);
+  }
+  void gather(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) override {
+    make_current();
+    cuda::gather(x, dim, index, out);
+  }
+  void scatter_add(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override {
+    make_current();
+    cuda::scatter_add(out, dim, index, src);
+  }
+  void random(RandomKind k, Tensor& out, double a, double b, uint64_t seed, uint64_t counter) override {
+    make_current();
+    cuda::random(k, out, a, b, seed, counter);
   }
 
   DType gemm_dtype(DType dt) const override {
@@ -845,126 +305,6 @@ class CudaBackend final : public Backend {
                  "matmul");
   }
 
-  void softmax(const Tensor& x, int64_t dim, bool log, Tensor& out) override {
-    make_current();
-    int64_t outer = 1, inner = 1, n = x.size(dim);
-    for (int64_t d = 0; d < dim; ++d) outer *= x.size(d);
-    for (int64_t d = dim + 1; d < x.dim(); ++d) inner *= x.size(d);
-    if (outer * inner == 0 || n == 0) return;
-    dispatch_float(x.dtype(), "softmax", [&](auto tag) {
-      using T = decltype(tag);
-      if (inner == 1)
-        softmax_rows_kernel<T><<<unsigned(std::min<int64_t>(outer, 65535)), kThreads>>>(dptr<T>(x), dptr<T>(out),
-                                                                                         outer, n, log);
-      else
-        softmax_strided_kernel<T><<<blocks_for(outer * inner), kThreads>>>(dptr<T>(x), dptr<T>(out), outer, n,
-                                                                            inner, log);
-    });
-    check_launch("softmax");
-  }
-
-  // Bounds are checked on the host copy of the indices (one small transfer) so a bad index
-  // is an exception naming the op, as on the CPU, never a device fault.
-  static void check_indices(const Tensor& index, int64_t bound, const char* op, int64_t dim) {
-    const int64_t n = index.numel();
-    if (n == 0) return;
-    std::vector<int64_t> host(static_cast<size_t>(n));
-    check(cudaMemcpy(host.data(), index.raw_data(), size_t(n) * sizeof(int64_t), cudaMemcpyDeviceToHost), op);
-    for (int64_t v : host)
-      if (v < 0 || v >= bound)
-        fail("[", op, "] index ", v, " is out of bounds for dimension ", dim, " with size ", bound);
-  }
-
-  template <class F>
-  static void dispatch_size(size_t es, F&& f) {
-    switch (es) {
-      case 1: f(uint8_t{}); break;
-      case 2: f(uint16_t{}); break;
-      case 4: f(uint32_t{}); break;
-      default: f(uint64_t{}); break;
-    }
-  }
-
-  void index_select(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) override {
-    make_current();
-    int64_t outer = 1, inner = 1, n = x.size(dim), nidx = index.numel();
-    for (int64_t d = 0; d < dim; ++d) outer *= x.size(d);
-    for (int64_t d = dim + 1; d < x.dim(); ++d) inner *= x.size(d);
-    check_indices(index, n, "index_select", dim);
-    const int64_t total = outer * nidx * inner;
-    if (total == 0) return;
-    dispatch_size(dtype_size(x.dtype()), [&](auto tag) {
-      using E = decltype(tag);
-      index_select_kernel<E><<<blocks_for(total), kThreads>>>(dptr<E>(x), dptr<E>(out), dptr<int64_t>(index), total,
-                                                              n, nidx, inner);
-    });
-    check_launch("index_select");
-  }
-
-  void index_add(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override {
-    make_current();
-    int64_t outer = 1, inner = 1, n = out.size(dim), nidx = index.numel();
-    for (int64_t d = 0; d < dim; ++d) outer *= out.size(d);
-    for (int64_t d = dim + 1; d < out.dim(); ++d) inner *= out.size(d);
-    check_indices(index, n, "index_add", dim);
-    const int64_t total = outer * nidx * inner;
-    if (total == 0) return;
-    dispatch_compute(out.dtype(), "index_add", [&](auto tag) {
-      using T = decltype(tag);
-      if constexpr (std::is_same_v<T, bool>) {
-        fail("[index_add] not defined for bool tensors");
-      } else {
-        index_add_kernel<T><<<blocks_for(total), kThreads>>>(dptr<T>(out), dptr<T>(src), dptr<int64_t>(index), total,
-                                                             n, nidx, inner);
-      }
-    });
-    check_launch("index_add");
-  }
-
-  void gather(const Tensor& x, int64_t dim, const Tensor& index, Tensor& out) override {
-    make_current();
-    int64_t inner = 1, n = x.size(dim), m = index.size(dim);
-    for (int64_t d = dim + 1; d < x.dim(); ++d) inner *= x.size(d);
-    check_indices(index, n, "gather", dim);
-    const int64_t total = index.numel();
-    if (total == 0) return;
-    dispatch_size(dtype_size(x.dtype()), [&](auto tag) {
-      using E = decltype(tag);
-      gather_kernel<E><<<blocks_for(total), kThreads>>>(dptr<E>(x), dptr<E>(out), dptr<int64_t>(index), total, n, m,
-                                                        inner);
-    });
-    check_launch("gather");
-  }
-
-  void scatter_add(Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override {
-    make_current();
-    int64_t inner = 1, n = out.size(dim), m = index.size(dim);
-    for (int64_t d = dim + 1; d < out.dim(); ++d) inner *= out.size(d);
-    check_indices(index, n, "scatter_add", dim);
-    const int64_t total = index.numel();
-    if (total == 0) return;
-    dispatch_compute(out.dtype(), "scatter_add", [&](auto tag) {
-      using T = decltype(tag);
-      if constexpr (std::is_same_v<T, bool>) {
-        fail("[scatter_add] not defined for bool tensors");
-      } else {
-        scatter_add_kernel<T><<<blocks_for(total), kThreads>>>(dptr<T>(out), dptr<T>(src), dptr<int64_t>(index),
-                                                               total, n, m, inner);
-      }
-    });
-    check_launch("scatter_add");
-  }
-
-  void random(RandomKind k, Tensor& out, double a, double b, uint64_t seed, uint64_t counter) override {
-    make_current();
-    const int64_t n = out.numel();
-    if (n == 0) return;
-    dispatch_float(out.dtype(), "random", [&](auto tag) {
-      using T = decltype(tag);
-      random_kernel<T><<<blocks_for((n + 3) / 4), kThreads>>>(k, dptr<T>(out), n, a, b, seed, counter);
-    });
-    check_launch("random");
-  }
 
   // transformer blocks: cuda_transformer.cu
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& out, Tensor& mean,

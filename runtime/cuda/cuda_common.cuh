@@ -10,6 +10,7 @@
 #include <initializer_list>
 
 #include "runtime/backend.h"
+#include "runtime/dtype_switch.h"
 
 namespace peft::cuda {
 
@@ -152,37 +153,18 @@ __device__ inline D convert(S x) {
 }
 
 // ---------------------------------------------------------------------------
-// dtype dispatch (host): f receives a value of the device storage type.
+// dtype dispatch (host): runtime/dtype_switch.h with the device storage types.
 template <class F>
 void dispatch_all(DType dt, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    case DType::bfloat16: f(__nv_bfloat16{}); break;
-    case DType::float16: f(__half{}); break;
-    case DType::int64: f(int64_t{}); break;
-    case DType::bool_: f(bool{}); break;
-  }
+  dispatch_dtype_all<__nv_bfloat16, __half>(dt, static_cast<F&&>(f));
 }
-
 template <class F>
 void dispatch_compute(DType dt, const char* what, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    case DType::int64: f(int64_t{}); break;
-    case DType::bool_: f(bool{}); break;
-    default: fail("[", what, "] internal: CUDA kernel called with ", dtype_name(dt));
-  }
+  dispatch_dtype_compute(dt, "CUDA", what, static_cast<F&&>(f));
 }
-
 template <class F>
 void dispatch_float(DType dt, const char* what, F&& f) {
-  switch (dt) {
-    case DType::float32: f(float{}); break;
-    case DType::float64: f(double{}); break;
-    default: fail("[", what, "] internal: CUDA kernel needs float32/float64, got ", dtype_name(dt));
-  }
+  dispatch_dtype_float(dt, "CUDA", what, static_cast<F&&>(f));
 }
 
 template <class T>

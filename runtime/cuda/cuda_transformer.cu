@@ -14,7 +14,7 @@ namespace peft::cuda {
 
 namespace {
 
-// Rounds v to the dtype rms_norm was asked to round to, and back (mode as round_mode below).
+// Rounds v to the dtype rms_norm was asked to round to, and back (mode as round_mode, runtime/dtype_switch.h).
 template <class T>
 __device__ inline T round_as(T v, int mode) {
   switch (mode) {
@@ -22,15 +22,6 @@ __device__ inline T round_as(T v, int mode) {
     case 2: return T(__bfloat162float(float_to_bf16_bits(float(v))));
     case 3: return T(__half2float(__float2half_rn(float(v))));
     default: return v;
-  }
-}
-template <class T>
-int round_mode(DType rt) {
-  switch (rt) {
-    case DType::float32: return std::is_same_v<T, float> ? 0 : 1;
-    case DType::bfloat16: return 2;
-    case DType::float16: return 3;
-    default: return 0;
   }
 }
 
