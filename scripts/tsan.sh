@@ -17,6 +17,8 @@ if [ ! -f "$B/build.ninja" ]; then
 fi
 ninja -C "$B" >/dev/null || ninja -C "$B"  # on failure, show the errors
 export OMP_NUM_THREADS=1 PEFT_NUM_THREADS=1
+# tests that raise the OpenMP thread count themselves keep one thread under TSan
+export PEFT_TSAN_SINGLE_THREAD=1
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 # gcc 12's TSan cannot map its shadow memory with the kernel's wider ASLR (mmap_rnd_bits > 28):
 # run without address randomisation there.
