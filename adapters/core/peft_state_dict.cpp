@@ -138,19 +138,32 @@ StateDict get_peft_model_state_dict(const nn::Module& model, const std::string& 
   return out;
 }
 
-nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& state_dict,
-                                         const std::string& adapter_name, bool low_cpu_mem_usage) {
+namespace {
+
+// Both load paths: under the model's write lock, the method's before_load, then `load`; when
+// `load` fails, before_load is undone, so a load is all-or-nothing.
+nn::LoadResult load_all_or_nothing(nn::Module& model, const std::string& adapter_name,
+                                   const std::function<nn::LoadResult(const TunerMethod&)>& load) {
   ModelWriteGuard lock(model);  // see adapters/model_lock.h
   PeftConfigPtr cfg = peft_config(model, adapter_name);
   const TunerMethod& method = method_for(cfg->peft_type);
   std::function<void()> undo_before_load;
   if (method.before_load) undo_before_load = method.before_load(model, adapter_name, *cfg);
   try {
-    return load_renamed(model, state_dict, adapter_name, low_cpu_mem_usage, method);
+    return load(method);
   } catch (...) {
-    if (undo_before_load) undo_before_load();  // all-or-nothing: the model is as it was
+    if (undo_before_load) undo_before_load();  // the model is as it was
     throw;
   }
+}
+
+}  // namespace
+
+nn::LoadResult set_peft_model_state_dict(nn::Module& model, const StateDict& state_dict,
+                                         const std::string& adapter_name, bool low_cpu_mem_usage) {
+  return load_all_or_nothing(model, adapter_name, [&](const TunerMethod& method) {
+    return load_renamed(model, state_dict, adapter_name, low_cpu_mem_usage, method);
+  });
 }
 
 namespace {
@@ -254,12 +267,7 @@ std::vector<std::string> adapter_model_keys(const nn::Module& model, const std::
 
 nn::LoadResult detail::load_adapter_state(nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
                                           bool low_cpu_mem_usage) {
-  ModelWriteGuard lock(model);
-  PeftConfigPtr cfg = peft_config(model, adapter_name);
-  const TunerMethod& method = method_for(cfg->peft_type);
-  std::function<void()> undo_before_load;
-  if (method.before_load) undo_before_load = method.before_load(model, adapter_name, *cfg);
-  try {
+  return load_all_or_nothing(model, adapter_name, [&](const TunerMethod& method) {
     // The same renaming as set_peft_model_state_dict, from the tuner layers' own keys.
     const std::vector<std::string> own_keys = adapter_model_keys(model, method.prefix, adapter_name);
     StateDict renamed = to_model_names(model, state_dict, adapter_name, method,
@@ -299,10 +307,7 @@ nn::LoadResult detail::load_adapter_state(nn::Module& model, const StateDict& st
     if (low_cpu_mem_usage)
       for (auto& [n, t] : tuner_layers(model)) t->move_adapter_to_base_device(adapter_name);
     return r;
-  } catch (...) {
-    if (undo_before_load) undo_before_load();
-    throw;
-  }
+  });
 }
 
 }  // namespace peft
