@@ -30,6 +30,18 @@ expect_failure() {  # expect_failure NAME PATTERN COMMAND...: non-zero exit, PAT
   fi
 }
 compare="python3 tests/compare_safetensors.py"
+# same_gradients REPORT_A REPORT_B: the averaged gradient norms in report.json agree: step 1
+# (same weights on both sides) to 1e-6 relative, later steps to 1e-4 (Adam magnifies the float32
+# rounding of the earlier steps). Adam's update barely depends on the gradient's scale, so a
+# wrong factor in the average (a sum, or a missing x ranks) shows here and not in the adapters.
+same_gradients() { python3 -c "
+import json, sys
+a, b = (json.load(open(sys.argv[i]))['gradient_norms'] for i in (1, 2))
+if len(a) != len(b) or not a: sys.exit(f'gradient_norms: {a} vs {b}')
+for i, (x, y) in enumerate(zip(a, b)):
+    tol = 1e-6 if i == 0 else 1e-4
+    if abs(x - y) > tol * abs(x): sys.exit(f'step {i + 1}: gradient norm {x} vs {y} (tolerance {tol} relative)')
+print(f'{len(a)} steps: gradient norms agree (step 1: {abs(a[0] - b[0]) / abs(a[0]):.1e} relative)')" "$1" "$2"; }
 # Under scripts/sanitize.sh: OpenMPI's own allocations are suppressed by library name, and
 # their stacks reach an OpenMPI frame only with the slow unwinder (the plugins lack frame pointers).
 if [ -n "${LSAN_OPTIONS:-}" ]; then export LSAN_OPTIONS="$LSAN_OPTIONS:fast_unwind_on_malloc=0"; fi
@@ -47,6 +59,7 @@ check "mpirun -n 2 gives the adapter of -n 1 (1e-5 relative)" \
   $compare "$tmp/lm1/adapter_model.safetensors" "$tmp/lm2/adapter_model.safetensors" 1e-5
 check "mpirun -n 1 gives the adapter of a plain run, bit for bit" bash -c \
   "PEFT_NUM_THREADS=1 '$peft' ${ft[*]} --out '$tmp/lm0' && cmp '$tmp/lm0/adapter_model.safetensors' '$tmp/lm1/adapter_model.safetensors'"
+check "mpirun -n 2 has the gradients of -n 1" same_gradients "$tmp/lm1/report.json" "$tmp/lm2/report.json"
 check "only rank 0 wrote: report.json says 2 ranks" grep -q '"ranks": 2' "$tmp/lm2/report.json"
 
 # --- faults: every rank stops, the message names the rank and what differs; nothing written
@@ -88,6 +101,8 @@ else
 import json, sys
 a, b = (json.load(open(sys.argv[i]))['final_loss'] for i in (1, 2))
 sys.exit(0 if abs(a - b) <= 1e-5 * abs(a) else f'final loss {a} vs {b}')" "$tmp/e1/report.json" "$tmp/e2/report.json"
+  check "finetune-embed: -n 2 has the gradients of -n 1 (x ranks before the average)" \
+    same_gradients "$tmp/e1/report.json" "$tmp/e2/report.json"
   # Adam's first steps divide by the root of tiny squared gradients, which magnifies the float32
   # rounding of sums over 8 rows instead of 16 (measured 1e-5 to 1e-4 on lora_B); a wrong
   # gradient (e.g. a loss over the shard only) is off by far more than 1e-3

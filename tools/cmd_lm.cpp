@@ -208,7 +208,7 @@ int run_finetune(const std::vector<std::string>& argv) {
   nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
   DivergenceGuard guard(steps / 20);
   model->train();
-  std::vector<double> losses;
+  std::vector<double> losses, grad_norms;
   Progress bar("finetune", steps, dp.log());
   double ema = 0;
   for (int64_t s = 0; s < steps; ++s) {
@@ -226,6 +226,7 @@ int run_finetune(const std::vector<std::string>& argv) {
     opt.step();
     opt.zero_grad();
     losses.push_back(l);
+    grad_norms.push_back(gnorm);
     ema = s == 0 ? l : 0.95 * ema + 0.05 * l;
     char info[96];
     std::snprintf(info, sizeof info, "loss %.3f  %.0f tok/s", ema,
@@ -253,6 +254,8 @@ int run_finetune(const std::vector<std::string>& argv) {
                            {"trainable_parameters", n_train},
                            {"total_parameters", n_total},
                            {"ranks", dp.size()},
+                           // after the ranks' average: what one process gets on the global batch
+                           {"gradient_norms", grad_norms},
                            {"heldout_loss_base", base_loss},
                            {"heldout_loss_tuned", tuned_loss},
                            {"device", a.get("device", "cpu")},

@@ -247,7 +247,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     return b;
   };
 
-  std::vector<double> losses, step_seconds;
+  std::vector<double> losses, grad_norms, step_seconds;
   DivergenceGuard guard(warmup);
   Progress bar("finetune-embed", steps, dp.log());
   Tensor labels = arange(0, double(batch), 1, DType::int64);
@@ -280,6 +280,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
     opt.step();
     opt.zero_grad();
     losses.push_back(l);
+    grad_norms.push_back(gnorm);
     step_seconds.push_back(bar.elapsed() - t0);
     char info[96];
     std::snprintf(info, sizeof info, "loss %.4f  %.2f s/step", l, step_seconds.back());
@@ -336,6 +337,8 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
                            {"trainable_parameters", n_train},
                            {"total_parameters", n_total},
                            {"final_loss", losses.back()},
+                           // after the ranks' average: what one process gets on the global batch
+                           {"gradient_norms", grad_norms},
                            {"examples", examples}};
   write_file_atomic(out / "report.json", report.dump(2) + "\n");
   std::printf("\nfinetune-embed: %lld steps in %.0f s (median %.2f s/step); wrote %s/{adapter,loss.svg,report.json}\n",
