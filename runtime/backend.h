@@ -20,7 +20,8 @@ enum class UnaryKind {
 
 // tanh_grad: a·(1 - b²), the gradient through tanh given its output b;
 // gelu_tanh_grad: a·gelu_tanh'(b), the gradient through gelu_tanh given its input b
-enum class BinaryKind { add, sub, mul, div, pow, maximum, tanh_grad, gelu_tanh_grad, eq, ne, gt, lt, ge, le };
+// gelu_grad: a·gelu'(b), the same for the exact (erf) gelu
+enum class BinaryKind { add, sub, mul, div, pow, maximum, tanh_grad, gelu_tanh_grad, gelu_grad, eq, ne, gt, lt, ge, le };
 
 enum class ReduceKind { sum, max, argmax };
 

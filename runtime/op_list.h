@@ -12,7 +12,7 @@
   X(where)                                                                                   \
   /* elementwise binary */                                                                   \
   X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(tanh_backward) X(gelu_tanh_backward)      \
-  X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
+  X(gelu_backward) X(eq) X(ne) X(gt) X(lt) X(ge) X(le)                                                        \
   /* elementwise unary (scalar variants included) */                                         \
   X(add_scalar) X(mul_scalar) X(div_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(neg) X(exp)      \
   X(log) X(sqrt) X(rsqrt) X(abs) X(sign) X(erf) X(relu) X(gelu) X(silu) X(tanh) X(sigmoid)   \

@@ -37,6 +37,8 @@ Tensor sign(const Tensor& a);
 Tensor erf(const Tensor& a);
 Tensor relu(const Tensor& a);
 Tensor gelu(const Tensor& a);  // exact (erf) form, PyTorch's default
+// grad·gelu'(x) in one pass (gelu's backward, as torch's gelu_backward); twice differentiable.
+Tensor gelu_backward(const Tensor& grad, const Tensor& x);
 Tensor silu(const Tensor& a);
 Tensor tanh(const Tensor& a);
 // grad·(1 - y²): the gradient through tanh from its output y, in one pass (as torch.tanh_backward)

@@ -320,10 +320,23 @@ Tensor gelu(const Tensor& a) {
   Tensor out = unary_forward("gelu", UnaryKind::gelu, a, 0, 0, true);
   if (needs_grad({&a})) {
     Tensor ad = a.detach();
-    record("gelu", {a}, out, [ad](const Tensor& g) {
-      Tensor cdf = mul(add(erf(mul(ad, 0.7071067811865476)), 1.0), 0.5);
-      Tensor pdf = mul(exp(mul(mul(ad, ad), -0.5)), 0.3989422804014327);  // 1/sqrt(2 pi)
-      return Grads{mul(g, add(cdf, mul(ad, pdf)))};
+    record("gelu", {a}, out, [ad](const Tensor& g) { return Grads{gelu_backward(g, ad)}; });
+  }
+  return out;
+}
+
+Tensor gelu_backward(const Tensor& grad, const Tensor& x) {
+  DType r = binary_result("gelu_backward", grad, x);
+  if (!is_floating(r)) r = DType::float32;
+  Tensor out = binary_forward("gelu_backward", BinaryKind::gelu_grad, grad, x, r);
+  if (needs_grad({&grad, &x})) {  // double backward: d/dgrad = gelu'(x), d/dx = grad·φ(x)·(2 - x²)
+    Tensor gd = grad.detach(), xd = x.detach();
+    bool gg = grad.requires_grad(), gx = x.requires_grad();
+    Shape sg = grad.shape(), sx = x.shape();
+    record("gelu_backward", {grad, x}, out, [=](const Tensor& g) {
+      Tensor pdf = gx ? mul(exp(mul(mul(xd, xd), -0.5)), 0.3989422804014327) : Tensor();  // 1/sqrt(2 pi)
+      return Grads{gg ? sum_to(gelu_backward(g, xd), sg) : Tensor(),
+                   gx ? sum_to(mul(mul(g, gd), mul(pdf, rsub(mul(xd, xd), 2.0))), sx) : Tensor()};
     });
   }
   return out;

@@ -1,8 +1,8 @@
 // Internal (not installed): the scalar formulas of the elementwise ops, one definition for
 // the CPU kernels (g++) and the CUDA kernels (nvcc), so both backends compute the same
 // expression in the same order. Math goes through std:: functions, which nvcc maps to the
-// same device functions as the unqualified calls. A backend may substitute its own exp,
-// tanh and gelu_tanh through the Math policy (the CPU's float32 ones, math_f32.h).
+// same device functions as the unqualified calls. A backend may substitute its own exp, tanh,
+// erf, gelu and gelu_tanh through the Math policy (the CPU's float32 ones, math_f32.h).
 #pragma once
 #include <cmath>
 #include <type_traits>
@@ -25,6 +25,13 @@ template <class T>
 PEFT_HOST_DEVICE inline T gelu(T x) {
   return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
 }
+// g·gelu'(x) = g·(Φ(x) + x·φ(x)) (gelu's backward, one pass)
+template <class T>
+PEFT_HOST_DEVICE inline T gelu_grad(T g, T x) {
+  const T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
+  const T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * (x * x));
+  return g * (cdf + x * pdf);
+}
 template <class T>
 PEFT_HOST_DEVICE inline T gelu_tanh(T x) {
   return T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * (x * x * x))));
@@ -45,6 +52,18 @@ struct StdMath {
   template <class T>
   PEFT_HOST_DEVICE static T tanh(T x) {
     return std::tanh(x);
+  }
+  template <class T>
+  PEFT_HOST_DEVICE static T erf(T x) {
+    return std::erf(x);
+  }
+  template <class T>
+  PEFT_HOST_DEVICE static T gelu(T x) {
+    return scalar::gelu(x);
+  }
+  template <class T>
+  PEFT_HOST_DEVICE static T gelu_grad(T g, T x) {
+    return scalar::gelu_grad(g, x);
   }
   template <class T>
   PEFT_HOST_DEVICE static T gelu_tanh(T x) {
@@ -81,8 +100,8 @@ PEFT_HOST_DEVICE inline T unary_value(UnaryKind k, T x, double s0, double s1) {
         case UnaryKind::log: return std::log(x);
         case UnaryKind::sqrt: return std::sqrt(x);
         case UnaryKind::rsqrt: return T(1) / std::sqrt(x);
-        case UnaryKind::erf: return std::erf(x);
-        case UnaryKind::gelu: return gelu(x);
+        case UnaryKind::erf: return Math::erf(x);
+        case UnaryKind::gelu: return Math::gelu(x);
         case UnaryKind::gelu_tanh: return Math::gelu_tanh(x);
         case UnaryKind::silu: return x * sigmoid(x);
         case UnaryKind::tanh: return Math::tanh(x);
@@ -137,6 +156,9 @@ PEFT_HOST_DEVICE inline T binary_value(BinaryKind k, T a, T b) {
       case BinaryKind::tanh_grad: return a * (T(1) - b * b);
       case BinaryKind::gelu_tanh_grad:
         if constexpr (std::is_floating_point_v<T>) return Math::gelu_tanh_grad(a, b);
+        else return a;
+      case BinaryKind::gelu_grad:
+        if constexpr (std::is_floating_point_v<T>) return Math::gelu_grad(a, b);
         else return a;
       case BinaryKind::pow:
         if constexpr (std::is_floating_point_v<T>) return std::pow(a, b);

@@ -76,6 +76,58 @@ TEST_CASE("gelu_tanh matches its formula and finite differences") {
         std::string::npos);
 }
 
+TEST_CASE("erf and gelu in float32: within 2 ulp of float64 over the whole range, fused gelu backward") {
+  // a sweep of float32 values: [-6, 6] densely, tiny magnitudes, and values where erf is 1
+  std::vector<float> xs;
+  for (int i = -60000; i <= 60000; ++i) xs.push_back(float(i) * 1e-4f);
+  for (float t = 1e-30f; t < 1e-2f; t *= 1.37f) xs.insert(xs.end(), {t, -t});
+  for (float v : {0.927734375f, 0.92773443f, 3.99f, 4.0f, 4.5f, 9.f, 1e4f, 3e38f}) xs.insert(xs.end(), {v, -v});
+  const Tensor x = from_vector(xs, {int64_t(xs.size())});
+  const std::vector<float> e = erf(x).to_vector<float>(), g = gelu(x).to_vector<float>();
+  int bad_erf = 0, bad_gelu = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double ref = std::erf(double(xs[i]));
+    const double ulp = std::nextafter(std::fabs(float(ref)), INFINITY) - std::fabs(float(ref));
+    if (!(std::fabs(double(e[i]) - ref) <= 2 * ulp)) ++bad_erf;
+    const double gref = 0.5 * double(xs[i]) * (1 + std::erf(double(xs[i]) / std::sqrt(2.0)));
+    // 1 + erf(x) cancels for negative x: erf's 2 ulp (at most 1.2e-7) times 0.5·|x| is the floor
+    if (!(std::fabs(double(g[i]) - gref) <= 3e-7 * std::fabs(gref) + 6e-8 * std::fabs(double(xs[i])))) ++bad_gelu;
+  }
+  CHECK(bad_erf == 0);
+  CHECK(bad_gelu == 0);
+  // special values; a strided input takes the scalar kernel, which must give the same bits
+  Tensor odd = from_vector(std::vector<float>{NAN, INFINITY, -INFINITY, 0.f, -0.f}, {5});
+  std::vector<float> eo = erf(odd).to_vector<float>(), go = gelu(odd).to_vector<float>();
+  CHECK(std::isnan(eo[0]));
+  CHECK(std::isnan(go[0]));
+  CHECK(eo[1] == 1.f);
+  CHECK(eo[2] == -1.f);
+  CHECK(go[1] == INFINITY);
+  CHECK(std::isnan(go[2]));  // -inf · 0, as the formula and PyTorch (float32 and float64)
+  CHECK((eo[3] == 0.f && !std::signbit(eo[3]) && eo[4] == 0.f && std::signbit(eo[4])));
+  Tensor x2 = x.narrow(0, 0, 120000).reshape({300, 400});
+  Tensor strided = x2.t().contiguous().t();
+  CHECK(!strided.is_contiguous());
+  CHECK_ALLCLOSE(erf(strided), erf(x2), 0, 0);
+  CHECK_ALLCLOSE(gelu(strided), gelu(x2), 0, 0);
+  Tensor gs = rnd({300, 400}, 9, DType::float32);
+  CHECK_ALLCLOSE(gelu_backward(gs, strided), gelu_backward(gs, x2), 0, 0);
+
+  // the fused backward against the float64 one (float64 is checked by finite differences below)
+  Tensor xd = mul(rnd({4, 50}, 5), 2.5);
+  Tensor x32 = xd.to(DType::float32).requires_grad_(true), x64 = xd.detach().requires_grad_(true);
+  Tensor w = rnd({4, 50}, 6);
+  sum(mul(gelu(x32), w.to(DType::float32))).backward();
+  sum(mul(gelu(x64), w)).backward();
+  CHECK_ALLCLOSE(x32.grad(), x64.grad(), 1e-5, 1e-6);
+  CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return gelu(in[0]); }, {xd});
+  // gelu_backward is itself differentiable in both arguments (second derivatives of gelu)
+  CHECK_GRADCHECK([](const std::vector<Tensor>& in) { return gelu_backward(in[0], in[1]); },
+                  (std::vector<Tensor>{rnd({3, 4}, 7), mul(rnd({3, 4}, 8), 2.0)}));
+  CHECK(gelu_backward(empty({2, 7}, DType::bfloat16, Device::meta), empty({2, 7}, DType::bfloat16, Device::meta))
+            .desc() == "bfloat16[2, 7] meta");
+}
+
 TEST_CASE("layer_norm: fused kernel against its definition, gradients by finite differences") {
   Tensor x = rnd({2, 3, 6}, 2), w = rnd({6}, 3), b = rnd({6}, 4);
   Tensor mu = mean(x, {-1}, true), xc = sub(x, mu);

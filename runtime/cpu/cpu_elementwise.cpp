@@ -15,8 +15,8 @@
 namespace peft::cpu {
 namespace {
 
-// The CPU's Math policy for the shared formulas (runtime/scalar_math.h): float32 exp, tanh
-// and gelu_tanh from math_f32.h, the same bits as the vectorised loops on every layout.
+// The CPU's Math policy for the shared formulas (runtime/scalar_math.h): float32 exp, tanh,
+// erf, gelu and gelu_tanh from math_f32.h, the same bits as the vectorised loops on every layout.
 struct CpuMath {
   template <class T>
   static T exp(T x) {
@@ -27,6 +27,21 @@ struct CpuMath {
   static T tanh(T x) {
     if constexpr (std::is_same_v<T, float>) return tanh_f32(x);
     else return std::tanh(x);
+  }
+  template <class T>
+  static T erf(T x) {
+    if constexpr (std::is_same_v<T, float>) return erf_f32(x);
+    else return std::erf(x);
+  }
+  template <class T>
+  static T gelu(T x) {
+    if constexpr (std::is_same_v<T, float>) return gelu_f32(x);
+    else return scalar::gelu(x);
+  }
+  template <class T>
+  static T gelu_grad(T g, T x) {
+    if constexpr (std::is_same_v<T, float>) return gelu_grad_f32(g, x);
+    else return scalar::gelu_grad(g, x);
   }
   template <class T>
   static T gelu_tanh(T x) {

@@ -71,6 +71,49 @@ inline float exp_f32(float x) {
   return std::bit_cast<float>(res);
 }
 
+// float32 erf, vectorisable (libm's erff is a scalar call, ~13 ns/element, and was 13% of
+// the MiniLM fine-tuning step through GELU; this is ~2.6 ns). Two minimax polynomials (after
+// N. Juffa's erff): t + t·P(x²) for |x| <= 0.927734375, else 1 - e^{Q(|x|)} with exp_f32 and
+// |x| clamped at 4 (erf(4) rounds to 1); both are computed and selected by bit masks. Max
+// error 1.17 ulp against erf in double, over every 7th float (libm's erff: 0.90).
+inline float erf_f32(float x) {
+  const uint32_t xb = std::bit_cast<uint32_t>(x);
+  const float t = std::bit_cast<float>(xb & 0x7fffffffu);
+  const float s = x * x;
+  float p = -5.96761703e-4f * s + 4.99119423e-3f;
+  p = p * s - 2.67681349e-2f;
+  p = p * s + 1.12819925e-1f;
+  p = p * s - 3.76125336e-1f;
+  p = p * s + 1.28379166e-1f;
+  p = p * t + t;
+  // NaN counts as over, so the clamped value is finite (the NaN mask at the end restores it)
+  const uint32_t over = -uint32_t(!(t <= 4.0f));
+  const float tc = std::bit_cast<float>((std::bit_cast<uint32_t>(t) & ~over) | (std::bit_cast<uint32_t>(4.0f) & over));
+  float r = -1.72853470e-5f * tc + 3.83197126e-4f;
+  const float u = -3.88396438e-3f * tc + 2.42546219e-2f;
+  r = r * (tc * tc) + u;
+  r = r * tc - 1.06777877e-1f;
+  r = r * tc - 6.34846687e-1f;
+  r = r * tc - 1.28717512e-1f;
+  r = r * tc - tc;
+  const float q = 1.0f - exp_f32(r);
+  const uint32_t small = -uint32_t(t <= 0.927734375f);
+  uint32_t res = ((std::bit_cast<uint32_t>(p) & small) | (std::bit_cast<uint32_t>(q) & ~small)) | (xb & 0x80000000u);
+  const uint32_t nan = -uint32_t(x != x);
+  res = (res & ~nan) | (xb & nan);
+  return std::bit_cast<float>(res);
+}
+
+// GELU, exact form: 0.5·x·(1 + erf(x/√2)), on erf_f32.
+inline float gelu_f32(float x) { return 0.5f * x * (1.0f + erf_f32(x * 0.70710678118654752f)); }
+
+// g·d/dx gelu(x) = g·(Φ(x) + x·φ(x)): Φ(x) = 0.5·(1 + erf(x/√2)), φ(x) = e^{-x²/2}/√(2π).
+inline float gelu_grad_f32(float g, float x) {
+  const float cdf = 0.5f * (1.0f + erf_f32(x * 0.70710678118654752f));
+  const float pdf = 0.39894228040143268f * exp_f32(-0.5f * (x * x));
+  return g * (cdf + x * pdf);
+}
+
 // GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), on tanh_f32 (vectorisable).
 inline float gelu_tanh_f32(float x) {
   const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));

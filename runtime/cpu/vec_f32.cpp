@@ -100,6 +100,8 @@ bool unary_f32(UnaryKind k, float* o, const float* a, int64_t n, float s0, float
     case UnaryKind::tanh: for (int64_t i = 0; i < n; ++i) o[i] = tanh_f32(a[i]); return true;
     case UnaryKind::gelu_tanh: for (int64_t i = 0; i < n; ++i) o[i] = gelu_tanh_f32(a[i]); return true;
     case UnaryKind::exp: for (int64_t i = 0; i < n; ++i) o[i] = exp_f32(a[i]); return true;
+    case UnaryKind::erf: for (int64_t i = 0; i < n; ++i) o[i] = erf_f32(a[i]); return true;
+    case UnaryKind::gelu: for (int64_t i = 0; i < n; ++i) o[i] = gelu_f32(a[i]); return true;
     case UnaryKind::pow_scalar:
       if (s0 == 2.f) {
         for (int64_t i = 0; i < n; ++i) o[i] = a[i] * a[i];
@@ -121,6 +123,9 @@ bool binary_f32(BinaryKind k, float* o, const float* x, const float* y,
     case BinaryKind::tanh_grad: for (int64_t i = 0; i < n; ++i) o[i] = x[i] * (1.0f - y[i] * y[i]); return true;
     case BinaryKind::gelu_tanh_grad:
       for (int64_t i = 0; i < n; ++i) o[i] = gelu_tanh_grad_f32(x[i], y[i]);
+      return true;
+    case BinaryKind::gelu_grad:
+      for (int64_t i = 0; i < n; ++i) o[i] = gelu_grad_f32(x[i], y[i]);
       return true;
     default: return false;
   }
