@@ -141,6 +141,8 @@ CUDA_CASE("cuda: every binary kind matches the CPU, with broadcasting") {
   CHECK_CLOSE(tanh_backward(ac.expand({5, 6, 7}), bc.expand({5, 6, 7})), tanh_backward(a.expand({5, 6, 7}), b.expand({5, 6, 7})), 1e-6, 1e-6);
   CHECK_CLOSE(gelu_tanh_backward(ac.expand({5, 6, 7}), bc.expand({5, 6, 7})),
               gelu_tanh_backward(a.expand({5, 6, 7}), b.expand({5, 6, 7})), 1e-5, 1e-6);
+  CHECK_CLOSE(gelu_backward(ac.expand({5, 6, 7}), bc.expand({5, 6, 7})),
+              gelu_backward(a.expand({5, 6, 7}), b.expand({5, 6, 7})), 1e-5, 1e-6);
   CHECK_CLOSE(eq(ac, ac), eq(a, a), 0, 0);
   CHECK_CLOSE(ne(ac, bc), ne(a, b), 0, 0);
   CHECK_CLOSE(gt(ac, bc), gt(a, b), 0, 0);
