@@ -56,6 +56,27 @@ DType binary_result(const char* op, const Tensor& a, const Tensor& b) {
   return promote_types(a.dtype(), b.dtype());
 }
 
+// A one-pass backward op: grad·f'(x) as the binary kernel `k` (floating result), itself
+// differentiable. `second(g, grad, x, want_grad, want_x)` gives g's contributions to grad and
+// to x from the detached inputs, each only when wanted (an input that requires grad); they
+// are summed back to the input's shape.
+template <class SecondOrder>
+Tensor one_pass_backward(const char* op, BinaryKind k, const Tensor& grad, const Tensor& x, SecondOrder second) {
+  DType r = binary_result(op, grad, x);
+  if (!is_floating(r)) r = DType::float32;
+  Tensor out = binary_forward(op, k, grad, x, r);
+  if (needs_grad({&grad, &x})) {
+    Tensor gd = grad.detach(), xd = x.detach();
+    bool gg = grad.requires_grad(), gx = x.requires_grad();
+    Shape sg = grad.shape(), sx = x.shape();
+    record(op, {grad, x}, out, [=](const Tensor& g) {
+      auto [d_grad, d_x] = second(g, gd, xd, gg, gx);
+      return Grads{gg ? sum_to(d_grad, sg) : Tensor(), gx ? sum_to(d_x, sx) : Tensor()};
+    });
+  }
+  return out;
+}
+
 }  // namespace
 
 Tensor sum_to(const Tensor& a, const Shape& shape) {
@@ -326,20 +347,16 @@ Tensor gelu(const Tensor& a) {
 }
 
 Tensor gelu_backward(const Tensor& grad, const Tensor& x) {
-  DType r = binary_result("gelu_backward", grad, x);
-  if (!is_floating(r)) r = DType::float32;
-  Tensor out = binary_forward("gelu_backward", BinaryKind::gelu_grad, grad, x, r);
-  if (needs_grad({&grad, &x})) {  // double backward: d/dgrad = gelu'(x), d/dx = grad·φ(x)·(2 - x²)
-    Tensor gd = grad.detach(), xd = x.detach();
-    bool gg = grad.requires_grad(), gx = x.requires_grad();
-    Shape sg = grad.shape(), sx = x.shape();
-    record("gelu_backward", {grad, x}, out, [=](const Tensor& g) {
-      Tensor pdf = gx ? mul(exp(mul(mul(xd, xd), -0.5)), 0.3989422804014327) : Tensor();  // 1/sqrt(2 pi)
-      return Grads{gg ? sum_to(gelu_backward(g, xd), sg) : Tensor(),
-                   gx ? sum_to(mul(mul(g, gd), mul(pdf, rsub(mul(xd, xd), 2.0))), sx) : Tensor()};
-    });
-  }
-  return out;
+  // double backward: d/dgrad = gelu'(x), d/dx = grad·φ(x)·(2 - x²)
+  return one_pass_backward("gelu_backward", BinaryKind::gelu_grad, grad, x,
+                           [](const Tensor& g, const Tensor& gd, const Tensor& xd, bool want_grad, bool want_x) {
+                             Tensor d_x;
+                             if (want_x) {
+                               Tensor pdf = mul(exp(mul(mul(xd, xd), -0.5)), 0.3989422804014327);  // 1/sqrt(2 pi)
+                               d_x = mul(mul(g, gd), mul(pdf, rsub(mul(xd, xd), 2.0)));
+                             }
+                             return std::pair{want_grad ? gelu_backward(g, xd) : Tensor(), d_x};
+                           });
 }
 
 Tensor silu(const Tensor& a) {
@@ -364,19 +381,12 @@ Tensor tanh(const Tensor& a) {
 }
 
 Tensor tanh_backward(const Tensor& grad, const Tensor& y) {
-  DType r = binary_result("tanh_backward", grad, y);
-  if (!is_floating(r)) r = DType::float32;
-  Tensor out = binary_forward("tanh_backward", BinaryKind::tanh_grad, grad, y, r);
-  if (needs_grad({&grad, &y})) {  // double backward: d/dgrad = 1 - y², d/dy = -2·grad·y
-    Tensor gd = grad.detach(), yd = y.detach();
-    bool gg = grad.requires_grad(), gy = y.requires_grad();
-    Shape sg = grad.shape(), sy = y.shape();
-    record("tanh_backward", {grad, y}, out, [=](const Tensor& g) {
-      return Grads{gg ? sum_to(mul(g, rsub(mul(yd, yd), 1.0)), sg) : Tensor(),
-                   gy ? sum_to(mul(mul(g, gd), mul(yd, -2.0)), sy) : Tensor()};
-    });
-  }
-  return out;
+  // double backward: d/dgrad = 1 - y², d/dy = -2·grad·y
+  return one_pass_backward("tanh_backward", BinaryKind::tanh_grad, grad, y,
+                           [](const Tensor& g, const Tensor& gd, const Tensor& yd, bool want_grad, bool want_y) {
+                             return std::pair{want_grad ? mul(g, rsub(mul(yd, yd), 1.0)) : Tensor(),
+                                              want_y ? mul(mul(g, gd), mul(yd, -2.0)) : Tensor()};
+                           });
 }
 
 Tensor sigmoid(const Tensor& a) {
