@@ -342,13 +342,15 @@ void CaseRunner::check_low_cpu() {
   auto want_before = str_list(meta_["devices_before_load"]);
   auto got_before = device_names(*m, first);
   emit_bool("devices_before_load", got_before == want_before, list_diff(got_before, want_before));
-  bool threw = false;
-  try {
-    m->forward(input(io));
-  } catch (const Error&) {
-    threw = true;
-  }
-  emit_bool("meta_forward_throws", threw, "forward with meta adapter tensors did not throw");
+  auto forward_throws = [&](nn::Module& model) {
+    try {
+      model.forward(input(io));
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  };
+  emit_bool("meta_forward_throws", forward_throws(*m), "forward with meta adapter tensors did not throw");
 
   StateDict sd = io::load_safetensors((fs::path(dir_) / ("adapter_" + first + ".safetensors")).string());
   nn::LoadResult r = set_peft_model_state_dict(*m, sd, first, /*low_cpu_mem_usage=*/true);
@@ -368,7 +370,7 @@ void CaseRunner::check_low_cpu() {
   }
   if (meta_.contains("bad_load_removed_key")) {
     std::optional<ScopedWarningHandler> quiet2;
-  quiet2.emplace();
+    quiet2.emplace();
     auto m2 = injected(true);
     quiet2.reset();
     std::string removed = meta_["bad_load_removed_key"].get<std::string>();
@@ -388,13 +390,8 @@ void CaseRunner::check_low_cpu() {
     auto want_m = str_list(meta_["bad_outcome_missing"]);
     emit_bool("bad_outcome_missing", miss == want_m, list_diff(miss, want_m));
     // The key left out stays on meta and using it throws.
-    bool threw2 = false;
-    try {
-      m2->forward(input(io));
-    } catch (const Error&) {
-      threw2 = true;
-    }
-    emit_bool("bad_load_forward_throws", threw2, "forward with a missing (meta) adapter tensor did not throw");
+    emit_bool("bad_load_forward_throws", forward_throws(*m2),
+              "forward with a missing (meta) adapter tensor did not throw");
   }
 }
 

@@ -175,16 +175,19 @@ void CaseRunner::check_training() {
   StateDict io = io::load_safetensors((fs::path(dir_) / "io.safetensors").string());
   load_adapters(*model_, false, true);
   std::string first = adapter_names().front();
-  // init.* = the loaded adapter
-  Accum ai;
-  StateDict cur = get_peft_model_state_dict(*model_, first);
-  for (const auto& [k, v] : io) {
-    if (k.rfind("init.", 0) != 0) continue;
-    const Tensor* t = cur.find(k.substr(5));
-    if (!t) ai.fail_with("no adapter tensor " + k.substr(5));
-    else ai.add(compare(*t, v, tol_, k));
-  }
-  emit_accum("training_init", ai);
+  // io's PREFIX.* tensors against the adapter's state dict now, as check NAME
+  auto compare_adapter = [&](const std::string& prefix, const std::string& name) {
+    Accum a;
+    StateDict cur = get_peft_model_state_dict(*model_, first);
+    for (const auto& [k, v] : io) {
+      if (k.rfind(prefix, 0) != 0) continue;
+      const Tensor* t = cur.find(k.substr(prefix.size()));
+      if (!t) a.fail_with("no adapter tensor " + k.substr(prefix.size()));
+      else a.add(compare(*t, v, tol_, k));
+    }
+    emit_accum(name, a);
+  };
+  compare_adapter("init.", "training_init");  // the loaded adapter
 
   OnDevice on(*model_, device_);
   Tensor x = io.at("x").to(device_), y = io.at("y").to(device_);
@@ -212,15 +215,7 @@ void CaseRunner::check_training() {
   if (io.contains("losses"))
     al.add(compare(from_vector(losses, {int64_t(losses.size())}, DType::float64), io.at("losses"), tol_, "losses"));
   emit_accum("training_losses", al);
-  Accum af;
-  StateDict fin = get_peft_model_state_dict(*model_, first);
-  for (const auto& [k, v] : io) {
-    if (k.rfind("final.", 0) != 0) continue;
-    const Tensor* t = fin.find(k.substr(6));
-    if (!t) af.fail_with("no adapter tensor " + k.substr(6));
-    else af.add(compare(*t, v, tol_, k));
-  }
-  emit_accum("training_final_weights", af);
+  compare_adapter("final.", "training_final_weights");
 }
 
 }  // namespace peft::tools::parity_detail
