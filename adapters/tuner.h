@@ -179,6 +179,10 @@ class TunerLayer : public nn::Module {
   // this layer holds asks the method for the merged base tensors (merged_tensors), checks
   // them when safe_merge, and only then writes them, so a broken adapter changes nothing.
   void merge(bool safe_merge = false, std::vector<std::string> adapter_names = {});
+  // Refuses (peft::Error naming `module_name` and the dtype) a base layer whose weights are GGML
+  // block-quantized (a model loaded from GGUF): they are read-only storage, as PEFT refuses
+  // merging into bitsandbytes' 4-bit weights without dequantizing. merge() calls it first.
+  void check_mergeable(const std::string& module_name = "") const;
   // Undoes every merge, last merged first (unmerge_adapter per adapter).
   void unmerge();
   virtual Tensor get_delta_weight(const std::string& adapter) = 0;

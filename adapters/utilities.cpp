@@ -32,6 +32,8 @@ nn::Module& unload_and_optionally_merge(nn::Module& model, bool merge, const Mer
   ModelWriteGuard lock(model);  // see adapters/model_lock.h
   if (merge) check_merge_allowed(model);
   auto layers = tuner_layers(model);
+  if (merge)
+    for (auto& [name, t] : layers) t->check_mergeable(name);
   if (merge) {
     // Merge everything first, so a refused safe merge leaves the model whole.
     std::vector<std::shared_ptr<TunerLayer>> merged_now;

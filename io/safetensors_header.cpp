@@ -65,8 +65,10 @@ StDType st_dtype_of(DType dt) {
     case DType::float16: return StDType::F16;
     case DType::int64: return StDType::I64;
     case DType::bool_: return StDType::BOOL;
+    default: break;
   }
-  fail("safetensors: no file dtype for runtime dtype ", int(dt));
+  fail("safetensors: no file dtype for ", dtype_name(dt),
+       is_quantized(dt) ? " (a GGML block-quantized tensor: dequantize it with .to(float32), or write GGUF)" : "");
 }
 
 static bool parse_st_dtype(const std::string& s, StDType& out) {

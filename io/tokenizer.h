@@ -1,5 +1,6 @@
 // peft::Tokenizer: loads a Hugging Face `tokenizer.json` and encodes/decodes text with the
-// same ids as the Rust `tokenizers` library (the pipeline added tokens → normalizer →
+// same ids as the Rust `tokenizers` library (or the vocabulary of a GGUF file with llama.cpp's
+// ids, from_gguf) (the pipeline added tokens → normalizer →
 // pre-tokenizer → model → post-processor → truncation/padding, and the decoder chain).
 //
 // Supported components (anything else in a file is a peft::Error naming the component and
@@ -20,6 +21,10 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+namespace peft::io {
+class GGUFFile;
+}
 
 namespace peft {
 
@@ -60,6 +65,18 @@ class Tokenizer {
   // `origin` names the text in error messages.
   static Tokenizer from_json_text(const std::string& text,
                                   const std::string& origin = "<tokenizer.json text>");
+  // The tokenizer of a GGUF file (io/gguf.h), token for token llama.cpp's (a port of its
+  // llama-vocab.cpp, io/tokenizer/gguf_vocab.cpp): `tokenizer.ggml.model` "llama" (SentencePiece),
+  // "gpt2" (byte-level BPE; the pre-tokenizer is named by `tokenizer.ggml.pre`, an unknown name
+  // is a peft::FormatError naming it) or "gemma4". encode(text, true) is llama_tokenize with
+  // add_special = true and parse_special = true, what `llama-tokenize -m FILE -p TEXT --ids`
+  // prints: BOS (and EOS) where the file asks for them (tokenizer.ggml.add_bos_token, else
+  // llama.cpp's default for the vocabulary type), control and user-defined tokens matched in the
+  // text; encode(text, false) is the same without BOS/EOS (--no-bos). The special tokens mask
+  // marks the BOS/EOS. decode is llama_detokenize(remove_special = false, unparse_special =
+  // !skip_special_tokens): control tokens print nothing unless asked for, unknown ids are
+  // skipped. Truncation and padding apply as for tokenizer.json. The file may be closed after.
+  static Tokenizer from_gguf(const io::GGUFFile& file);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -68,6 +85,10 @@ class Tokenizer {
   // `text` must be valid UTF-8 (peft::Error naming the byte offset otherwise). Applies the
   // file's truncation and padding (a fixed padding length pads a single encoding too).
   Encoding encode(const std::string& text, bool add_special_tokens = true) const;
+  // GGUF vocabularies: llama_tokenize's parse_special. false leaves control tokens written in the
+  // text as plain text (llama-perplexity tokenizes so); encode() parses them (llama-tokenize's
+  // default). A tokenizer.json tokenizer takes only parse_special = true.
+  Encoding encode(const std::string& text, bool add_special_tokens, bool parse_special) const;
   // Encodes each text, then pads the batch (BatchLongest pads to the longest one).
   std::vector<Encoding> encode_batch(const std::vector<std::string>& texts,
                                      bool add_special_tokens = true) const;

@@ -279,6 +279,7 @@ std::string torch_typename(const Tensor& t) {
     case DType::float16: base = "HalfTensor"; break;
     case DType::int64: base = "LongTensor"; break;
     case DType::bool_: base = "BoolTensor"; break;
+    default: base = "ByteTensor"; break;  // GGML blocks: raw bytes, as bitsandbytes' packed weights
   }
   std::string dev = t.device() == Device::cuda ? "cuda." : t.device() == Device::meta ? "meta." : "";
   return "torch." + dev + base;

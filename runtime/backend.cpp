@@ -53,6 +53,17 @@ void Backend::lora_linear_update(Tensor& y, const Tensor& x, const Tensor& a, co
 
 Tensor convert_raw(const Tensor& t, DType dt) {
   if (t.dtype() == dt) return t;
+  if (is_quantized(dt))
+    fail_shape("[to_dtype] converting ", t.desc(), " to ", dtype_name(dt),
+               " is not supported: peft.cpp reads GGML block formats but does not quantize");
+  if (is_quantized(t.dtype())) {
+    // dequantize: ggml's reference values in float32, then the requested dtype
+    if (!t.is_contiguous())
+      fail_shape("[to_dtype] ", t.desc(), " is not contiguous (internal: quantized views are whole rows)");
+    Tensor f = make_tensor(t.shape(), DType::float32, t.device());
+    if (!t.is_meta() && t.numel() > 0) backend(t.device()).dequantize(t, f);
+    return dt == DType::float32 ? f : convert_raw(f, dt);
+  }
   Tensor out = make_tensor(t.shape(), dt, t.device());
   if (!t.is_meta()) backend(t.device()).copy(t, out);
   return out;
@@ -60,6 +71,7 @@ Tensor convert_raw(const Tensor& t, DType dt) {
 
 Tensor contiguous_raw(const Tensor& t) {
   if (t.is_contiguous()) return t;
+  if (is_quantized(t.dtype())) fail_shape("[contiguous] internal: non-contiguous quantized tensor ", t.desc());
   Tensor out = make_tensor(t.shape(), t.dtype(), t.device());
   if (!t.is_meta()) backend(t.device()).copy(t, out);
   return out;

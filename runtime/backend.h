@@ -87,6 +87,30 @@ class Backend {
     fail("[adamw_step_] has no kernel on this device");
   }
 
+  // ---- GGML block-quantized weights (linear / matmul / embedding / to_dtype) ----
+  // Kernels a device without them refuses clearly. w is a contiguous quantized tensor.
+
+  // x contiguous float32 [M, K], w [N, K]; out contiguous float32 [M, N] = x·wᵀ (overwritten).
+  virtual void quantized_linear(const Tensor& x, const Tensor& w, Tensor& out) {
+    (void)x, (void)out;
+    fail("[linear] has no kernel for ", dtype_name(w.dtype()), " weights on this device");
+  }
+  // g contiguous float32 [M, N], w [N, K]; out contiguous float32 [M, K] = g·w (overwritten).
+  virtual void quantized_matmul(const Tensor& g, const Tensor& w, Tensor& out) {
+    (void)g, (void)out;
+    fail("[matmul] has no kernel for ", dtype_name(w.dtype()), " weights on this device");
+  }
+  // out contiguous float32 of w's shape: ggml's reference dequantization.
+  virtual void dequantize(const Tensor& w, Tensor& out) {
+    (void)out;
+    fail("[to_dtype] cannot dequantize ", dtype_name(w.dtype()), " on this device");
+  }
+  // w [N, K]; ids contiguous int64 (each in [0, N)); out contiguous float32 [ids.numel(), K].
+  virtual void dequantize_rows(const Tensor& w, const Tensor& ids, Tensor& out) {
+    (void)ids, (void)out;
+    fail("[embedding] has no kernel for ", dtype_name(w.dtype()), " weights on this device");
+  }
+
   // ---- transformer blocks (runtime/ops_transformer.cpp, layer_norm in ops_nn.cpp) ----
   // Fused kernels; a device without them fails clearly. All tensors share one float dtype
   // (float32 or float64) unless said otherwise; "rows" are the leading dims flattened.
@@ -108,10 +132,11 @@ class Backend {
   }
   // x contiguous [rows, N]; weight undefined or contiguous [N]; out = round(x·rstd)·weight with
   // rstd = 1/√(mean(x²) + eps) saved contiguous [rows]; round() rounds to `round_to` (x's
-  // original dtype: bfloat16, float16, float32 or float64) and back.
-  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out,
+  // original dtype: bfloat16, float16, float32 or float64) and back. ggml_rstd: for float32,
+  // rstd = 1.0f/sqrtf(float(Σ double(float(x²)) / N) + float(eps)) (llama.cpp's formula).
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, bool ggml_rstd, Tensor& out,
                         Tensor& rstd) {
-    (void)x, (void)weight, (void)eps, (void)round_to, (void)out, (void)rstd;
+    (void)x, (void)weight, (void)eps, (void)round_to, (void)ggml_rstd, (void)out, (void)rstd;
     fail("[rms_norm] has no kernel on this device");
   }
   // dx = rstd·(g·w - x̂·mean(g·w·x̂)) with x̂ = x·rstd; dweight [N] = Σ_rows g·round(x̂)

@@ -20,6 +20,7 @@ void dispatch_dtype_all(DType dt, F&& f) {
     case DType::float16: f(F16{}); break;
     case DType::int64: f(int64_t{}); break;
     case DType::bool_: f(bool{}); break;
+    default: fail("internal: no element kernel for the block-quantized dtype ", dtype_name(dt));
   }
 }
 

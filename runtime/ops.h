@@ -119,7 +119,10 @@ Tensor gelu_tanh(const Tensor& a);
 Tensor gelu_tanh_backward(const Tensor& grad, const Tensor& x);
 // x·rsqrt(mean(x², -1) + eps)·weight over the last dim (LlamaRMSNorm: statistics in float32,
 // the normalised value rounded to x's dtype before the weight multiplies it).
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+// ggml_rstd: rstd as llama.cpp computes it in float32 (1.0f/sqrtf(float(Σ float(x²) / N) + eps)),
+// for models loaded from GGUF files, so their quantized products see llama.cpp's inputs bit for
+// bit; the default is 1/√ in double precision, nearest to PyTorch's float32 statistics.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, bool ggml_rstd = false);
 // Rotary position embedding as transformers' apply_rotary_pos_emb: x·cos + rotate_half(x)·sin
 // with rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]). x [B, H, T, D]; cos, sin [B, T, D]
 // (or [T, D]), broadcast over heads.

@@ -1,4 +1,5 @@
 // Layout ops: conversions, views, concatenation, indexing.
+#include <cstring>
 #include <numeric>
 
 #include "runtime/ops_common.h"
@@ -40,6 +41,16 @@ Device common_device(const char* op, const Tensor& a, const Tensor& b) {
 
 void check_defined(const char* op, const Tensor& t, const char* what) {
   if (!t.defined()) fail_shape("[", op, "] ", what, " tensor is undefined");
+  if (is_quantized(t.dtype())) {
+    // GGML block storage is read by the ops below; every other op refuses it here, before
+    // dispatch, with the same message on every device
+    static const char* const takes_blocks[] = {"linear", "matmul", "embedding", "to_dtype", "to_device", "clone",
+                                               "contiguous"};
+    for (const char* ok : takes_blocks)
+      if (std::strcmp(op, ok) == 0) return;
+    fail_shape("[", op, "] does not take the ", dtype_name(t.dtype()), " (GGML block-quantized) tensor ", t.desc(),
+               ": quantized weights are read by linear, matmul and embedding; dequantize with .to(float32) first");
+  }
 }
 
 Tensor expand_raw(const Tensor& t, const Shape& shape) {

@@ -50,9 +50,76 @@ Tensor mm(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+
+// ---- GGML block-quantized right-hand sides (frozen weights: no gradient for them) ----
+
+void check_quantized_weight(const char* op, const Tensor& x, const Tensor& w) {
+  check_defined(op, x);
+  check_defined(op, w, "weight");
+  if (!is_floating(x.dtype()))
+    fail_shape("[", op, "] input must be floating-point with a ", dtype_name(w.dtype()), " weight, got ", x.desc());
+  if (w.dim() != 2) fail_shape("[", op, "] a quantized weight must be 2-D, got ", w.desc());
+  if (x.device() != w.device())
+    fail_shape("[", op, "] tensors on different devices: ", x.desc(), " and ", w.desc());
+  if (w.device() == Device::cuda)
+    fail_shape("[", op, "] ", dtype_name(w.dtype()), " weights run on the cpu only (no CUDA kernels for GGML blocks yet): ",
+               w.desc(), "; dequantize with .to(float32) before moving the model");
+}
+
+// x [..., K] · w [N, K]ᵀ -> [..., N] with the fused block kernels; float32 inside.
+Tensor quantized_linear(const Tensor& x, const Tensor& w) {
+  const int64_t K = w.size(1), N = w.size(0);
+  if (x.size(-1) != K)
+    fail_shape("[linear] input ", x.desc(), " has ", x.size(-1), " features but weight ", w.desc(), " expects ", K);
+  Shape osh = x.shape();
+  osh.back() = N;
+  const int64_t M = K ? x.numel() / K : 0;
+  Tensor out2 = make_tensor({M, N}, DType::float32, x.device());
+  if (!out2.is_meta() && M > 0 && N > 0) {
+    Tensor x2 = contiguous_raw(reshape_raw(convert_raw(x, DType::float32), {M, K}));
+    backend(x.device()).quantized_linear(x2, w, out2);
+  }
+  Tensor out = convert_raw(make_view(out2, osh, contiguous_strides(osh), 0), x.dtype());
+  if (needs_grad({&x})) {
+    Tensor wd = w.detach();
+    record("linear", {x}, out, [wd](const Tensor& g) { return Grads{matmul(g, wd)}; });
+  }
+  return out;
+}
+
+// g [..., N] · w [N, K] -> [..., K]: the input gradient of quantized_linear (and its own
+// gradient is quantized_linear again, so the pair is twice differentiable).
+Tensor quantized_matmul(const Tensor& g, const Tensor& w) {
+  const int64_t N = w.size(0), K = w.size(1);
+  if (g.dim() == 0 || g.size(-1) != N)
+    fail_shape("[matmul] shapes ", shape_str(g.shape()), " and ", shape_str(w.shape()), " cannot be multiplied (",
+               g.dim() ? g.size(-1) : 0, " != ", N, ")");
+  Shape osh = g.shape();
+  osh.back() = K;
+  const int64_t M = N ? g.numel() / N : 0;
+  Tensor out2 = make_tensor({M, K}, DType::float32, g.device());
+  if (!out2.is_meta() && M > 0 && K > 0) {
+    Tensor g2 = contiguous_raw(reshape_raw(convert_raw(g, DType::float32), {M, N}));
+    backend(g.device()).quantized_matmul(g2, w, out2);
+  }
+  Tensor out = convert_raw(make_view(out2, osh, contiguous_strides(osh), 0), g.dtype());
+  if (needs_grad({&g})) {
+    Tensor wd = w.detach();
+    record("matmul", {g}, out, [wd](const Tensor& gg) { return Grads{linear(gg, wd)}; });
+  }
+  return out;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (b.defined() && is_quantized(b.dtype())) {
+    check_quantized_weight("matmul", a, b);
+    return quantized_matmul(a, b);
+  }
+  if (a.defined() && is_quantized(a.dtype()))
+    fail_shape("[matmul] a quantized left operand is not supported (", a.desc(),
+               "): quantized tensors are weights, on the right of matmul or in linear");
   check_float_pair("matmul", a, b);
   const int64_t ra = a.dim(), rb = b.dim();
   if (ra == 0 || rb == 0)
@@ -94,6 +161,15 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.defined() && is_quantized(weight.dtype())) {
+    check_quantized_weight("linear", x, weight);
+    Tensor y = quantized_linear(x, weight);
+    if (!bias.defined()) return y;
+    check_float_pair("linear", x, bias);
+    if (bias.dim() != 1 || bias.size(0) != weight.size(0))
+      fail_shape("[linear] bias ", bias.desc(), " must be [", weight.size(0), "] for weight ", weight.desc());
+    return add(y, bias);
+  }
   check_float_pair("linear", x, weight);
   if (weight.dim() != 2) fail_shape("[linear] weight must be 2-D [out, in], got ", weight.desc());
   if (x.dim() == 0) fail_shape("[linear] input must have at least 1 dimension, got ", x.desc());

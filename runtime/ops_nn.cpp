@@ -30,6 +30,18 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<int64_t>
              weight.desc(), ", ids ", ids.desc(), ")");
   }
   Tensor rows;
+  if (is_quantized(weight.dtype())) {
+    // rows read from block storage, dequantized (a frozen table: no gradient for it)
+    if (weight.device() != Device::cpu && !weight.is_meta())
+      fail_shape("[embedding] ", dtype_name(weight.dtype()), " weights run on the cpu only, got ", weight.desc());
+    if (flat.device() != weight.device())
+      fail_shape("[embedding] ids ", ids.desc(), " and weight ", weight.desc(), " are on different devices");
+    rows = make_tensor({flat.numel(), dim}, DType::float32, weight.device());
+    if (!rows.is_meta() && rows.numel() > 0) backend(weight.device()).dequantize_rows(weight, contiguous_raw(flat), rows);
+    Shape sh = ids.shape();
+    sh.push_back(dim);
+    return reshape_raw(rows, sh);
+  }
   {
     NoGradGuard ng;
     rows = index_select(weight, 0, flat);

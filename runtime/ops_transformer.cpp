@@ -101,7 +101,7 @@ Tensor layer_norm_fused(const Tensor& x, int64_t N, const Tensor& weight, const 
 
 // ---- rms_norm ----
 
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, bool ggml_rstd) {
   const char* op = "rms_norm";
   check_defined(op, x);
   if (!is_floating(x.dtype())) fail_shape("[rms_norm] needs a floating-point input, got ", x.desc());
@@ -121,7 +121,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor rstd = make_tensor({rows}, cd, x.device());
   if (!x.is_meta()) {
     Tensor o2 = reshape_raw(out, {rows, N});
-    backend(x.device()).rms_norm(reshape_raw(dense(x, cd), {rows, N}), dense(weight, cd), eps, round_to, o2, rstd);
+    backend(x.device()).rms_norm(reshape_raw(dense(x, cd), {rows, N}), dense(weight, cd), eps, round_to, ggml_rstd, o2, rstd);
   }
   out = to_dtype_raw(out, result);
   if (needs_grad({&x, &weight})) {

@@ -21,6 +21,30 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+namespace {
+// GGML block formats: values per block, bytes per block (ggml-common.h).
+struct BlockFormat {
+  const char* name;
+  int64_t elems;
+  size_t bytes;
+};
+BlockFormat block_format(DType dt) {
+  switch (dt) {
+    case DType::q4_0: return {"q4_0", 32, 18};
+    case DType::q4_1: return {"q4_1", 32, 20};
+    case DType::q5_0: return {"q5_0", 32, 22};
+    case DType::q5_1: return {"q5_1", 32, 24};
+    case DType::q8_0: return {"q8_0", 32, 34};
+    case DType::q4_k: return {"q4_k", 256, 144};
+    case DType::q5_k: return {"q5_k", 256, 176};
+    case DType::q6_k: return {"q6_k", 256, 210};
+    default: return {nullptr, 1, 0};
+  }
+}
+}  // namespace
+
+bool is_quantized(DType dt) { return block_format(dt).name != nullptr; }
+
 size_t dtype_size(DType dt) {
   switch (dt) {
     case DType::float32: return 4;
@@ -29,8 +53,22 @@ size_t dtype_size(DType dt) {
     case DType::float16: return 2;
     case DType::int64: return 8;
     case DType::bool_: return 1;
+    default: break;
   }
-  return 0;
+  const BlockFormat f = block_format(dt);
+  fail("dtype_size: ", f.name ? f.name : "?", " is a block-quantized dtype (", f.elems, " values in ", f.bytes,
+       " bytes), it has no per-element size");
+}
+
+int64_t dtype_block_elems(DType dt) { return block_format(dt).elems; }
+size_t dtype_block_bytes(DType dt) { return is_quantized(dt) ? block_format(dt).bytes : dtype_size(dt); }
+
+size_t dtype_nbytes(DType dt, int64_t numel) {
+  if (!is_quantized(dt)) return size_t(numel) * dtype_size(dt);
+  const BlockFormat f = block_format(dt);
+  if (numel % f.elems)
+    fail("dtype_nbytes: ", numel, " values are not a whole number of ", f.name, " blocks (", f.elems, " each)");
+  return size_t(numel / f.elems) * f.bytes;
 }
 
 const char* dtype_name(DType dt) {
@@ -41,8 +79,10 @@ const char* dtype_name(DType dt) {
     case DType::float16: return "float16";
     case DType::int64: return "int64";
     case DType::bool_: return "bool";
+    default: break;
   }
-  return "?";
+  const char* n = block_format(dt).name;
+  return n ? n : "?";
 }
 
 const char* device_name(Device d) {
@@ -131,7 +171,7 @@ void* Tensor::raw_data() const {
     fail("cannot read data of a meta tensor ", desc(),
          ": it has a shape but no storage; load a state dict into it or call materialize()");
   if (!im.storage) fail("tensor ", desc(), " has no storage");
-  return static_cast<char*>(im.storage->data) + im.offset * int64_t(dtype_size(im.dtype));
+  return static_cast<char*>(im.storage->data) + dtype_nbytes(im.dtype, im.offset);
 }
 
 template <class T>
@@ -171,8 +211,9 @@ static double load_as_double(const void* p, DType dt) {
     case DType::float16: return f16_to_float(*static_cast<const uint16_t*>(p));
     case DType::int64: return double(*static_cast<const int64_t*>(p));
     case DType::bool_: return *static_cast<const bool*>(p) ? 1.0 : 0.0;
+    default: break;
   }
-  return 0;
+  fail("element access on a ", dtype_name(dt), " tensor: quantized values are read by dequantizing (.to(float32))");
 }
 
 static void store_from_double(void* p, DType dt, double v) {
@@ -183,6 +224,7 @@ static void store_from_double(void* p, DType dt, double v) {
     case DType::float16: *static_cast<uint16_t*>(p) = float_to_f16(float(v)); break;
     case DType::int64: *static_cast<int64_t*>(p) = int64_t(v); break;
     case DType::bool_: *static_cast<bool*>(p) = v != 0; break;
+    default: fail("element write to a ", dtype_name(dt), " tensor: quantized tensors are read-only");
   }
 }
 
@@ -201,6 +243,9 @@ double Tensor::item() const {
 double Tensor::at(std::initializer_list<int64_t> idx) const { return at(Shape(idx)); }
 
 static int64_t element_offset(const Tensor& t, const Shape& idx, const char* what) {
+  if (is_quantized(t.dtype()))
+    fail("[", what, "] element access on the ", dtype_name(t.dtype()), " tensor ", t.desc(),
+         ": quantized values are read by dequantizing (.to(float32))");
   if (int64_t(idx.size()) != t.dim())
     fail("[", what, "] index of rank ", idx.size(), " for tensor ", t.desc());
   int64_t off = 0;
@@ -307,6 +352,10 @@ static bool may_overlap(const Tensor& dst, const Tensor& src) {
 }
 
 Tensor& Tensor::copy_(const Tensor& src) {
+  if (is_quantized(dtype()))
+    fail("[copy] cannot write into the ", dtype_name(dtype()), " tensor ", desc(),
+         ": quantized tensors are read-only (quantizing is not supported)");
+  if (src.defined() && is_quantized(src.dtype())) return copy_(src.to(DType::float32));
   if (!src.defined()) fail("copy_: source tensor is undefined");
   // broadcast src to our shape
   Tensor s = src;
@@ -396,7 +445,7 @@ void Tensor::materialize(Device dev) {
   auto& im = impl();
   if (im.device != Device::meta) return;
   if (dev == Device::meta) fail("materialize: target device must not be meta");
-  im.storage = backend(dev).allocate(size_t(numel()) * dtype_size(im.dtype));
+  im.storage = backend(dev).allocate(dtype_nbytes(im.dtype, numel()));
   im.device = dev;
   im.offset = 0;
   im.strides = contiguous_strides(im.shape);
@@ -418,12 +467,23 @@ Tensor make_tensor(const Shape& shape, DType dt, Device dev) {
   im->device = dev;
   if (dev != Device::meta) {
     int64_t n = shape_numel(shape);
-    im->storage = backend(dev).allocate(size_t(n) * dtype_size(dt));
+    im->storage = backend(dev).allocate(dtype_nbytes(dt, n));
   }
   return Tensor(im);
 }
 
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
+  if (is_quantized(base.dtype())) {
+    // A view of block storage must keep whole rows of blocks contiguous: reshapes and row
+    // slices, not transposes or column slices.
+    const int64_t blk = dtype_block_elems(base.dtype());
+    const bool whole_blocks = shape.empty() ? false : shape.back() % blk == 0 && offset % blk == 0;
+    if (!whole_blocks || strides != contiguous_strides(shape))
+      fail_shape("[view] a view of the ", dtype_name(base.dtype()), " tensor ", base.desc(), " as ", shape_str(shape),
+                 " with strides ", shape_str(strides),
+                 " would split its blocks: quantized tensors allow contiguous views of whole rows only; "
+                 "dequantize first (.to(float32))");
+  }
   auto im = std::make_shared<TensorImpl>();
   im->shape = shape;
   im->strides = strides;
@@ -489,7 +549,7 @@ Tensor from_blob(void* data, const Shape& shape, DType dt, std::shared_ptr<void>
   check_shape(shape, "from_blob");
   auto st = std::make_shared<Storage>();
   st->data = data;
-  st->nbytes = size_t(shape_numel(shape)) * dtype_size(dt);
+  st->nbytes = dtype_nbytes(dt, shape_numel(shape));
   st->device = dev;
   st->owner = std::move(owner);
   auto im = std::make_shared<TensorImpl>();

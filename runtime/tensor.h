@@ -61,7 +61,7 @@ class Tensor {
   Device device() const { return impl().device; }
   bool is_meta() const { return impl().device == Device::meta; }
   bool is_contiguous() const;
-  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype()); }
+  size_t nbytes() const { return dtype_nbytes(dtype(), numel()); }
   // "float32[2, 3] cpu" — used in error messages.
   std::string desc() const;
 

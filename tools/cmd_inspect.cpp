@@ -1,5 +1,6 @@
 // `peft inspect DIR|FILE [--json]`: what an adapter folder (and its named
 // sub-folders) or a safetensors file holds, read from the headers only.
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 
 #include "adapters/defaults.h"
 #include "adapters/peft.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "nn/transformers/pretrained.h"
 #include "tools/args.h"
@@ -200,6 +202,111 @@ void print_adapter(const ojson& a) {
   print_tensors(a);
 }
 
+
+// A metadata value for display: arrays longer than 8 entries are summarised (length, first
+// entries), so a 49,152-token vocabulary prints as one line.
+ojson gguf_value_json(const io::GGUFValue& v) {
+  if (v.type != io::GGUFValueType::array || v.value.size() <= 8) return v.value;
+  ojson head = ojson::array();
+  for (size_t i = 0; i < 4; ++i) head.push_back(v.value[i]);
+  return {{"array_of", io::gguf_value_type_name(v.elem_type)}, {"length", v.value.size()}, {"first", head}};
+}
+
+// A GGUF file: the model it describes (architecture, sizes, context, heads), its tensors by
+// GGML type (count, parameters, bytes), the tokenizer and the chat template; headers only.
+ojson gguf_json(const fs::path& p) {
+  auto f = io::GGUFFile::open(p.string());
+  ojson j;
+  j["gguf_version"] = f->version();
+  j["alignment"] = f->alignment();
+  j["bytes"] = f->file_size();
+  const std::string arch = f->get_string("general.architecture", "");
+  j["architecture"] = arch;
+  j["name"] = f->get_string("general.name", "");
+  auto num = [&](const std::string& k) -> ojson {
+    const io::GGUFValue* v = f->find(arch + "." + k);
+    return v ? v->value : ojson();
+  };
+  j["context_length"] = num("context_length");
+  j["embedding_length"] = num("embedding_length");
+  j["feed_forward_length"] = num("feed_forward_length");
+  j["block_count"] = num("block_count");
+  j["head_count"] = num("attention.head_count");
+  j["head_count_kv"] = num("attention.head_count_kv");
+  j["rope_freq_base"] = num("rope.freq_base");
+  j["rms_norm_eps"] = num("attention.layer_norm_rms_epsilon");
+  uint64_t params = 0;
+  std::map<std::string, std::array<uint64_t, 3>> by_type;  // tensors, parameters, bytes
+  ojson ts = ojson::array();
+  for (const auto& t : f->tensors()) {
+    uint64_t n = 1;
+    for (uint64_t d : t.ne) n *= d;
+    params += n;
+    const std::string type = io::ggml_type_info(t.ggml_type)->name;
+    auto& bt = by_type[type];
+    bt[0] += 1, bt[1] += n, bt[2] += t.nbytes;
+    ts.push_back({{"name", t.name}, {"type", type}, {"shape", t.shape}, {"bytes", t.nbytes},
+                  {"readable", io::ggml_runtime_dtype(t.ggml_type).has_value()}});
+  }
+  j["parameters"] = params;
+  ojson types = ojson::object();
+  for (const auto& [k, v] : by_type) types[k] = {{"tensors", v[0]}, {"parameters", v[1]}, {"bytes", v[2]}};
+  j["types"] = types;
+  ojson tok;
+  tok["model"] = f->get_string("tokenizer.ggml.model", "");
+  tok["pre"] = f->get_string("tokenizer.ggml.pre", "");
+  if (const io::GGUFValue* v = f->find("tokenizer.ggml.tokens")) tok["tokens"] = v->value.size();
+  if (const io::GGUFValue* v = f->find("tokenizer.ggml.merges")) tok["merges"] = v->value.size();
+  for (const char* k : {"bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "add_bos_token",
+                        "add_eos_token", "add_space_prefix"})
+    if (const io::GGUFValue* v = f->find(std::string("tokenizer.ggml.") + k)) tok[k] = v->value;
+  j["tokenizer"] = tok;
+  j["chat_template"] = f->get_string("tokenizer.chat_template", "");
+  ojson meta = ojson::object();
+  for (const auto& [k, v] : f->metadata()) meta[k] = gguf_value_json(v);
+  j["metadata"] = meta;
+  j["tensors"] = ts;
+  return j;
+}
+
+std::string human_bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / double(1 << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
+  return buf;
+}
+
+void print_gguf(const ojson& g) {
+  auto text = [](const ojson& v) { return v.is_null() ? std::string("-") : v.is_string() ? v.get<std::string>() : v.dump(); };
+  std::printf("GGUF v%u, %s: %s \"%s\", %llu parameters in %zu tensors\n", g["gguf_version"].get<unsigned>(),
+              human_bytes(g["bytes"].get<uint64_t>()).c_str(), g["architecture"].get<std::string>().c_str(),
+              g["name"].get<std::string>().c_str(), (unsigned long long)g["parameters"].get<uint64_t>(), g["tensors"].size());
+  std::printf("  layers %s, hidden %s, feed-forward %s, heads %s (kv %s), context %s, rope theta %s, rms eps %s\n",
+              text(g["block_count"]).c_str(), text(g["embedding_length"]).c_str(), text(g["feed_forward_length"]).c_str(),
+              text(g["head_count"]).c_str(), text(g["head_count_kv"]).c_str(), text(g["context_length"]).c_str(),
+              text(g["rope_freq_base"]).c_str(), text(g["rms_norm_eps"]).c_str());
+  std::printf("  tensor types:\n");
+  for (const auto& [k, v] : g["types"].items())
+    std::printf("    %-6s %4llu tensors %12llu parameters %12s\n", k.c_str(), (unsigned long long)v["tensors"].get<uint64_t>(),
+                (unsigned long long)v["parameters"].get<uint64_t>(), human_bytes(v["bytes"].get<uint64_t>()).c_str());
+  const ojson& t = g["tokenizer"];
+  std::printf("  tokenizer: %s (pre %s), %s tokens", text(t["model"]).c_str(), text(t["pre"]).c_str(),
+              text(t.value("tokens", ojson())).c_str());
+  if (t.contains("merges")) std::printf(", %s merges", text(t["merges"]).c_str());
+  for (const char* k : {"bos_token_id", "eos_token_id", "padding_token_id", "add_bos_token"})
+    if (t.contains(k)) std::printf(", %s %s", k, text(t[k]).c_str());
+  std::printf("\n");
+  const std::string ct = g["chat_template"].get<std::string>();
+  if (ct.empty()) {
+    std::printf("  chat template: none\n");
+  } else {
+    std::string one = ct.substr(0, 100);
+    for (char& c : one)
+      if (c == '\n') c = ' ';
+    std::printf("  chat template (%zu chars): %s%s\n", ct.size(), one.c_str(), ct.size() > 100 ? " ..." : "");
+  }
+}
+
 int run_inspect(const std::vector<std::string>& argv) {
   Args a(argv, {}, {"json"});
   if (a.help) {
@@ -210,7 +317,9 @@ int run_inspect(const std::vector<std::string>& argv) {
         "  DIR: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) and its\n"
         "  named sub-folders: config summary, targeted modules, tensors (name, dtype, shape),\n"
         "  parameter counts. FILE: a .safetensors file (metadata, tensors, parameters) or an\n"
-        "  adapter_config.json. Only headers are read. --json prints one JSON object instead.\n");
+        "  adapter_config.json. FILE.gguf: a llama.cpp model file: architecture, context, heads,\n"
+        "  tensor types with their parameter and byte counts, tokenizer, chat template.\n"
+        "  Only headers are read. --json prints one JSON object instead.\n");
     return 0;
   }
   if (a.positional.size() != 1) throw UsageError{"expects one DIR or FILE"};
@@ -235,6 +344,10 @@ int run_inspect(const std::vector<std::string>& argv) {
     if (adapters.empty())
       fail("peft inspect: ", p.string(), " holds no adapter_config.json (nor sub-folders with one)");
     out["adapters"] = adapters;
+  } else if (fs::is_regular_file(p) && io::is_gguf_file(p.string())) {
+    out["kind"] = "gguf";
+    ojson gj = gguf_json(p);
+    for (auto& [k, v] : gj.items()) out[k] = v;
   } else if (p.extension() == ".json") {
     out["kind"] = "adapter_config";
     PeftConfigPtr cfg = config_from_json(slurp(p));
@@ -247,11 +360,13 @@ int run_inspect(const std::vector<std::string>& argv) {
     for (auto& [k, v] : fj.items()) out[k] = v;
   }
   if (a.has("json")) {
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", out.dump(2, ' ', false, ojson::error_handler_t::replace).c_str());
     return 0;
   }
   if (out["kind"] == "model_folder") {
     print_model(out);
+  } else if (out["kind"] == "gguf") {
+    print_gguf(out);
   } else if (out["kind"] == "adapter_folder") {
     for (const auto& ad : out["adapters"]) print_adapter(ad);
   } else if (out["kind"] == "adapter_config") {

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/gguf.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 
@@ -61,6 +62,12 @@ TextModel TextModel::load(const std::string& dir, const nn::PretrainedOptions& o
   t.dir = dir;
   t.model = nn::load_pretrained(dir, opts);
   t.model->eval();
+  if (fs::is_regular_file(dir) && io::is_gguf_file(dir)) {
+    auto f = io::GGUFFile::open(dir);
+    if (f->has("tokenizer.ggml.model")) t.tokenizer.emplace(Tokenizer::from_gguf(*f));
+    t.chat_template = f->get_string("tokenizer.chat_template", "");
+    return t;
+  }
   const fs::path tj = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tj)) t.tokenizer.emplace(Tokenizer::from_file(tj.string()));
   t.sentence = read_sentence_settings(dir);

@@ -24,8 +24,10 @@ struct TextModel {
   std::shared_ptr<nn::PreTrainedModel> model;
   std::optional<Tokenizer> tokenizer;  // absent when the folder has no tokenizer.json
   SentenceSettings sentence;
+  std::string chat_template;  // a GGUF file's tokenizer.chat_template ("" when none)
 
-  // Loads DIR (config.json + weights) and DIR/tokenizer.json when present.
+  // Loads DIR (config.json + weights) and DIR/tokenizer.json when present, or a .gguf file
+  // (weights, tokenizer and chat template from the file).
   static TextModel load(const std::string& dir, const nn::PretrainedOptions& opts = {});
   const Tokenizer& tok() const;  // peft::Error naming the folder when it has no tokenizer
 

@@ -50,7 +50,9 @@ void enable_adapters(nn::Module& model, bool enabled) {
 
 void merge_adapters(nn::Module& model, bool safe_merge, const std::vector<std::string>& adapter_names) {
   ModelWriteGuard lock(model);  // see adapters/model_lock.h
-  for (auto& [n, t] : tuner_layers(model)) t->merge(safe_merge, adapter_names);
+  auto layers = tuner_layers(model);
+  for (auto& [n, t] : layers) t->check_mergeable(n);  // all or nothing: refuse before the first merge
+  for (auto& [n, t] : layers) t->merge(safe_merge, adapter_names);
 }
 
 void unmerge_adapters(nn::Module& model) {

@@ -166,7 +166,16 @@ std::vector<std::string> TunerLayer::adapters_to_merge(std::vector<std::string> 
   return names;
 }
 
+void TunerLayer::check_mergeable(const std::string& module_name) const {
+  for (const auto& [n, p] : base_layer().named_parameters())
+    if (p.defined() && is_quantized(p.dtype()))
+      fail("cannot merge into ", module_name.empty() ? std::string("the base layer") : "'" + module_name + "'", ": its ",
+           n, " is ", p.desc(), ", GGML block-quantized storage (a GGUF model) that is read-only; load the model "
+           "dequantized (dtype float32, `--dtype f32` on the command line) to merge, or keep the adapter separate");
+}
+
 void TunerLayer::merge(bool safe_merge, std::vector<std::string> names) {
+  check_mergeable();
   names = adapters_to_merge(std::move(names));
   if (names.empty()) return;
   NoGradGuard ng;

@@ -179,6 +179,21 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
                                                    const Ctx& ctx);
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& path, const Ctx& ctx);
 
+// ---- GGUF vocabularies (gguf_vocab.cpp) -------------------------------------------------------
+// llama.cpp's tokenizer over the vocabulary of a GGUF file: a Model (token_to_id, id_to_token,
+// vocab_size) that encodes whole texts and decodes them as llama.cpp does, in place of the
+// tokenizer.json pipeline.
+class GGUFVocab : public Model {
+ public:
+  // llama_tokenize(text, add_special, parse_special), then `truncation` (leaving room for
+  // BOS/EOS); the special tokens mask marks the BOS/EOS it adds.
+  virtual Encoding encode(const std::string& text, bool add_special, const std::optional<TruncationParams>& truncation,
+                          bool parse_special = true) const = 0;
+  // llama_detokenize(ids, remove_special = false, unparse_special = !skip_special).
+  virtual std::string decode(const std::vector<int64_t>& ids, bool skip_special) const = 0;
+};
+std::unique_ptr<GGUFVocab> make_gguf_vocab(const io::GGUFFile& file, const Ctx& ctx);
+
 // The GPT-2 byte ↔ unicode map of the ByteLevel components.
 const std::string& byte_to_unicode(unsigned char b);  // UTF-8 of the mapped character
 int unicode_to_byte(char32_t c);                      // -1 when not in the map

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "io/gguf.h"
 #include "io/tokenizer/internal.h"
 
 namespace peft::tok {
@@ -141,6 +142,7 @@ struct Tokenizer::Impl {
   std::unique_ptr<tok::Decoder> decoder;
   std::optional<TruncationParams> truncation;
   std::optional<PaddingParams> padding;
+  const tok::GGUFVocab* gguf = nullptr;  // from_gguf: `model`, which encodes and decodes whole texts
 
   // AddedVocabulary::find_matches on one piece: splits it around the added tokens it holds.
   void split_added(const tok::Piece& p, const TokenMatcher& m, tok::Pieces& out) const {
@@ -198,6 +200,7 @@ struct Tokenizer::Impl {
                       const std::optional<TruncationParams>& truncation) const {
     if (size_t bad = tok::find_invalid_utf8(text); bad != std::string::npos)
       ::peft::fail("[tokenizer] ", ctx.file, ": the text is not valid UTF-8 (byte offset ", bad, ")");
+    if (gguf) return gguf->encode(text, add_special, truncation);
     // 1. added tokens on the raw text, 2. normalize the rest, then normalized added tokens
     tok::Pieces pieces, next;
     tok::Piece whole;
@@ -408,6 +411,26 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
   return Tokenizer(std::move(impl));
 }
 
+Tokenizer Tokenizer::from_gguf(const io::GGUFFile& file) {
+  auto impl = std::make_unique<Impl>();
+  impl->ctx.file = file.path();
+  std::unique_ptr<tok::GGUFVocab> vocab = tok::make_gguf_vocab(file, impl->ctx);
+  impl->gguf = vocab.get();
+  impl->model = std::move(vocab);
+  return Tokenizer(std::move(impl));
+}
+
+Encoding Tokenizer::encode(const std::string& text, bool add_special_tokens, bool parse_special) const {
+  if (parse_special) return encode(text, add_special_tokens);
+  if (!impl_->gguf)
+    ::peft::fail("[tokenizer] ", impl_->ctx.file, ": parse_special = false is supported for GGUF vocabularies only");
+  if (size_t bad = tok::find_invalid_utf8(text); bad != std::string::npos)
+    ::peft::fail("[tokenizer] ", impl_->ctx.file, ": the text is not valid UTF-8 (byte offset ", bad, ")");
+  Encoding e = impl_->gguf->encode(text, add_special_tokens, impl_->truncation, /*parse_special=*/false);
+  if (impl_->padding) Impl::pad(e, Impl::pad_target(e.size(), *impl_->padding), *impl_->padding);
+  return e;
+}
+
 Encoding Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
   Encoding e = impl_->encode_one(text, add_special_tokens, impl_->truncation);
   if (impl_->padding) Impl::pad(e, Impl::pad_target(e.size(), *impl_->padding), *impl_->padding);
@@ -436,6 +459,7 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+  if (impl_->gguf) return impl_->gguf->decode(ids, skip_special_tokens);
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int64_t id : ids) {

@@ -144,6 +144,12 @@ Tensor l2_normalize(const Tensor& x) {
 
 namespace hf_detail {
 
+Tensor keep_last_positions(const Tensor& hidden, int64_t keep) {
+  if (keep < 0) fail("logits_to_keep must be >= 0, got ", keep);
+  const int64_t T = hidden.size(1);
+  return keep == 0 || keep >= T ? hidden : hidden.narrow(1, T - keep, keep);
+}
+
 namespace {
 const ordered_json* field(const ordered_json& c, const char* key) {
   auto it = c.find(key);

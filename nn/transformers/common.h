@@ -44,6 +44,9 @@ struct ModelInputs {
   // are zeros (transformers computes them; nothing reads them once embeddings are pooled).
   // The token-wise layers then run on the real tokens only: much faster on padded batches.
   bool skip_padding = false;
+  // Language-model heads: logits only for the last N positions (0: all), transformers'
+  // logits_to_keep; generation needs 1, perplexity the scored half of a window.
+  int64_t logits_to_keep = 0;
 };
 
 // Keys and values of every layer for positions already seen (decoders). Storage grows by
@@ -91,6 +94,8 @@ Tensor mean_pooling(const Tensor& hidden, const Tensor& attention_mask);
 Tensor l2_normalize(const Tensor& x);
 
 namespace hf_detail {
+// hidden [B, T, H] -> its last `keep` positions (keep 0 or >= T: all of it).
+Tensor keep_last_positions(const Tensor& hidden, int64_t keep);
 // Shared pieces of the family implementations.
 // Checks ids (int64 [B, T], each in [0, vocab)) and the mask/position/token-type shapes, and
 // fills the defaults; `past` = positions already in the cache.

@@ -1,5 +1,7 @@
 #include "nn/transformers/generate.h"
 
+#include "io/gguf.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -17,6 +19,7 @@ namespace peft::nn {
 using nlohmann::ordered_json;
 
 GenerateOptions read_generation_config(const std::string& model_dir) {
+  if (fs::is_regular_file(model_dir) && io::is_gguf_file(model_dir)) return gguf_generation_config(model_dir);
   GenerateOptions o;
   ordered_json g;
   for (const char* name : {"generation_config.json", "config.json"}) {
@@ -160,6 +163,7 @@ Tensor generate(PreTrainedModel& model, const Tensor& input_ids, const Tensor& a
   in.attention_mask = from_vector(mask, {B, T});
   in.position_ids = from_vector(pos, {B, T});
   in.cache = &cache;
+  in.logits_to_keep = 1;  // only the next token's logits: the prompt's other rows would be wasted work
   Generator gen(o.seed);
   std::vector<bool> done(static_cast<size_t>(B), false);
   const int64_t pad = o.pad_token_id ? *o.pad_token_id : (o.eos_token_ids.empty() ? 0 : o.eos_token_ids[0]);

@@ -24,7 +24,13 @@ struct GenerateOptions {
 
 // generation_config.json (else config.json) of a model folder: eos_token_id (int or list),
 // pad_token_id, and sampling defaults (do_sample, temperature, top_k, top_p) when present.
+// A .gguf file: gguf_generation_config.
 GenerateOptions read_generation_config(const std::string& model_dir);
+
+// A GGUF file's end-of-generation tokens as llama.cpp stops on them: tokenizer.ggml.eos / eot /
+// eom_token_id and the tokens llama.cpp recognises by their text ("<|im_end|>", "<|eot_id|>",
+// "<|endoftext|>", "<end_of_turn>", ...); pad from tokenizer.ggml.padding_token_id.
+GenerateOptions gguf_generation_config(const std::string& path);
 
 // Continues every row of input_ids [B, T] (int64). attention_mask [B, T] (optional, 1 =
 // token, 0 = left padding) gives the positions as transformers: cumsum(mask) - 1. Returns

@@ -24,13 +24,14 @@ class RMSNorm : public Module {
     if (dev != Device::meta) w.fill_(1.0);
     register_parameter("weight", w);
   }
-  Tensor forward(const Tensor& x) override { return rms_norm(x, param("weight"), eps_); }
+  Tensor forward(const Tensor& x) override { return rms_norm(x, param("weight"), eps_, ggml_rstd_); }
   std::string extra_repr() const override {
     return "(" + std::to_string(param("weight").size(0)) + ",), eps=" + py_float_repr(eps_);
   }
   std::shared_ptr<Module> clone() const override {
     auto m = std::make_shared<RMSNorm>("", param("weight").size(0), eps_, param("weight").dtype(), Device::meta);
     m->set_type_name(type_name());
+    m->ggml_rstd_ = ggml_rstd_;
     copy_state_to(*m);
     return m;
   }
@@ -39,6 +40,7 @@ class RMSNorm : public Module {
   friend class peft::nn::LlamaModel;
   using Module::set_type_name;
   double eps_;
+  bool ggml_rstd_ = false;  // llama.cpp's float32 rstd (GGUF models)
 };
 
 struct LlamaDims {
@@ -187,6 +189,11 @@ Tensor LlamaModel::forward(const ModelInputs& in) {
   return child("norm")(x);
 }
 
+void LlamaModel::set_ggml_numerics(bool on) {
+  for (const auto& [n, m] : named_modules())
+    if (auto* norm = dynamic_cast<RMSNorm*>(m.get())) norm->ggml_rstd_ = on;
+}
+
 LlamaForCausalLM::LlamaForCausalLM(const ordered_json& config, DType dt, Device dev)
     : PreTrainedModel(LlamaModel::family_prefix(config.value("model_type", std::string("llama"))) + "ForCausalLM",
                       config) {
@@ -209,7 +216,9 @@ void LlamaForCausalLM::tie_weights() {
   head.register_parameter("weight", model().child("embed_tokens").param("weight"));
 }
 
-Tensor LlamaForCausalLM::forward(const ModelInputs& in) { return child("lm_head")(model().forward(in)); }
+Tensor LlamaForCausalLM::forward(const ModelInputs& in) {
+  return child("lm_head")(keep_last_positions(model().forward(in), in.logits_to_keep));
+}
 int64_t LlamaForCausalLM::num_layers() const { return model().num_layers(); }
 int64_t LlamaForCausalLM::max_positions() const { return model().max_positions(); }
 

@@ -63,6 +63,9 @@ class LlamaModel : public PreTrainedModel {
   int64_t max_positions() const override { return max_pos_; }
   // "Llama", "Qwen2" or "Mistral": the class-name prefix of this family.
   static std::string family_prefix(const std::string& model_type);
+  // Computes like llama.cpp where the two differ by rounding (the RMSNorm statistics): set for
+  // models loaded from GGUF, whose quantized products then get llama.cpp's exact inputs.
+  void set_ggml_numerics(bool on);
 
  private:
   int64_t vocab_, layers_, max_pos_, heads_, kv_heads_, head_dim_;

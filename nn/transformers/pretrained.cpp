@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "io/gguf.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -182,6 +183,7 @@ std::shared_ptr<PreTrainedModel> build_pretrained(const ordered_json& config, co
 
 std::shared_ptr<PreTrainedModel> load_pretrained(const std::string& dir, const PretrainedOptions& opts,
                                                  PretrainedInfo* info) {
+  if (fs::is_regular_file(dir) && io::is_gguf_file(dir)) return load_gguf(dir, opts, info);
   const ordered_json config = read_model_config(dir);
   const Family f = family_of(config);
   const auto [arch, fallback] = resolve_architecture(config, f, opts.architecture);

@@ -8,6 +8,10 @@
 
 #include "nn/transformers/models.h"
 
+namespace peft::io {
+class GGUFFile;
+}
+
 namespace peft::nn {
 
 struct PretrainedOptions {
@@ -29,6 +33,8 @@ struct PretrainedInfo {
   int64_t zero_copy_tensors = 0, converted_tensors = 0;
 };
 
+// `dir` may also be a .gguf file (llama.cpp's format; architectures llama and qwen2): see
+// load_gguf.
 // Builds the model on `meta` and fills every parameter from the checkpoint. Checks keys
 // strictly (missing / unexpected / wrong shape are a peft::Error naming them and the
 // folder); an unknown model_type or a config value it cannot honour is a peft::Error
@@ -42,6 +48,20 @@ std::shared_ptr<PreTrainedModel> build_pretrained(const nlohmann::ordered_json& 
                                                   const std::string& architecture = "",
                                                   DType dt = DType::float32, Device dev = Device::cpu,
                                                   bool with_pooler = true);
+
+// A GGUF file as the transformers model it was converted from: the config rebuilt from the
+// metadata (gguf_model_config), tensors renamed (token_embd -> model.embed_tokens, blk.N.attn_q
+// -> model.layers.N.self_attn.q_proj, ... output -> lm_head), llama.cpp's Q/K row permutation
+// undone for `llama`, so PEFT's target_modules and adapter keys apply unchanged. Weights keep
+// the file's formats: GGML block-quantized tensors stay quantized (views of the mapped file,
+// frozen), F32 tensors are views, F16/BF16 are widened to float32; opts.dtype converts every
+// weight (a floating dtype: dequantizes). Unknown tensors or metadata it cannot honour (rope
+// scaling, partial rotary) are a peft::Error naming them.
+std::shared_ptr<PreTrainedModel> load_gguf(const std::string& path, const PretrainedOptions& opts = {},
+                                           PretrainedInfo* info = nullptr);
+
+// The transformers config.json a GGUF file's metadata describes.
+nlohmann::ordered_json gguf_model_config(const io::GGUFFile& file);
 
 // Reads and parses DIR/config.json (peft::Error naming the file on failure).
 nlohmann::ordered_json read_model_config(const std::string& dir);

@@ -19,8 +19,9 @@ void CpuBackend::layer_norm_backward(const Tensor& g, const Tensor& x, const Ten
                                      const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) {
   cpu::layer_norm_backward(g, x, w, mean, rstd, dx, dw, db);
 }
-void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, Tensor& out, Tensor& rstd) {
-  cpu::rms_norm(x, w, eps, rt, out, rstd);
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, bool ggml_rstd, Tensor& out,
+                          Tensor& rstd) {
+  cpu::rms_norm(x, w, eps, rt, ggml_rstd, out, rstd);
 }
 void CpuBackend::rms_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& rstd,
                                    DType rt, Tensor& dx, Tensor& dw) {

@@ -32,11 +32,17 @@ class CpuBackend final : public Backend {
   void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                   const AdamWConstants& c) override;
 
+  // cpu_quant.cpp
+  void quantized_linear(const Tensor& x, const Tensor& w, Tensor& out) override;
+  void quantized_matmul(const Tensor& g, const Tensor& w, Tensor& out) override;
+  void dequantize(const Tensor& w, Tensor& out) override;
+  void dequantize_rows(const Tensor& w, const Tensor& ids, Tensor& out) override;
+
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& out, Tensor& mean,
                   Tensor& rstd) override;
   void layer_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                            const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) override;
-  void rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, Tensor& out, Tensor& rstd) override;
+  void rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, bool ggml_rstd, Tensor& out, Tensor& rstd) override;
   void rms_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& rstd, DType rt,
                          Tensor& dx, Tensor& dw) override;
   void rotary_embedding(const Tensor& x, const Tensor& c, const Tensor& s, bool tr, Tensor& out) override;

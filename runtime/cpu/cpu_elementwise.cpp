@@ -131,6 +131,13 @@ bool tiled_copy(const Tensor& src, Tensor& dst) {
 }  // namespace
 
 void CpuBackend::copy(const Tensor& src, Tensor& dst) {
+  if (is_quantized(src.dtype()) || is_quantized(dst.dtype())) {
+    // clone() of block storage: whole contiguous tensors of one format only
+    if (src.dtype() != dst.dtype() || !src.is_contiguous() || !dst.is_contiguous() || src.shape() != dst.shape())
+      fail("[copy] internal: ", src.desc(), " -> ", dst.desc(), " needs dequantizing first");
+    if (src.numel()) std::memcpy(dst.raw_data(), src.raw_data(), src.nbytes());
+    return;
+  }
   dispatch_all(src.dtype(), [&](auto s_tag) {
     using S = decltype(s_tag);
     dispatch_all(dst.dtype(), [&](auto d_tag) {

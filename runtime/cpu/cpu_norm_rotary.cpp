@@ -164,7 +164,7 @@ void layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weig
 // ---------------------------------------------------------------------------
 // rms_norm
 
-void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out, Tensor& rstd) {
+void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, bool ggml_rstd, Tensor& out, Tensor& rstd) {
   const int64_t rows = x.size(0), N = x.size(1);
   dispatch_float(x.dtype(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
@@ -180,9 +180,17 @@ void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to,
         const T* xr = xp + r * N;
         T* yr = y + r * N;
         double s = 0;
+        T rs;
+        if (std::is_same_v<T, float> && ggml_rstd) {
+          // llama.cpp's float32 formula, in its order (ggml_compute_forward_rms_norm_f32)
+          for (int64_t j = 0; j < N; ++j) s += double(float(xr[j] * xr[j]));
+          const float mean = float(s / double(N));
+          rs = T(1.0f / std::sqrt(mean + float(eps)));
+        } else {
 #pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < N; ++j) s += double(xr[j]) * double(xr[j]);
-        const T rs = T(1.0 / std::sqrt(s / double(N) + eps));
+          for (int64_t j = 0; j < N; ++j) s += double(xr[j]) * double(xr[j]);
+          rs = T(1.0 / std::sqrt(s / double(N) + eps));
+        }
         rp[r] = rs;
         if (w) {
           for (int64_t j = 0; j < N; ++j) yr[j] = round_as<T, R>(xr[j] * rs) * w[j];

@@ -10,7 +10,7 @@ void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, doubl
                 Tensor& mean, Tensor& rstd);
 void layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& mean,
                          const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias);
-void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out, Tensor& rstd);
+void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, bool ggml_rstd, Tensor& out, Tensor& rstd);
 void rms_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                        DType round_to, Tensor& dx, Tensor& dweight);
 void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool transpose, Tensor& out);

@@ -317,9 +317,9 @@ class CudaBackend final : public Backend {
     make_current();
     cuda::layer_norm_backward(g, x, w, mean, rstd, dx, dw, db);
   }
-  void rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, Tensor& out, Tensor& rstd) override {
+  void rms_norm(const Tensor& x, const Tensor& w, double eps, DType rt, bool ggml_rstd, Tensor& out, Tensor& rstd) override {
     make_current();
-    cuda::rms_norm(x, w, eps, rt, out, rstd);
+    cuda::rms_norm(x, w, eps, rt, ggml_rstd, out, rstd);
   }
   void rms_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& rstd, DType rt, Tensor& dx,
                          Tensor& dw) override {

@@ -109,13 +109,16 @@ __global__ void layer_norm_dwb_kernel(const T* g, const T* x, const T* mean, con
 // rms_norm
 
 template <class T>
-__global__ void rms_norm_kernel(const T* x, const T* w, double eps, int mode, T* y, T* rstd, int64_t rows, int64_t N) {
+__global__ void rms_norm_kernel(const T* x, const T* w, double eps, int mode, bool ggml_rstd, T* y, T* rstd,
+                                int64_t rows, int64_t N) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * N;
     T* yr = y + r * N;
     double s = 0;
-    for (int64_t j = threadIdx.x; j < N; j += blockDim.x) s += double(xr[j]) * double(xr[j]);
-    const T rs = T(1.0 / sqrt(block_sum<double>(s) / double(N) + eps));
+    const bool ggml = ggml_rstd && sizeof(T) == 4;  // llama.cpp's float32 formula (CPU twin: cpu_norm_rotary.cpp)
+    for (int64_t j = threadIdx.x; j < N; j += blockDim.x) s += ggml ? double(float(xr[j] * xr[j])) : double(xr[j]) * double(xr[j]);
+    const double total = block_sum<double>(s);
+    const T rs = ggml ? T(1.0f / sqrtf(float(total / double(N)) + float(eps))) : T(1.0 / sqrt(total / double(N) + eps));
     if (threadIdx.x == 0) rstd[r] = rs;
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
       const T o = round_as<T>(xr[j] * rs, mode);
@@ -366,13 +369,13 @@ void layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weig
   check_launch("layer_norm_backward");
 }
 
-void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, Tensor& out, Tensor& rstd) {
+void rms_norm(const Tensor& x, const Tensor& weight, double eps, DType round_to, bool ggml_rstd, Tensor& out, Tensor& rstd) {
   const int64_t rows = x.size(0), N = x.size(1);
   if (rows == 0) return;
   dispatch_float(x.dtype(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     rms_norm_kernel<T><<<row_grid(rows), kThreads>>>(dptr<T>(x), opt_ptr<T>(weight), eps, round_mode<T>(round_to),
-                                                      dptr<T>(out), dptr<T>(rstd), rows, N);
+                                                      ggml_rstd, dptr<T>(out), dptr<T>(rstd), rows, N);
   });
   check_launch("rms_norm");
 }

@@ -1,0 +1,570 @@
+// The fused kernels of quantized matrix products, compiled once per ISA (runtime/meson.build
+// builds this file with -DPEFT_QUANT_ISA=generic, avx2 and avx512vnni and the matching -m
+// flags; quant_blocks.h's best_kernels() picks one at load time). As in ggml, activations are
+// quantized per block (q8_0, q8_1 or q8_K, the x86 rounding of ggml-cpu's quantize_row_*)
+// and the dot products run in integers, one float scale per block; the SIMD paths follow
+// ggml-cpu/arch/x86/quants.c, so results match llama.cpp's up to float summation order.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "runtime/cpu/quant_blocks.h"
+#include "runtime/half.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef PEFT_QUANT_ISA
+#error "build with -DPEFT_QUANT_ISA=<namespace>"
+#endif
+
+namespace peft::quant::PEFT_QUANT_ISA {
+namespace {
+
+inline float h2f(uint16_t h) { return f16_table[h]; }
+inline uint16_t f2h(float f) { return float_to_f16(f); }
+
+// ---------------------------------------------------------------- activation quantizers --
+// q8_0 / q8_1: d = amax / 127, q = round-half-even(x · 127 / amax) (ggml-cpu's AVX path;
+// its scalar reference rounds half away from zero); q8_1 also keeps s = d · Σq.
+template <bool with_sum>
+void quantize_q8_blocks(const float* x, void* vy, int64_t k) {
+  const int64_t nb = k / QK;
+  for (int64_t i = 0; i < nb; ++i, x += QK) {
+    float amax = 0.f;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.f;
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    int8_t* qs;
+    if constexpr (with_sum) {
+      auto* y = static_cast<block_q8_1*>(vy) + i;
+      y->d = f2h(d);
+      qs = y->qs;
+    } else {
+      auto* y = static_cast<block_q8_0*>(vy) + i;
+      y->d = f2h(d);
+      qs = y->qs;
+    }
+    int sum = 0;
+    for (int j = 0; j < QK; ++j) {
+      const int q = int(std::nearbyint(x[j] * id));  // the default rounding mode: half to even
+      qs[j] = int8_t(q);
+      sum += q;
+    }
+    if constexpr (with_sum) (static_cast<block_q8_1*>(vy) + i)->s = f2h(d * float(sum));
+  }
+}
+void quantize_q8_0(const float* x, void* y, int64_t k) { quantize_q8_blocks<false>(x, y, k); }
+void quantize_q8_1(const float* x, void* y, int64_t k) { quantize_q8_blocks<true>(x, y, k); }
+
+// ggml's nearest_int: round half to even through the float mantissa.
+inline int nearest_int(float f) {
+  float v = f + 12582912.f;
+  int i;
+  std::memcpy(&i, &v, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// quantize_row_q8_K_ref: scale by -127 / (the value of largest magnitude), sums per 16.
+void quantize_q8_K(const float* x, void* vy, int64_t k) {
+  auto* y = static_cast<block_q8_K*>(vy);
+  const int64_t nb = k / QK_K;
+  for (int64_t i = 0; i < nb; ++i, x += QK_K) {
+    float max = 0, amax = 0;
+    for (int j = 0; j < QK_K; ++j) {
+      const float ax = std::fabs(x[j]);
+      if (ax > amax) amax = ax, max = x[j];
+    }
+    if (!amax) {
+      y[i].d = 0;
+      std::memset(y[i].qs, 0, QK_K);
+      std::memset(y[i].bsums, 0, sizeof(y[i].bsums));
+      continue;
+    }
+    const float iscale = -127.f / max;
+    for (int j = 0; j < QK_K; ++j) y[i].qs[j] = int8_t(std::min(127, nearest_int(iscale * x[j])));
+    for (int j = 0; j < QK_K / 16; ++j) {
+      int s = 0;
+      for (int l = 0; l < 16; ++l) s += y[i].qs[j * 16 + l];
+      y[i].bsums[j] = int16_t(s);
+    }
+    y[i].d = 1 / iscale;
+  }
+}
+
+// ------------------------------------------------------------------- SIMD helpers (x86) --
+#if defined(__AVX2__)
+inline float hsum_float_8(__m256 x) {
+  __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+// 32 nibbles -> 32 bytes in [0, 15]: the low nibbles first, then the high ones
+inline __m256i bytes_from_nibbles_32(const uint8_t* p) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+  return _mm256_and_si256(_mm256_set1_epi8(0xF), b);
+}
+// 32 bits -> 32 bytes of 0x00 / 0xFF
+inline __m256i bytes_from_bits_32(const uint8_t* p) {
+  uint32_t x32;
+  std::memcpy(&x32, p, 4);
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(x32)), shuf);
+  bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+// unsigned bytes · signed bytes, summed in groups of four, as floats
+inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));
+#elif defined(__AVXVNNI__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy));
+#else
+  const __m256i dot = _mm256_maddubs_epi16(ax, sy);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot));
+#endif
+}
+inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) {
+  return mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+#endif
+
+// ------------------------------------------------------------------------ dot products --
+// Each takes one weight row and nx activation rows; the weight block is unpacked once and
+// used for every activation row (the prompt-processing case), as ggml does per row pair.
+
+#define PEFT_XQ(T, j) reinterpret_cast<const T*>(static_cast<const char*>(xq) + size_t(j) * xq_stride)
+
+#if defined(__AVX2__)
+// NX activation rows at compile time: the accumulators stay in registers.
+template <int NX>
+void dot_q4_0_rows(int64_t k, const block_q4_0* w, const void* xq, size_t xq_stride, float* out) {
+  const int64_t nb = k / QK;
+  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
+  // bit for bit (two chains per row measured no faster, and would round differently)
+  constexpr int U = 1;
+  __m256 acc[U][NX];
+  float summs[U][NX] = {};
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, __m256* a, float* sm) {
+    (void)sm;
+      const float dw = h2f(w[b].d);
+      const __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[b].qs), _mm256_set1_epi8(8));
+      for (int j = 0; j < NX; ++j) {
+        const block_q8_0& y = PEFT_XQ(block_q8_0, j)[b];
+        const __m256 d = _mm256_set1_ps(dw * h2f(y.d));
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
+        a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
+      }
+  };
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
+  for (; b < nb; ++b) block(b, acc[0], summs[0]);
+  for (int u = 1; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
+  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
+}
+#endif
+
+void dot_q4_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_0*>(vw);
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  switch (nx) {
+    case 1: return dot_q4_0_rows<1>(k, w, xq, xq_stride, out);
+    case 2: return dot_q4_0_rows<2>(k, w, xq, xq_stride, out);
+    case 3: return dot_q4_0_rows<3>(k, w, xq, xq_stride, out);
+    default: return dot_q4_0_rows<4>(k, w, xq, xq_stride, out);
+  }
+  (void)nb;
+#else
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_0, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int s0 = 0, s1 = 0;
+      for (int l = 0; l < 16; ++l) {
+        s0 += ((w[b].qs[l] & 0x0F) - 8) * y[b].qs[l];
+        s1 += ((w[b].qs[l] >> 4) - 8) * y[b].qs[l + 16];
+      }
+      sumf += float(s0 + s1) * h2f(w[b].d) * h2f(y[b].d);
+    }
+    out[j] = sumf;
+  }
+#endif
+}
+
+#if defined(__AVX2__)
+// NX activation rows at compile time: the accumulators stay in registers.
+template <int NX>
+void dot_q4_1_rows(int64_t k, const block_q4_1* w, const void* xq, size_t xq_stride, float* out) {
+  const int64_t nb = k / QK;
+  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
+  // bit for bit (two chains per row measured no faster, and would round differently)
+  constexpr int U = 1;
+  __m256 acc[U][NX];
+  float summs[U][NX] = {};
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, __m256* a, float* sm) {
+    (void)sm;
+      const float dw = h2f(w[b].d), mw = h2f(w[b].m);
+      const __m256i qx = bytes_from_nibbles_32(w[b].qs);
+      for (int j = 0; j < NX; ++j) {
+        const block_q8_1& y = PEFT_XQ(block_q8_1, j)[b];
+        sm[j] += mw * h2f(y.s);
+        const __m256 d = _mm256_set1_ps(dw * h2f(y.d));
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
+        a[j] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), a[j]);
+      }
+  };
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
+  for (; b < nb; ++b) block(b, acc[0], summs[0]);
+  for (int u = 1; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
+  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]) + summs[0][j];
+}
+#endif
+
+void dot_q4_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_1*>(vw);
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  switch (nx) {
+    case 1: return dot_q4_1_rows<1>(k, w, xq, xq_stride, out);
+    case 2: return dot_q4_1_rows<2>(k, w, xq, xq_stride, out);
+    case 3: return dot_q4_1_rows<3>(k, w, xq, xq_stride, out);
+    default: return dot_q4_1_rows<4>(k, w, xq, xq_stride, out);
+  }
+  (void)nb;
+#else
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_1, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int s0 = 0, s1 = 0;
+      for (int l = 0; l < 16; ++l) {
+        s0 += (w[b].qs[l] & 0x0F) * y[b].qs[l];
+        s1 += (w[b].qs[l] >> 4) * y[b].qs[l + 16];
+      }
+      sumf += (h2f(w[b].d) * h2f(y[b].d)) * float(s0 + s1) + h2f(w[b].m) * h2f(y[b].s);
+    }
+    out[j] = sumf;
+  }
+#endif
+}
+
+// The 5th bit of value l of a q5 block.
+inline int q5_high(uint32_t qh, int l) { return int((qh >> l) & 1u) << 4; }
+
+#if defined(__AVX2__)
+// NX activation rows at compile time: the accumulators stay in registers.
+template <int NX>
+void dot_q5_0_rows(int64_t k, const block_q5_0* w, const void* xq, size_t xq_stride, float* out) {
+  const int64_t nb = k / QK;
+  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
+  // bit for bit (two chains per row measured no faster, and would round differently)
+  constexpr int U = 1;
+  __m256 acc[U][NX];
+  float summs[U][NX] = {};
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, __m256* a, float* sm) {
+    (void)sm;
+      const float dw = h2f(w[b].d);
+      __m256i qx = bytes_from_nibbles_32(w[b].qs);
+      const __m256i hi = _mm256_andnot_si256(bytes_from_bits_32(w[b].qh), _mm256_set1_epi8(char(0xF0)));
+      qx = _mm256_or_si256(qx, hi);  // value - 16 as a signed byte
+      for (int j = 0; j < NX; ++j) {
+        const block_q8_0& y = PEFT_XQ(block_q8_0, j)[b];
+        const __m256 d = _mm256_set1_ps(dw * h2f(y.d));
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
+        a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
+      }
+  };
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
+  for (; b < nb; ++b) block(b, acc[0], summs[0]);
+  for (int u = 1; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
+  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
+}
+#endif
+
+void dot_q5_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_0*>(vw);
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  switch (nx) {
+    case 1: return dot_q5_0_rows<1>(k, w, xq, xq_stride, out);
+    case 2: return dot_q5_0_rows<2>(k, w, xq, xq_stride, out);
+    case 3: return dot_q5_0_rows<3>(k, w, xq, xq_stride, out);
+    default: return dot_q5_0_rows<4>(k, w, xq, xq_stride, out);
+  }
+  (void)nb;
+#else
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_0, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint32_t qh;
+      std::memcpy(&qh, w[b].qh, 4);
+      int s = 0;
+      for (int l = 0; l < 16; ++l) {
+        s += (((w[b].qs[l] & 0x0F) | q5_high(qh, l)) - 16) * y[b].qs[l];
+        s += (((w[b].qs[l] >> 4) | q5_high(qh, l + 16)) - 16) * y[b].qs[l + 16];
+      }
+      sumf += float(s) * h2f(w[b].d) * h2f(y[b].d);
+    }
+    out[j] = sumf;
+  }
+#endif
+}
+
+#if defined(__AVX2__)
+// NX activation rows at compile time: the accumulators stay in registers.
+template <int NX>
+void dot_q5_1_rows(int64_t k, const block_q5_1* w, const void* xq, size_t xq_stride, float* out) {
+  const int64_t nb = k / QK;
+  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
+  // bit for bit (two chains per row measured no faster, and would round differently)
+  constexpr int U = 1;
+  __m256 acc[U][NX];
+  float summs[U][NX] = {};
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, __m256* a, float* sm) {
+    (void)sm;
+      const float dw = h2f(w[b].d), mw = h2f(w[b].m);
+      __m256i qx = bytes_from_nibbles_32(w[b].qs);
+      qx = _mm256_or_si256(qx, _mm256_and_si256(bytes_from_bits_32(w[b].qh), _mm256_set1_epi8(0x10)));
+      const __m256 dx = _mm256_set1_ps(dw);
+      for (int j = 0; j < NX; ++j) {
+        const block_q8_1& y = PEFT_XQ(block_q8_1, j)[b];
+        sm[j] += mw * h2f(y.s);
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
+        a[j] = _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), _mm256_mul_ps(dx, _mm256_set1_ps(h2f(y.d))), a[j]);
+      }
+  };
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
+  for (; b < nb; ++b) block(b, acc[0], summs[0]);
+  for (int u = 1; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
+  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]) + summs[0][j];
+}
+#endif
+
+void dot_q5_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_1*>(vw);
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  switch (nx) {
+    case 1: return dot_q5_1_rows<1>(k, w, xq, xq_stride, out);
+    case 2: return dot_q5_1_rows<2>(k, w, xq, xq_stride, out);
+    case 3: return dot_q5_1_rows<3>(k, w, xq, xq_stride, out);
+    default: return dot_q5_1_rows<4>(k, w, xq, xq_stride, out);
+  }
+  (void)nb;
+#else
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_1, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint32_t qh;
+      std::memcpy(&qh, w[b].qh, 4);
+      int s = 0;
+      for (int l = 0; l < 16; ++l) {
+        s += ((w[b].qs[l] & 0x0F) | q5_high(qh, l)) * y[b].qs[l];
+        s += ((w[b].qs[l] >> 4) | q5_high(qh, l + 16)) * y[b].qs[l + 16];
+      }
+      sumf += (h2f(w[b].d) * h2f(y[b].d)) * float(s) + h2f(w[b].m) * h2f(y[b].s);
+    }
+    out[j] = sumf;
+  }
+#endif
+}
+
+#if defined(__AVX2__)
+// NX activation rows at compile time: the accumulators stay in registers.
+template <int NX>
+void dot_q8_0_rows(int64_t k, const block_q8_0* w, const void* xq, size_t xq_stride, float* out) {
+  const int64_t nb = k / QK;
+  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
+  // bit for bit (two chains per row measured no faster, and would round differently)
+  constexpr int U = 1;
+  __m256 acc[U][NX];
+  float summs[U][NX] = {};
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, __m256* a, float* sm) {
+    (void)sm;
+      const float dw = h2f(w[b].d);
+      const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
+      for (int j = 0; j < NX; ++j) {
+        const block_q8_0& y = PEFT_XQ(block_q8_0, j)[b];
+        const __m256 d = _mm256_set1_ps(dw * h2f(y.d));
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
+        a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
+      }
+  };
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
+  for (; b < nb; ++b) block(b, acc[0], summs[0]);
+  for (int u = 1; u < U; ++u)
+    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
+  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
+}
+#endif
+
+void dot_q8_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q8_0*>(vw);
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  switch (nx) {
+    case 1: return dot_q8_0_rows<1>(k, w, xq, xq_stride, out);
+    case 2: return dot_q8_0_rows<2>(k, w, xq, xq_stride, out);
+    case 3: return dot_q8_0_rows<3>(k, w, xq, xq_stride, out);
+    default: return dot_q8_0_rows<4>(k, w, xq, xq_stride, out);
+  }
+  (void)nb;
+#else
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_0, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int s = 0;
+      for (int l = 0; l < QK; ++l) s += w[b].qs[l] * y[b].qs[l];
+      sumf += float(s) * (h2f(w[b].d) * h2f(y[b].d));
+    }
+    out[j] = sumf;
+  }
+#endif
+}
+
+// k-quants: the six-bit scales and mins of q4_K / q5_K (get_scale_min_k4).
+inline void scale_min_k4(int j, const uint8_t* q, int& d, int& m) {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Integer dot of 32 unsigned weight values with 32 activation bytes.
+inline int dot32(const uint8_t* a, const int8_t* q8) {
+  int s = 0;
+  for (int l = 0; l < 32; ++l) s += int(a[l]) * q8[l];
+  return s;
+}
+
+void dot_q4_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_K*>(vw);
+  const int64_t nb = k / QK_K;
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_K, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t a[QK_K];
+      const uint8_t* q4 = w[b].qs;
+      for (int g = 0; g < 4; ++g, q4 += 32)
+        for (int l = 0; l < 32; ++l) a[g * 64 + l] = q4[l] & 0xF, a[g * 64 + 32 + l] = q4[l] >> 4;
+      int sumi = 0, summ = 0;
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        scale_min_k4(s, w[b].scales, sc, m);
+        sumi += sc * dot32(a + 32 * s, y[b].qs + 32 * s);
+        summ += m * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
+      }
+      sumf += h2f(w[b].d) * y[b].d * float(sumi) - h2f(w[b].dmin) * y[b].d * float(summ);
+    }
+    out[j] = sumf;
+  }
+}
+
+void dot_q5_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_K*>(vw);
+  const int64_t nb = k / QK_K;
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_K, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t a[QK_K];
+      const uint8_t* ql = w[b].qs;
+      const uint8_t* qh = w[b].qh;
+      uint8_t u1 = 1, u2 = 2;
+      for (int g = 0; g < 4; ++g, ql += 32, u1 <<= 2, u2 <<= 2)
+        for (int l = 0; l < 32; ++l) {
+          a[g * 64 + l] = uint8_t((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0));
+          a[g * 64 + 32 + l] = uint8_t((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0));
+        }
+      int sumi = 0, summ = 0;
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        scale_min_k4(s, w[b].scales, sc, m);
+        sumi += sc * dot32(a + 32 * s, y[b].qs + 32 * s);
+        summ += m * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
+      }
+      sumf += h2f(w[b].d) * y[b].d * float(sumi) - h2f(w[b].dmin) * y[b].d * float(summ);
+    }
+    out[j] = sumf;
+  }
+}
+
+void dot_q6_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q6_K*>(vw);
+  const int64_t nb = k / QK_K;
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = PEFT_XQ(block_q8_K, j);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int8_t a[QK_K];
+      const uint8_t* ql = w[b].ql;
+      const uint8_t* qh = w[b].qh;
+      for (int n = 0; n < QK_K; n += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; ++l) {
+          a[n + l] = int8_t(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+          a[n + l + 32] = int8_t(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+          a[n + l + 64] = int8_t(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+          a[n + l + 96] = int8_t(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+      int sumi = 0;
+      for (int s = 0; s < 16; ++s) {
+        int d = 0;
+        for (int l = 0; l < 16; ++l) d += a[16 * s + l] * y[b].qs[16 * s + l];
+        sumi += w[b].scales[s] * d;
+      }
+      sumf += h2f(w[b].d) * y[b].d * float(sumi);
+    }
+    out[j] = sumf;
+  }
+}
+
+#undef PEFT_XQ
+
+}  // namespace
+
+#define PEFT_STR2(x) #x
+#define PEFT_STR(x) PEFT_STR2(x)
+
+const KernelTable& kernels() {
+  static const KernelTable table{
+      PEFT_STR(PEFT_QUANT_ISA),
+      {quantize_q8_0, quantize_q8_1, quantize_q8_K},
+      {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K}};
+  return table;
+}
+
+}  // namespace peft::quant::PEFT_QUANT_ISA
