@@ -15,6 +15,7 @@
 
 #include "runtime/cuda/cuda_common.cuh"
 #include "runtime/cuda/cuda_kernels.h"
+#include "runtime/cuda_plugin.h"
 #include "runtime/cuda/cuda_transformer.h"
 
 namespace peft {
@@ -357,16 +358,19 @@ void make_current() {
 }  // namespace cuda
 
 // ---------------------------------------------------------------------------
-// entry points declared in runtime/backend.h
+// entry points of runtime/backend.h and device.h, handed to libpeft.so through the plugin table
+// (runtime/cuda_plugin.h, runtime/cuda_loader.cpp)
 
-bool cuda_available() {
+namespace {
+
+bool plugin_available() {
   static const bool present = cuda::device_count_or_zero(nullptr) > 0;
   return present;
 }
 
-int cuda_device_count() { return cuda::device_count_or_zero(nullptr); }
+int plugin_device_count() { return cuda::device_count_or_zero(nullptr); }
 
-void select_cuda_device(int index) {
+void plugin_select_device(int index) {
   std::string why;
   const int n = cuda::device_count_or_zero(&why);
   if (n == 0) fail("cannot select cuda:", index, ": no CUDA device is present (", why, ")");
@@ -377,13 +381,13 @@ void select_cuda_device(int index) {
   cuda::make_current();
 }
 
-void cuda_synchronize() {
-  if (!cuda_available()) return;
+void plugin_synchronize() {
+  if (!plugin_available()) return;
   cuda::make_current();
   cuda::check(cudaDeviceSynchronize(), "cuda_synchronize");
 }
 
-Backend& cuda_backend() {
+Backend& plugin_backend() {
   static std::string why;
   static const bool present = [] { return cuda::device_count_or_zero(&why) > 0; }();
   if (!present)
@@ -394,7 +398,7 @@ Backend& cuda_backend() {
   return b;
 }
 
-void copy_across_devices(const Tensor& src, Tensor& dst) {
+void plugin_copy_across_devices(const Tensor& src, Tensor& dst) {
   if (src.nbytes() != dst.nbytes())
     fail("[to_device] internal: copying ", src.desc(), " into ", dst.desc(), " of a different size");
   if (src.nbytes() == 0) return;
@@ -405,7 +409,7 @@ void copy_across_devices(const Tensor& src, Tensor& dst) {
     std::memcpy(dst.raw_data(), src.raw_data(), src.nbytes());
     return;
   }
-  cuda_backend();  // fails clearly without a device
+  plugin_backend();  // fails clearly without a device
   cuda::make_current();
   const cudaMemcpyKind kind = s == Device::cpu ? cudaMemcpyHostToDevice
                               : d == Device::cpu ? cudaMemcpyDeviceToHost
@@ -413,4 +417,14 @@ void copy_across_devices(const Tensor& src, Tensor& dst) {
   cuda::check(cudaMemcpy(dst.raw_data(), src.raw_data(), src.nbytes(), kind), "to_device");
 }
 
+}  // namespace
+
 }  // namespace peft
+
+extern "C" __attribute__((visibility("default"))) const peft::CudaPluginApi* peft_cuda_plugin_api() {
+  static const peft::CudaPluginApi api{peft::kCudaPluginVersion, peft::plugin_available,
+                                       peft::plugin_device_count, peft::plugin_select_device,
+                                       peft::plugin_synchronize,  peft::plugin_backend,
+                                       peft::plugin_copy_across_devices};
+  return &api;
+}
