@@ -290,3 +290,45 @@ TEST_CASE("gguf SmolLM2: greedy continuations agree with llama.cpp at least as o
   CHECK(full >= 4);
   CHECK(prefix >= 8 * int(gj["greedy"].size()));
 }
+
+TEST_CASE("gguf models: IA3 and AdaLoRA inject onto quantized base layers with PEFT's names") {
+  Goldens g;
+  register_builtin_methods();
+  const double base_gap = max_abs_diff(g.logits.at("llama.tiny_llama.q8_0.gguf"), g.logits.at("llama.f32"));
+  const std::vector<std::pair<std::string, std::string>> configs = {
+      {"IA3", R"({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+                  "feedforward_modules": ["down_proj"]})"},
+      {"ADALORA", R"({"peft_type": "ADALORA", "target_modules": ["q_proj", "v_proj"], "init_r": 4, "target_r": 2,
+                      "total_step": 10, "lora_alpha": 8})"}};
+  for (const auto& [method, text] : configs) {
+    CAPTURE(method);
+    nn::PretrainedOptions o;
+    o.dtype = DType::float32;
+    auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf");
+    auto f = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", o);
+    Tensor base_q = logits_of(*q, g.ids());
+    for (auto* m : {q.get(), f.get()}) {
+      inject_adapter_in_model(*config_from_json(text), *m);
+      // non-trivial adapter weights, the same on both models (PEFT's inits are no-ops here)
+      Generator gen(7);
+      for (auto& [n, p] : m->named_parameters())
+        if (n.find("ia3_l") != std::string::npos || n.find("lora_") != std::string::npos) {
+          NoGradGuard ng;
+          p.copy_(add(n.find("ia3_l") != std::string::npos ? ones_like(p) : zeros_like(p),
+                      mul(randn(p.shape(), gen), 0.3)));
+        }
+    }
+    const StateDict sd = q->state_dict();
+    if (method == "IA3") {
+      CHECK(sd.contains("model.layers.0.self_attn.k_proj.ia3_l.default"));
+      CHECK(sd.at("model.layers.0.self_attn.k_proj.base_layer.weight").dtype() == DType::q8_0);
+    } else {
+      CHECK(sd.contains("model.layers.1.self_attn.v_proj.lora_E.default"));
+      CHECK(sd.at("model.layers.1.self_attn.v_proj.base_layer.weight").dtype() == DType::q8_0);
+    }
+    Tensor lq = logits_of(*q, g.ids()), lf = logits_of(*f, g.ids());
+    CHECK(max_abs_diff(lq, lf) < 2 * base_gap);  // the adapter on both bases, up to the base gap
+    CHECK(max_abs_diff(lq, base_q) > 0.05);      // and it acts on the quantized one
+    CHECK(error_of([&] { merge_adapters(*q); }).find("cannot merge into") != std::string::npos);
+  }
+}

@@ -124,6 +124,7 @@ int bench_train_step(const std::vector<std::string>& args, Report& rep);
 int bench_inject(const std::vector<std::string>& args, Report& rep);
 int bench_load(const std::vector<std::string>& args, Report& rep);
 int bench_tokenizer(const std::vector<std::string>& args, Report& rep);
+int bench_decode(const std::vector<std::string>& args, Report& rep);
 
 // Starts the worker for `bench` and notes the versions (or why not) in `rep`.
 std::unique_ptr<PyWorker> start_worker(const std::string& bench, const Options& o, Report& rep);

@@ -230,6 +230,7 @@ const Benchmark kBenchmarks[] = {
     {"inject", "LoRA into a Llama-7B tree on meta, adapter load, peak RSS, vs PyTorch+PEFT", bench_inject},
     {"load", "open 1, 10, 100 adapter folders, vs PyTorch+PEFT", bench_load},
     {"tokenizer", "encode 2 MB of Debian text with three tokenizer.json files, vs the tokenizers library", bench_tokenizer},
+    {"decode", "a GGUF decoder's prompt and generation tokens/s, vs llama.cpp (llama-bench) and transformers", bench_decode},
     {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
 

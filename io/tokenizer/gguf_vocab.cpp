@@ -1267,7 +1267,8 @@ void LlamaVocab::apply_token_overrides(const io::GGUFFile& f) {
   file_id("tokenizer.ggml.prefix_token_id", kinds[2].id);  // deprecated names
   file_id("tokenizer.ggml.suffix_token_id", kinds[3].id);
   file_id("tokenizer.ggml.middle_token_id", kinds[4].id);
-  for (const auto& [text, id] : token_to_id_) {
+  for (const auto& [token_text, id] : token_to_id_) {
+    const std::string& text = token_text;  // clang 14 cannot capture a structured binding
     for (Kind& k : kinds) {
       if (k.id != kNoToken) continue;
       if (std::any_of(k.texts.begin(), k.texts.end(), [&](const char* t) { return text == t; })) {

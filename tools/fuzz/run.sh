@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target for SECONDS (default 600) on its corpus; findings land in
 # build-fuzz/findings/TARGET/. Usage: tools/fuzz/run.sh TARGET [SECONDS] [builddir]
-#   TARGET: safetensors | config | load_adapter | state_dict | tokenizer | model_folder
+#   TARGET: safetensors | config | load_adapter | state_dict | tokenizer | model_folder | gguf
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 T=$1
