@@ -6,6 +6,7 @@
 
 #include <Eigen/Dense>
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <string>
 #include <vector>
@@ -67,6 +68,25 @@ void sgemm_2d(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int6
     } else {
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
       for (int part = 0; part < parts; ++part) rows(part);
+    }
+    return;
+  }
+  if (M <= 4 && sak == 1 && sbk == 1 && N >= 64 && K >= 16) {
+    // a few rows against a weight stored [N, K] (linear of one token): a streaming
+    // matrix-vector product, four weight rows at a time with prefetch, threads over blocks of
+    // output columns (SmolLM2 float32, one token on 2 threads: 32.7 -> 34.5 tok/s against
+    // oneDNN's sgemm; on 1 thread 20.4 -> 19.0)
+    const int64_t nt = flops < 1e5 ? 1 : max_nt;
+    const int64_t block = std::max<int64_t>(8, N / (nt * 8)), nblocks = (N + block - 1) / block;
+    auto run = [&](int64_t b) {
+      const int64_t n0 = b * block, n1 = std::min(N, n0 + block);
+      cpu::gemv_rows_f32(n0, n1, K, B, sbn, M, A, sam, alpha, beta, C, N, /*prefetch: 4 rows ahead*/ 16 * K);
+    };
+    if (nt <= 1) {
+      for (int64_t b = 0; b < nblocks; ++b) run(b);
+    } else {
+#pragma omp parallel for num_threads(int(nt)) schedule(dynamic, 1)
+      for (int64_t b = 0; b < nblocks; ++b) run(b);
     }
     return;
   }

@@ -28,6 +28,64 @@ inline __attribute__((always_inline)) v8 load8(const float* p) {
 
 int64_t packed8_size(int64_t K, int64_t N) { return (N + 7) / 8 * K * 8; }
 
+namespace {
+// MM activation rows x R weight rows at a time, at compile time: R concurrent weight streams
+// (more memory-level parallelism than one row after another) and the accumulators in registers.
+template <int MM, int R>
+inline __attribute__((always_inline)) void gemv_block_t(int64_t n, int64_t K, const float* W, int64_t ldw,
+                                                       const float* X, int64_t ldx, float alpha, float beta, float* Y,
+                                                       int64_t ldy) {
+  const int64_t K8 = K / 8 * 8;
+  v8 acc[MM][R];
+  for (int m = 0; m < MM; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = v8{};
+  for (int64_t k = 0; k < K8; k += 8) {
+    v8 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load8(W + (n + r) * ldw + k);
+    for (int m = 0; m < MM; ++m) {
+      const v8 xv = load8(X + m * ldx + k);
+      for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * xv;
+    }
+  }
+  for (int m = 0; m < MM; ++m)
+    for (int r = 0; r < R; ++r) {
+      const float* w = W + (n + r) * ldw;
+      float s = 0;
+      for (int j = 0; j < 8; ++j) s += acc[m][r][j];
+      for (int64_t k = K8; k < K; ++k) s += w[k] * X[m * ldx + k];
+      float& y = Y[m * ldy + n + r];
+      y = beta == 0.f ? alpha * s : alpha * s + beta * y;
+    }
+}
+
+template <int MM>
+inline __attribute__((always_inline)) void gemv_rows_t(int64_t n0, int64_t n1, int64_t K, const float* W, int64_t ldw,
+                                                      const float* X, int64_t ldx, float alpha, float beta, float* Y,
+                                                      int64_t ldy, int64_t prefetch) {
+  const char* end = reinterpret_cast<const char*>(W + n1 * ldw);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    if (prefetch > 0) {
+      const char* ahead = reinterpret_cast<const char*>(W + n * ldw) + prefetch;
+      for (int64_t c = 0; c < 4 * K * int64_t(sizeof(float)) && ahead + c < end; c += 64) __builtin_prefetch(ahead + c, 0, 3);
+    }
+    gemv_block_t<MM, 4>(n, K, W, ldw, X, ldx, alpha, beta, Y, ldy);
+  }
+  for (; n < n1; ++n) gemv_block_t<MM, 1>(n, K, W, ldw, X, ldx, alpha, beta, Y, ldy);
+}
+}  // namespace
+
+PEFT_VEC_CLONES
+void gemv_rows_f32(int64_t n0, int64_t n1, int64_t K, const float* W, int64_t ldw, int64_t M, const float* X,
+                   int64_t ldx, float alpha, float beta, float* Y, int64_t ldy, int64_t prefetch) {
+  switch (M) {
+    case 1: return gemv_rows_t<1>(n0, n1, K, W, ldw, X, ldx, alpha, beta, Y, ldy, prefetch);
+    case 2: return gemv_rows_t<2>(n0, n1, K, W, ldw, X, ldx, alpha, beta, Y, ldy, prefetch);
+    case 3: return gemv_rows_t<3>(n0, n1, K, W, ldw, X, ldx, alpha, beta, Y, ldy, prefetch);
+    default: return gemv_rows_t<4>(n0, n1, K, W, ldw, X, ldx, alpha, beta, Y, ldy, prefetch);
+  }
+}
+
 void pack8_f32(int64_t K, int64_t N, const float* B, int64_t sbk, int64_t sbn, float* out) {
   const int64_t blocks = (N + 7) / 8;
   for (int64_t bl = 0; bl < blocks; ++bl)

@@ -39,6 +39,14 @@ void gemm_packed8_f32(int64_t row0, int64_t row1, int64_t N, int64_t K, float al
 void lora_update_f32(int64_t M, int64_t in, int64_t r, int64_t out, const float* x, const float* A, const float* bt,
                      float s, float* y);
 
+// Matrix-vector products for a few activation rows (a decoder's one token per step), where
+// sgemm is latency-bound on the weight stream: Y[m·ldy + n] = alpha·Σ_k W[n·ldw + k]·X[m·ldx + k]
+// (+ beta·Y) for n in [n0, n1), m < M <= 4. Each weight row is read once for every m, the rows
+// `prefetch` bytes ahead are requested into L1 first, and the sum runs in 8-lane blocks in k
+// order (the same bits on every ISA).
+void gemv_rows_f32(int64_t n0, int64_t n1, int64_t K, const float* W, int64_t ldw, int64_t M, const float* X,
+                   int64_t ldx, float alpha, float beta, float* Y, int64_t ldy, int64_t prefetch);
+
 // y[i] = e^(x[i] - shift) for softmax rows; returns the sum of y in float64.
 double exp_shifted_f32(const float* x, float* y, int64_t n, float shift);
 
