@@ -150,6 +150,13 @@ TEST_CASE("quantized kernels: every ISA's dot products equal the scalar kernels'
       ref.quantize[int(af)](x.data_ptr<float>() + j * K, xq_ref.data() + j * xrow, K);
     }
     CHECK(xq_best == xq_ref);  // activation quantization is exact on every ISA
+    if (DequantizeFn deq = best.dequantize[int(dt) - int(DType::q4_0)]) {  // bulk dequantization: bit-equal
+      Tensor wide = random_blocks(dt, 3, K, 41);
+      std::vector<float> fast(size_t(3 * K)), slow(size_t(3 * K));
+      deq(wide.raw_data(), fast.data(), 3 * K);
+      dequantize_row(dt, wide.raw_data(), slow.data(), 3 * K);
+      CHECK(std::memcmp(fast.data(), slow.data(), fast.size() * sizeof(float)) == 0);
+    }
     for (int nx = 1; nx <= 4; ++nx) {
       float a[4], b[4];
       best.dot[int(dt) - int(DType::q4_0)](K, w.raw_data(), xq_best.data(), xrow, nx, a);

@@ -179,6 +179,12 @@ void dequantize_row(DType dt, const void* src, float* dst, int64_t n) {
   }
 }
 
+void dequantize_row_fast(DType dt, const void* src, float* dst, int64_t n) {
+  const DequantizeFn f = best_kernels().dequantize[int(dt) - int(DType::q4_0)];
+  if (f) f(src, dst, n);
+  else dequantize_row(dt, src, dst, n);
+}
+
 ActFormat act_format(DType w) {
   switch (w) {
     case DType::q4_1: case DType::q5_1: return ActFormat::q8_1;
@@ -237,7 +243,7 @@ void CpuBackend::dequantize(const Tensor& w, Tensor& out) {
   const DType dt = w.dtype();
   const int nt = threads_for(double(w.numel()));
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t r = 0; r < rows; ++r) dequantize_row(dt, src + size_t(r) * row_bytes, dst + r * K, K);
+  for (int64_t r = 0; r < rows; ++r) dequantize_row_fast(dt, src + size_t(r) * row_bytes, dst + r * K, K);
 }
 
 void CpuBackend::dequantize_rows(const Tensor& w, const Tensor& ids, Tensor& out) {
@@ -249,7 +255,7 @@ void CpuBackend::dequantize_rows(const Tensor& w, const Tensor& ids, Tensor& out
   const DType dt = w.dtype();
   const int nt = threads_for(double(n * K));
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t i = 0; i < n; ++i) dequantize_row(dt, src + size_t(id[i]) * row_bytes, dst + i * K, K);
+  for (int64_t i = 0; i < n; ++i) dequantize_row_fast(dt, src + size_t(id[i]) * row_bytes, dst + i * K, K);
 }
 
 namespace {
@@ -286,7 +292,7 @@ void CpuBackend::quantized_linear(const Tensor& x, const Tensor& w, Tensor& out)
       float* d = deq.data_ptr<float>();
       const int nt = threads_for(double(rows * K));
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-      for (int64_t r = 0; r < rows; ++r) dequantize_row(dt, wp + size_t(t0 + r) * row_bytes, d + r * K, K);
+      for (int64_t r = 0; r < rows; ++r) dequantize_row_fast(dt, wp + size_t(t0 + r) * row_bytes, d + r * K, K);
       Tensor wt = deq.narrow(0, 0, rows * K).view({rows, K});
       Tensor pt = part.narrow(0, 0, M * rows).view({M, rows});  // gemm writes contiguous rows
       gemm(x, wt.t(), pt, 1.0, 0.0);
@@ -363,7 +369,7 @@ void CpuBackend::quantized_matmul(const Tensor& g, const Tensor& w, Tensor& out)
     const DType dt = w.dtype();
     const int nt = threads_for(double(rows * K));
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t r = 0; r < rows; ++r) dequantize_row(dt, wp + size_t(t0 + r) * row_bytes, d + r * K, K);
+    for (int64_t r = 0; r < rows; ++r) dequantize_row_fast(dt, wp + size_t(t0 + r) * row_bytes, d + r * K, K);
     Tensor wt = deq.narrow(0, 0, rows);
     Tensor gt = g.narrow(1, t0, rows);
     gemm(gt, wt, out, 1.0, 1.0);

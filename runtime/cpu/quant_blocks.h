@@ -39,12 +39,16 @@ size_t act_row_bytes(ActFormat f, int64_t k);  // bytes of one quantized activat
 // `xq_stride` bytes apart: out[j] = w · x_j.
 using DotFn = void (*)(int64_t k, const void* w, const void* xq, size_t xq_stride, int nx, float* out);
 using QuantizeFn = void (*)(const float* x, void* y, int64_t k);
+// n values of one weight format to float32, bit-equal to dequantize_row (the same IEEE products
+// and sums, only vectorized); nullptr: use dequantize_row.
+using DequantizeFn = void (*)(const void* src, float* dst, int64_t n);
 
 // One ISA's kernels, indexed by weight dtype (q4_0 .. q6_k) and activation format.
 struct KernelTable {
   const char* isa;
   QuantizeFn quantize[3];  // by ActFormat
   DotFn dot[8];            // by DType - q4_0
+  DequantizeFn dequantize[8];  // by DType - q4_0
 };
 
 namespace generic { const KernelTable& kernels(); }
@@ -59,5 +63,7 @@ extern float f16_table[65536];
 const KernelTable& best_kernels();
 // ggml's reference dequantization (dequantize_row_*): n values of `dt` from `src`.
 void dequantize_row(DType dt, const void* src, float* dst, int64_t n);
+// The same values through the best ISA's kernel where it has one (bulk dequantization).
+void dequantize_row_fast(DType dt, const void* src, float* dst, int64_t n);
 
 }  // namespace peft::quant

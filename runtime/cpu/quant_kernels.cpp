@@ -554,6 +554,46 @@ void dot_q6_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
 
 #undef PEFT_XQ
 
+// ----------------------------------------------------------------- bulk dequantization --
+// The reference formulas (cpu_quant.cpp) with the same float operations, 8 values at a time:
+// q4_0 (q - 8)·d, q4_1 q·d + m, q8_0 q·d.
+#if defined(__AVX2__)
+inline void store_nibble_block(const uint8_t* qs, __m256 d, const __m256* m, int offset, float* y) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i lo = _mm_and_si128(t, _mm_set1_epi8(0xF)), hi = _mm_and_si128(_mm_srli_epi16(t, 4), _mm_set1_epi8(0xF));
+  const __m128i parts[2] = {lo, hi};
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 2; ++q) {
+      const __m128i bytes = q == 0 ? parts[h] : _mm_srli_si128(parts[h], 8);
+      __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(offset)));
+      v = _mm256_mul_ps(v, d);
+      if (m) v = _mm256_add_ps(v, *m);
+      _mm256_storeu_ps(y + h * 16 + q * 8, v);
+    }
+}
+void deq_q4_0(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q4_0*>(src);
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) store_nibble_block(x[i].qs, _mm256_set1_ps(h2f(x[i].d)), nullptr, 8, y);
+}
+void deq_q4_1(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q4_1*>(src);
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+    const __m256 m = _mm256_set1_ps(h2f(x[i].m));
+    store_nibble_block(x[i].qs, _mm256_set1_ps(h2f(x[i].d)), &m, 0, y);
+  }
+}
+void deq_q8_0(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q8_0*>(src);
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+    const __m256 d = _mm256_set1_ps(h2f(x[i].d));
+    for (int q = 0; q < 4; ++q) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x[i].qs + 8 * q));
+      _mm256_storeu_ps(y + 8 * q, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d));
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 #define PEFT_STR2(x) #x
@@ -563,7 +603,12 @@ const KernelTable& kernels() {
   static const KernelTable table{
       PEFT_STR(PEFT_QUANT_ISA),
       {quantize_q8_0, quantize_q8_1, quantize_q8_K},
-      {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K}};
+      {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
+#if defined(__AVX2__)
+      {deq_q4_0, deq_q4_1, nullptr, nullptr, deq_q8_0, nullptr, nullptr, nullptr}};
+#else
+      {}};
+#endif
   return table;
 }
 
