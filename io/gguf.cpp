@@ -451,6 +451,13 @@ const uint8_t* GGUFFile::data(const GGUFTensorInfo& ti) const {
   return static_cast<const uint8_t*>(impl_->map->addr) + impl_->data_offset + ti.offset;
 }
 
+void GGUFFile::release_pages(const GGUFTensorInfo& ti) const {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data(ti)), end = begin + ti.nbytes;
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 Tensor GGUFFile::tensor(const std::string& name) const {
   const GGUFTensorInfo& ti = info(name);
   const auto dt = ggml_runtime_dtype(ti.ggml_type);

@@ -110,6 +110,10 @@ class GGUFFile {
   Tensor tensor(const std::string& name, DType dt) const;
   // The raw bytes of a tensor's data.
   const uint8_t* data(const GGUFTensorInfo& ti) const;
+  // Gives the resident pages wholly inside a tensor's data back to the OS (madvise DONTNEED; a
+  // later read faults them in again from the file). For a tensor the caller has copied and will
+  // not read through the mapping (a re-ordered copy), so it is not resident twice.
+  void release_pages(const GGUFTensorInfo& ti) const;
 
   struct Impl;
   explicit GGUFFile(std::unique_ptr<Impl> impl);

@@ -63,5 +63,20 @@ expect_rc "generate --model without --prompt exits 2" 2 "$peft" generate --model
 expect_rc "embed without text exits 2" 2 "$peft" embed --model "$tmp/llama"
 expect_rc "embed on a folder without tokenizer.json exits 1" 1 "$peft" embed --model $h/hf_bert_lora_default_targets/model "hello"
 
+# GGUF files (tests/data/gguf: tiny llama / qwen2 with byte-level vocabularies)
+q=tests/data/gguf
+check "inspect a GGUF file: architecture, heads, types with bytes, tokenizer" bash -c \
+  "'$peft' inspect $q/tiny_llama.q8_0.gguf > $tmp/i.txt && grep -q 'GGUF v3' $tmp/i.txt && grep -q 'heads 4 (kv 2)' $tmp/i.txt && grep -q 'Q8_0 ' $tmp/i.txt && grep -q 'tokenizer: gpt2' $tmp/i.txt"
+check "inspect --json of a GGUF file" bash -c \
+  "'$peft' inspect --json $q/tiny_llama.q4_k_m.gguf | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"kind\"]==\"gguf\"; assert \"Q4_K\" in d[\"types\"] and \"Q6_K\" in d[\"types\"], d[\"types\"]; assert d[\"head_count_kv\"]==2; assert d[\"metadata\"][\"tokenizer.ggml.tokens\"][\"length\"]==256'"
+check "generate --ids from a GGUF file: the prompt's ids and 5 new ones" bash -c \
+  "'$peft' generate --model $q/tiny_qwen2.q8_0.gguf --prompt 'hello' --max-new-tokens 5 --ids > $tmp/g.txt && [ \"\$(head -1 $tmp/g.txt)\" = '104 101 108 108 111' ] && [ \"\$(sed -n 2p $tmp/g.txt | wc -w)\" = 5 ]"
+expect_rc "generate --chat without a chat template exits 1" 1 "$peft" generate --model $q/tiny_qwen2.q8_0.gguf --prompt hi --chat
+expect_rc "generate --system without --chat exits 2" 2 "$peft" generate --model $q/tiny_qwen2.q8_0.gguf --prompt hi --system x
+check "perplexity --json: windows of --ctx, the second halves scored" bash -c \
+  "head -c 3000 $q/ppl_glosses.txt > $tmp/t.txt && '$peft' perplexity --model $q/tiny_llama.q8_0.gguf --text $tmp/t.txt --ctx 64 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"ctx\"]==64 and d[\"tokens\"]==d[\"windows\"]*31 and d[\"windows\"]==d[\"text_tokens\"]//64, d; assert 1 < d[\"perplexity\"] < 1e6'"
+expect_rc "perplexity of a text shorter than two windows exits 1" 1 "$peft" perplexity --model $q/tiny_llama.q8_0.gguf --text $q/tiny_models.json --ctx 4096
+expect_rc "perplexity with --ctx 2 exits 2" 2 "$peft" perplexity --model $q/tiny_llama.q8_0.gguf --text $q/ppl_glosses.txt --ctx 2
+
 echo "cli: $failures failure(s)"
 exit $((failures > 0))

@@ -160,7 +160,7 @@ TEST_CASE("gguf: every metadata value type, nested arrays, defaults") {
   CHECK(n->elem_type == GGUFValueType::array);
   CHECK(n->value.dump() == "[[1,2],[]]");
   CHECK(f->get_int("absent", 42) == 42);
-  CHECK(error_of([&] { f->get_int("u32", 0) + f->get_int("str", 0); }).find("expected an integer") != std::string::npos);
+  CHECK(error_of([&] { (void)f->get_int("str", 0); }).find("expected an integer") != std::string::npos);
   fs::remove(path);
 }
 

@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -27,6 +29,14 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int64_t kTokens = 128;
+// About 130 tokens of text for the memory run (`peft generate` in a fresh process).
+const char* kRssPrompt =
+    "The history of the city begins with a small settlement of farmers and fishermen on the banks of a "
+    "wide river. Over the centuries it grew into a market town, then a busy port, and finally the capital "
+    "of a province. Its old quarter still keeps the narrow streets, the stone bridges and the cathedral "
+    "that travellers described in their letters, while the new districts spread along the railway and the "
+    "highway. Today the city is known for its university, its museums, its food and its festivals, and "
+    "every summer thousands of visitors walk along the river to watch the boats and the evening lights.";
 
 // A child process's stdout and peak resident memory (wait4's ru_maxrss).
 struct ChildResult {
@@ -150,8 +160,10 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
         "  In the same run: llama.cpp's llama-bench on the same file and threads (--repack 0; default\n"
         "  ~/.cache/peft/llama.cpp/build/bin/llama-bench, scripts/build_llama_cpp.sh; PEFT_LLAMA_BENCH) and\n"
         "  transformers on the dequantized weights (from_pretrained(gguf_file=...), float32; the same for\n"
-        "  both rows of a thread count). Rounds alternate the three sides; medians. Peak RSS (MiB): of each\n"
-        "  process while it ran the file (ours / llama.cpp / transformers).\n%s",
+        "  both rows of a thread count). Rounds alternate the three sides; medians. Peak RSS (MiB), each\n"
+        "  side a whole run of the file: ours `peft generate` in a fresh process (load, a ~130-token\n"
+        "  prompt, 128 tokens), llama.cpp llama-bench's run (pp128 + tg128), transformers its worker\n"
+        "  process (it holds the dequantized float32 model).\n%s",
         (long long)kTokens, (long long)kTokens, kCommonHelp);
     return 0;
   }
@@ -164,6 +176,7 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
   auto py = start_worker("decode", o, rep);
 
   ScratchDir scratch;
+  const std::string self_exe = fs::read_symlink("/proc/self/exe").string();
   std::string f32_file;
   std::string qname = "q";
   {
@@ -192,7 +205,6 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
       nn::PretrainedOptions popts;
       if (file.empty()) popts.dtype = DType::float32;
       const std::string our_file = file.empty() ? model : file;
-      reset_peak_rss();
       auto m = nn::load_pretrained(our_file, popts);
       m->eval();
       // fixed pseudo-random prompt ids (the speed does not depend on them)
@@ -226,7 +238,6 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
         s.clear();
         sg.round(s);
         for (double v : s) tg.ours.push_back(double(kTokens) / v);
-        pp.rss_ours = tg.rss_ours = std::max(pp.rss_ours, peak_rss());
         if (llama.why.empty() && !file.empty()) {
           LlamaResult l = run_llama_bench(llama, file, threads, o.reps);
           pp.llama.push_back(l.pp);
@@ -243,12 +254,23 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
           py->round(greq, o, r == 0, t);
           for (double v : t) tg.torch.push_back(double(kTokens) / v);
           tg.rss_torch = std::max(tg.rss_torch, py->last_peak_rss());
-          pp.rss_torch = std::max(pp.rss_torch, tg.rss_torch);
         }
       }
       std::fprintf(stderr, "\n");
       rows.push_back(pp);
       rows.push_back(tg);
+      m.reset();
+      ::malloc_trim(0);
+      // our peak RSS as llama-bench's is measured: a fresh process that loads the file, reads a
+      // prompt and generates kTokens tokens (`peft generate`, tokenizer included)
+      {
+        std::vector<std::string> cmd = {self_exe, "generate", "--model", our_file, "--prompt", kRssPrompt,
+                                        "--max-new-tokens", std::to_string(kTokens), "--threads",
+                                        std::to_string(threads), "--ids"};
+        if (file.empty()) cmd.insert(cmd.end(), {"--dtype", "f32"});
+        ChildResult c = run_child(cmd);
+        if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0) rows[rows.size() - 1].rss_ours = rows[rows.size() - 2].rss_ours = c.peak_rss;
+      }
     }
     tables.emplace_back(threads, rows);
   }
@@ -268,7 +290,8 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
               rep.torch_versions.empty() ? ("not measured: " + rep.no_python_why).c_str() : rep.torch_versions.c_str(),
               now_s() - t0);
   std::printf("Tokens/s, medians of %d rounds x %d samples (llama-bench: its average of %d repetitions per round); "
-              "ratio = ours / llama.cpp (above 1: ours faster). Peak RSS in MiB: ours / llama.cpp / transformers.\n",
+              "ratio = ours / llama.cpp (above 1: ours faster). Peak RSS in MiB of a whole run: ours / llama.cpp / "
+              "transformers.\n",
               o.rounds, o.reps, o.reps);
   for (const auto& [threads, rows] : tables) {
     std::printf("\n%sthreads %d\n\n", o.markdown ? "### " : "", threads);

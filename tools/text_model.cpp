@@ -1,5 +1,7 @@
 #include "tools/text_model.h"
 
+#include <malloc.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -66,6 +68,10 @@ TextModel TextModel::load(const std::string& dir, const nn::PretrainedOptions& o
     auto f = io::GGUFFile::open(dir);
     if (f->has("tokenizer.ggml.model")) t.tokenizer.emplace(Tokenizer::from_gguf(*f));
     t.chat_template = f->get_string("tokenizer.chat_template", "");
+    f.reset();
+#if defined(__GLIBC__)
+    ::malloc_trim(0);  // the metadata (~100k vocabulary strings as JSON) is freed: give the heap back
+#endif
     return t;
   }
   const fs::path tj = fs::path(dir) / "tokenizer.json";

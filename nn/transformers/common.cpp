@@ -90,7 +90,7 @@ std::pair<Tensor, Tensor> KVCache::append(size_t i, const Tensor& k_new, const T
     fail("[KVCache] layer ", i, " holds keys ", L.k.desc(), " but the new keys are ", k_new.desc(),
          " (batch or heads changed: reset the cache)");
   if (!L.k.defined() || L.k.size(2) < need) {
-    int64_t cap = std::max<int64_t>(need, L.k.defined() ? 2 * L.k.size(2) : std::max<int64_t>(need, 64));
+    int64_t cap = std::max<int64_t>(need, L.k.defined() ? 2 * L.k.size(2) : std::max<int64_t>(need, reserve > 0 ? reserve : 64));
     Tensor k = empty({B, H, cap, D}, k_new.dtype(), k_new.device());
     Tensor v = empty({B, H, cap, D}, v_new.dtype(), v_new.device());
     if (L.k.defined() && length > 0) {

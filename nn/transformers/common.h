@@ -57,6 +57,9 @@ struct KVCache {
   };
   std::vector<Layer> layers;
   int64_t length = 0;
+  // Positions the first allocation reserves (0: grow by doubling from 64). Generation knows its
+  // final length: reserving it allocates each layer's keys and values once, exactly.
+  int64_t reserve = 0;
   // Appends k_new/v_new [B, Hkv, T, D] to layer `i` (positions length .. length+T-1) and
   // returns views of all valid positions. The caller advances `length` once per forward.
   std::pair<Tensor, Tensor> append(size_t i, const Tensor& k_new, const Tensor& v_new);

@@ -158,6 +158,7 @@ Tensor generate(PreTrainedModel& model, const Tensor& input_ids, const Tensor& a
   int64_t cur_len = T;
 
   KVCache cache;
+  cache.reserve = T + o.max_new_tokens;  // the longest this generation can get
   ModelInputs in;
   in.input_ids = input_ids;
   in.attention_mask = from_vector(mask, {B, T});

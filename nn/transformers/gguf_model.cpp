@@ -158,6 +158,7 @@ std::shared_ptr<PreTrainedModel> load_gguf(const std::string& path, const Pretra
     if (arch == "llama" && (ti.name.find(".attn_q.") != std::string::npos || ti.name.find(".attn_k.") != std::string::npos)) {
       const bool is_q = ti.name.find(".attn_q.") != std::string::npos;
       t = unpermute_rotary(t, is_q ? heads : kv_heads, ti.name);
+      f->release_pages(ti);  // the file's copy is never read again: not resident twice
       ++inf.converted_tensors;
     } else {
       ++inf.zero_copy_tensors;
