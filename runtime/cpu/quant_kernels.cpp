@@ -470,7 +470,7 @@ inline int dot32(const uint8_t* a, const int8_t* q8) {
   return s;
 }
 
-void dot_q4_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+[[maybe_unused]] void dot_q4_K_scalar(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
   const auto* w = static_cast<const block_q4_K*>(vw);
   const int64_t nb = k / QK_K;
   for (int j = 0; j < nx; ++j) {
@@ -494,7 +494,7 @@ void dot_q4_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
   }
 }
 
-void dot_q5_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+[[maybe_unused]] void dot_q5_K_scalar(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
   const auto* w = static_cast<const block_q5_K*>(vw);
   const int64_t nb = k / QK_K;
   for (int j = 0; j < nx; ++j) {
@@ -523,7 +523,7 @@ void dot_q5_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
   }
 }
 
-void dot_q6_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+[[maybe_unused]] void dot_q6_K_scalar(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
   const auto* w = static_cast<const block_q6_K*>(vw);
   const int64_t nb = k / QK_K;
   for (int j = 0; j < nx; ++j) {
@@ -550,6 +550,144 @@ void dot_q6_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
     }
     out[j] = sumf;
   }
+}
+
+// k-quants on AVX2: the integer dot of each 32-value sub-block (u8 x s8 pairs in maddubs, never
+// saturating: 63·127·2 < 2^15) times its 6-bit scale, summed in int32 lanes; the mins (q4_K,
+// q5_K) and q6_K's -32 offset through the activations' per-16 sums (bsums). Exact integers;
+// the float sum runs in another order than ggml's (results equal to float rounding).
+#if defined(__AVX2__)
+inline int32_t hsum_i32_8(__m256i a) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+// maddubs of 32 unsigned bytes with 32 activation bytes, pairs then times the scale of each
+// 16-byte half (int16 lanes 0-7: scale a, 8-15: scale b), as 8 int32 sums
+inline __m256i scaled_dot32(__m256i u, __m256i q8, int16_t a, int16_t b) {
+  const __m256i p = _mm256_maddubs_epi16(u, q8);
+  const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a));
+  return _mm256_madd_epi16(p, sc);
+}
+
+void dot_q4_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_K*>(vw);
+  const int64_t nb = k / QK_K;
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = reinterpret_cast<const block_q8_K*>(static_cast<const char*>(xq) + size_t(j) * xq_stride);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int sc[8], m[8];
+      for (int s = 0; s < 8; ++s) scale_min_k4(s, w[b].scales, sc[s], m[s]);
+      __m256i sumi = _mm256_setzero_si256();
+      for (int g = 0; g < 4; ++g) {
+        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * g));
+        const __m256i lo = _mm256_and_si256(bits, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        const __m256i q8l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g));
+        const __m256i q8h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g + 32));
+        sumi = _mm256_add_epi32(sumi, scaled_dot32(lo, q8l, int16_t(sc[2 * g]), int16_t(sc[2 * g])));
+        sumi = _mm256_add_epi32(sumi, scaled_dot32(hi, q8h, int16_t(sc[2 * g + 1]), int16_t(sc[2 * g + 1])));
+      }
+      int summ = 0;
+      for (int s = 0; s < 8; ++s) summ += m[s] * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
+      sumf += h2f(w[b].d) * y[b].d * float(hsum_i32_8(sumi)) - h2f(w[b].dmin) * y[b].d * float(summ);
+    }
+    out[j] = sumf;
+  }
+}
+
+void dot_q5_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_K*>(vw);
+  const int64_t nb = k / QK_K;
+  const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = reinterpret_cast<const block_q8_K*>(static_cast<const char*>(xq) + size_t(j) * xq_stride);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int sc[8], m[8];
+      for (int s = 0; s < 8; ++s) scale_min_k4(s, w[b].scales, sc[s], m[s]);
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh));
+      __m256i sumi = _mm256_setzero_si256();
+      for (int g = 0; g < 4; ++g) {
+        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * g));
+        // the fifth bit of the low / high nibbles of group g: qh bits 2g and 2g+1
+        const __m256i hl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), one);
+        const __m256i hh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), one);
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(hl, 4));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(hh, 4));
+        const __m256i q8l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g));
+        const __m256i q8h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g + 32));
+        sumi = _mm256_add_epi32(sumi, scaled_dot32(lo, q8l, int16_t(sc[2 * g]), int16_t(sc[2 * g])));
+        sumi = _mm256_add_epi32(sumi, scaled_dot32(hi, q8h, int16_t(sc[2 * g + 1]), int16_t(sc[2 * g + 1])));
+      }
+      int summ = 0;
+      for (int s = 0; s < 8; ++s) summ += m[s] * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
+      sumf += h2f(w[b].d) * y[b].d * float(hsum_i32_8(sumi)) - h2f(w[b].dmin) * y[b].d * float(summ);
+    }
+    out[j] = sumf;
+  }
+}
+
+void dot_q6_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q6_K*>(vw);
+  const int64_t nb = k / QK_K;
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+  for (int j = 0; j < nx; ++j) {
+    const auto* y = reinterpret_cast<const block_q8_K*>(static_cast<const char*>(xq) + size_t(j) * xq_stride);
+    float sumf = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* sc = w[b].scales;
+      __m256i sumi = _mm256_setzero_si256();
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* ql = w[b].ql + 64 * half;
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh + 32 * half));
+        // unsigned 6-bit values (the -32 comes back through bsums below), as dequantize_row
+        const __m256i u[4] = {
+            _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)),
+            _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4))};
+        for (int q = 0; q < 4; ++q) {
+          const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 128 * half + 32 * q));
+          const int s0 = 8 * half + 2 * q;
+          sumi = _mm256_add_epi32(sumi, scaled_dot32(u[q], q8, int16_t(sc[s0]), int16_t(sc[s0 + 1])));
+        }
+      }
+      int offset = 0;  // 32 · Σ_groups scale · Σ q8
+      for (int s = 0; s < 16; ++s) offset += int(sc[s]) * y[b].bsums[s];
+      sumf += h2f(w[b].d) * y[b].d * float(hsum_i32_8(sumi) - 32 * offset);
+    }
+    out[j] = sumf;
+  }
+}
+#endif
+
+void dot_q4_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+#if defined(__AVX2__)
+  dot_q4_K_avx2(k, vw, xq, xq_stride, nx, out);
+#else
+  dot_q4_K_scalar(k, vw, xq, xq_stride, nx, out);
+#endif
+}
+void dot_q5_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+#if defined(__AVX2__)
+  dot_q5_K_avx2(k, vw, xq, xq_stride, nx, out);
+#else
+  dot_q5_K_scalar(k, vw, xq, xq_stride, nx, out);
+#endif
+}
+void dot_q6_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+#if defined(__AVX2__)
+  dot_q6_K_avx2(k, vw, xq, xq_stride, nx, out);
+#else
+  dot_q6_K_scalar(k, vw, xq, xq_stride, nx, out);
+#endif
 }
 
 #undef PEFT_XQ
@@ -582,6 +720,88 @@ void deq_q4_1(const void* src, float* y, int64_t n) {
     store_nibble_block(x[i].qs, _mm256_set1_ps(h2f(x[i].d)), &m, 0, y);
   }
 }
+// q5_0 ((q | 5th bit) - 16)·d and q5_1 (q | 5th bit)·d + m: the nibbles and bits as the dot
+// products unpack them, then the reference's float products
+template <bool with_min>
+void deq_q5(const uint8_t* qs, const uint8_t* qh, float d, float m, float* y) {
+  const __m256i q = _mm256_or_si256(bytes_from_nibbles_32(qs), _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10)));
+  alignas(32) uint8_t bytes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), q);
+  const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+  for (int part = 0; part < 4; ++part) {
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + 8 * part)));
+    if constexpr (!with_min) v = _mm256_sub_epi32(v, _mm256_set1_epi32(16));
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), vd);
+    if constexpr (with_min) f = _mm256_add_ps(f, vm);
+    _mm256_storeu_ps(y + 8 * part, f);
+  }
+}
+void deq_q5_0(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q5_0*>(src);
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) deq_q5<false>(x[i].qs, x[i].qh, h2f(x[i].d), 0.f, y);
+}
+void deq_q5_1(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q5_1*>(src);
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) deq_q5<true>(x[i].qs, x[i].qh, h2f(x[i].d), h2f(x[i].m), y);
+}
+
+// 32 unsigned bytes as floats: y = a·float(u) - b (q4_K, q5_K: d·sc and dmin·m, as the reference)
+inline void store_u8x32_affine(__m256i u, float a, float b, float* y) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  alignas(32) uint8_t bytes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), u);
+  for (int q = 0; q < 4; ++q) {
+    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + 8 * q))));
+    _mm256_storeu_ps(y + 8 * q, _mm256_sub_ps(_mm256_mul_ps(va, f), vb));
+  }
+}
+void deq_q4_K(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q4_K*>(src);
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const float d = h2f(x[i].d), min = h2f(x[i].dmin);
+    for (int g = 0; g < 4; ++g, y += 64) {
+      int sc0, m0, sc1, m1;
+      scale_min_k4(2 * g, x[i].scales, sc0, m0);
+      scale_min_k4(2 * g + 1, x[i].scales, sc1, m1);
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * g));
+      store_u8x32_affine(_mm256_and_si256(bits, m4), d * float(sc0), min * float(m0), y);
+      store_u8x32_affine(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), d * float(sc1), min * float(m1), y + 32);
+    }
+  }
+}
+void deq_q6_K(const void* src, float* y, int64_t n) {
+  const auto* x = static_cast<const block_q6_K*>(src);
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const float d = h2f(x[i].d);
+    for (int half = 0; half < 2; ++half, y += 128) {
+      const uint8_t* ql = x[i].ql + 64 * half;
+      const int8_t* sc = x[i].scales + 8 * half;
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qh + 32 * half));
+      const __m256i u[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4))};
+      for (int q = 0; q < 4; ++q) {
+        alignas(32) uint8_t bytes[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), u[q]);
+        for (int part = 0; part < 4; ++part) {
+          // reference: d·sc·(q - 32), evaluated as (d·sc)·float(q - 32)
+          const __m256 ds = _mm256_set1_ps(d * float(sc[2 * q + part / 2]));
+          const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + 8 * part))),
+                                             _mm256_set1_epi32(32));
+          _mm256_storeu_ps(y + 32 * q + 8 * part, _mm256_mul_ps(ds, _mm256_cvtepi32_ps(v)));
+        }
+      }
+    }
+  }
+}
 void deq_q8_0(const void* src, float* y, int64_t n) {
   const auto* x = static_cast<const block_q8_0*>(src);
   for (int64_t i = 0; i < n / QK; ++i, y += QK) {
@@ -605,7 +825,7 @@ const KernelTable& kernels() {
       {quantize_q8_0, quantize_q8_1, quantize_q8_K},
       {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
 #if defined(__AVX2__)
-      {deq_q4_0, deq_q4_1, nullptr, nullptr, deq_q8_0, nullptr, nullptr, nullptr}};
+      {deq_q4_0, deq_q4_1, deq_q5_0, deq_q5_1, deq_q8_0, deq_q4_K, nullptr, deq_q6_K}};
 #else
       {}};
 #endif
