@@ -15,6 +15,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "io/mapped_file.h"
 #include "runtime/ops.h"
 
 namespace peft::io {
@@ -57,28 +58,9 @@ constexpr GGMLTypeInfo kGgmlTypes[] = {
     {40, "NVFP4", 64, 36},    {41, "Q1_0", 128, 18},    {42, "Q2_0", 64, 18},
 };
 
-std::string errno_str(int e) { return std::strerror(e); }
-
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  Mapping() = default;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (addr) ::munmap(addr, size);
-  }
-};
+using detail::errno_str;
+using detail::Fd;
+using detail::Mapping;
 
 constexpr int kMaxArrayDepth = 4;
 

@@ -89,15 +89,7 @@ static bool parse_st_dtype(const std::string& s, StDType& out) {
 
 namespace {
 
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
+using detail::Fd;
 
 // Compact JSON of a (small) value for error messages, cut when long.
 std::string brief(const ojson& j) {

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "io/mapped_file.h"
 #include "io/safetensors.h"
 
 namespace peft::io {
@@ -19,21 +20,6 @@ namespace peft::io {
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; peft.cpp's I/O assumes a little-endian host");
 
-namespace detail {
-
-// The file's private mapping; tensor views of it keep it alive.
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  Mapping() = default;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (addr) ::munmap(addr, size);
-  }
-};
-
-}  // namespace detail
 
 struct SafetensorsFile::Impl {
   std::string path;
@@ -53,7 +39,6 @@ namespace detail {
 std::unique_ptr<SafetensorsFile::Impl> parse_file(const std::string& path, const ReadLimits& limits);
 // Position in the Rust crate's `Dtype` enum (the writer's sort key).
 int st_dtype_rank(StDType dt);
-std::string errno_str(int e);
 
 }  // namespace detail
 

@@ -180,6 +180,12 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
   std::string f32_file;
   std::string qname = "q";
   {
+    // the row label: llama.cpp's file type (general.file_type: q4_1, q4_k_m, ...), else the GGML
+    // type holding the most bytes
+    static const std::map<int64_t, std::string> ftypes = {
+        {0, "f32"},     {1, "f16"},     {2, "q4_0"},    {3, "q4_1"},    {7, "q8_0"},    {8, "q5_0"},
+        {9, "q5_1"},    {10, "q2_k"},   {11, "q3_k_s"}, {12, "q3_k_m"}, {13, "q3_k_l"}, {14, "q4_k_s"},
+        {15, "q4_k_m"}, {16, "q5_k_s"}, {17, "q5_k_m"}, {18, "q6_k"},   {32, "bf16"}};
     auto f = io::GGUFFile::open(model);
     std::map<std::string, uint64_t> bytes;
     for (const auto& t : f->tensors()) bytes[io::ggml_type_info(t.ggml_type)->name] += t.nbytes;
@@ -187,6 +193,7 @@ int bench_decode(const std::vector<std::string>& args, Report& rep) {
     for (const auto& [k, v] : bytes)
       if (v > best) best = v, qname = k;
     for (char& c : qname) c = char(std::tolower(c));
+    if (auto it = ftypes.find(f->get_int("general.file_type", -1)); it != ftypes.end()) qname = it->second;
   }
   if (!llama.quantize.empty()) {
     f32_file = (scratch.path / "f32.gguf").string();

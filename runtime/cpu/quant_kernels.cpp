@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "runtime/cpu/quant_blocks.h"
 #include "runtime/half.h"
@@ -139,19 +140,37 @@ inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y) {
 #define PEFT_XQ(T, j) reinterpret_cast<const T*>(static_cast<const char*>(xq) + size_t(j) * xq_stride)
 
 #if defined(__AVX2__)
-// NX activation rows at compile time: the accumulators stay in registers.
-template <int NX>
-void dot_q4_0_rows(int64_t k, const block_q4_0* w, const void* xq, size_t xq_stride, float* out) {
+// The frame of the 32-value formats' dot products: NX activation rows at compile time (the
+// accumulators stay in registers), one float chain per row in block order as ggml's vec_dot,
+// the per-block work in `block(b, acc, mins)`; with_mins adds the q4_1 / q5_1 min terms.
+template <int NX, bool with_mins, class Block>
+inline __attribute__((always_inline)) void rows_frame(int64_t nb, float* out, Block&& block) {
+  __m256 acc[NX];
+  float mins[NX] = {};
+  for (int j = 0; j < NX; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) block(b, acc, mins);
+  for (int j = 0; j < NX; ++j) out[j] = with_mins ? hsum_float_8(acc[j]) + mins[j] : hsum_float_8(acc[j]);
+}
+// Runs f(std::integral_constant<int, NX>) for nx in 1..4.
+template <class F>
+inline void with_rows(int nx, F&& f) {
+  switch (nx) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+#endif
+
+void dot_q4_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_0*>(vw);
   const int64_t nb = k / QK;
-  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
-  // bit for bit (two chains per row measured no faster, and would round differently)
-  constexpr int U = 1;
-  __m256 acc[U][NX];
-  float summs[U][NX] = {};
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, __m256* a, float* sm) {
-    (void)sm;
+#if defined(__AVX2__)
+  with_rows(nx, [&](auto rows) {
+    constexpr int NX = decltype(rows)::value;
+    rows_frame<NX, false>(nb, out, [&](int64_t b, __m256* a, float* sm) {
+      (void)sm;
       const float dw = h2f(w[b].d);
       const __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[b].qs), _mm256_set1_epi8(8));
       for (int j = 0; j < NX; ++j) {
@@ -160,28 +179,8 @@ void dot_q4_0_rows(int64_t k, const block_q4_0* w, const void* xq, size_t xq_str
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
         a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
       }
-  };
-  int64_t b = 0;
-  for (; b + U <= nb; b += U)
-    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
-  for (; b < nb; ++b) block(b, acc[0], summs[0]);
-  for (int u = 1; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
-  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
-}
-#endif
-
-void dot_q4_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q4_0*>(vw);
-  const int64_t nb = k / QK;
-#if defined(__AVX2__)
-  switch (nx) {
-    case 1: return dot_q4_0_rows<1>(k, w, xq, xq_stride, out);
-    case 2: return dot_q4_0_rows<2>(k, w, xq, xq_stride, out);
-    case 3: return dot_q4_0_rows<3>(k, w, xq, xq_stride, out);
-    default: return dot_q4_0_rows<4>(k, w, xq, xq_stride, out);
-  }
-  (void)nb;
+    });
+  });
 #else
   for (int j = 0; j < nx; ++j) {
     const auto* y = PEFT_XQ(block_q8_0, j);
@@ -199,20 +198,14 @@ void dot_q4_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
 #endif
 }
 
-#if defined(__AVX2__)
-// NX activation rows at compile time: the accumulators stay in registers.
-template <int NX>
-void dot_q4_1_rows(int64_t k, const block_q4_1* w, const void* xq, size_t xq_stride, float* out) {
+void dot_q4_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q4_1*>(vw);
   const int64_t nb = k / QK;
-  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
-  // bit for bit (two chains per row measured no faster, and would round differently)
-  constexpr int U = 1;
-  __m256 acc[U][NX];
-  float summs[U][NX] = {};
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, __m256* a, float* sm) {
-    (void)sm;
+#if defined(__AVX2__)
+  with_rows(nx, [&](auto rows) {
+    constexpr int NX = decltype(rows)::value;
+    rows_frame<NX, true>(nb, out, [&](int64_t b, __m256* a, float* sm) {
+      (void)sm;
       const float dw = h2f(w[b].d), mw = h2f(w[b].m);
       const __m256i qx = bytes_from_nibbles_32(w[b].qs);
       for (int j = 0; j < NX; ++j) {
@@ -222,28 +215,8 @@ void dot_q4_1_rows(int64_t k, const block_q4_1* w, const void* xq, size_t xq_str
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
         a[j] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), a[j]);
       }
-  };
-  int64_t b = 0;
-  for (; b + U <= nb; b += U)
-    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
-  for (; b < nb; ++b) block(b, acc[0], summs[0]);
-  for (int u = 1; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
-  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]) + summs[0][j];
-}
-#endif
-
-void dot_q4_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q4_1*>(vw);
-  const int64_t nb = k / QK;
-#if defined(__AVX2__)
-  switch (nx) {
-    case 1: return dot_q4_1_rows<1>(k, w, xq, xq_stride, out);
-    case 2: return dot_q4_1_rows<2>(k, w, xq, xq_stride, out);
-    case 3: return dot_q4_1_rows<3>(k, w, xq, xq_stride, out);
-    default: return dot_q4_1_rows<4>(k, w, xq, xq_stride, out);
-  }
-  (void)nb;
+    });
+  });
 #else
   for (int j = 0; j < nx; ++j) {
     const auto* y = PEFT_XQ(block_q8_1, j);
@@ -264,20 +237,14 @@ void dot_q4_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
 // The 5th bit of value l of a q5 block.
 inline int q5_high(uint32_t qh, int l) { return int((qh >> l) & 1u) << 4; }
 
-#if defined(__AVX2__)
-// NX activation rows at compile time: the accumulators stay in registers.
-template <int NX>
-void dot_q5_0_rows(int64_t k, const block_q5_0* w, const void* xq, size_t xq_stride, float* out) {
+void dot_q5_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_0*>(vw);
   const int64_t nb = k / QK;
-  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
-  // bit for bit (two chains per row measured no faster, and would round differently)
-  constexpr int U = 1;
-  __m256 acc[U][NX];
-  float summs[U][NX] = {};
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, __m256* a, float* sm) {
-    (void)sm;
+#if defined(__AVX2__)
+  with_rows(nx, [&](auto rows) {
+    constexpr int NX = decltype(rows)::value;
+    rows_frame<NX, false>(nb, out, [&](int64_t b, __m256* a, float* sm) {
+      (void)sm;
       const float dw = h2f(w[b].d);
       __m256i qx = bytes_from_nibbles_32(w[b].qs);
       const __m256i hi = _mm256_andnot_si256(bytes_from_bits_32(w[b].qh), _mm256_set1_epi8(char(0xF0)));
@@ -288,28 +255,8 @@ void dot_q5_0_rows(int64_t k, const block_q5_0* w, const void* xq, size_t xq_str
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
         a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
       }
-  };
-  int64_t b = 0;
-  for (; b + U <= nb; b += U)
-    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
-  for (; b < nb; ++b) block(b, acc[0], summs[0]);
-  for (int u = 1; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
-  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
-}
-#endif
-
-void dot_q5_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q5_0*>(vw);
-  const int64_t nb = k / QK;
-#if defined(__AVX2__)
-  switch (nx) {
-    case 1: return dot_q5_0_rows<1>(k, w, xq, xq_stride, out);
-    case 2: return dot_q5_0_rows<2>(k, w, xq, xq_stride, out);
-    case 3: return dot_q5_0_rows<3>(k, w, xq, xq_stride, out);
-    default: return dot_q5_0_rows<4>(k, w, xq, xq_stride, out);
-  }
-  (void)nb;
+    });
+  });
 #else
   for (int j = 0; j < nx; ++j) {
     const auto* y = PEFT_XQ(block_q8_0, j);
@@ -329,20 +276,14 @@ void dot_q5_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
 #endif
 }
 
-#if defined(__AVX2__)
-// NX activation rows at compile time: the accumulators stay in registers.
-template <int NX>
-void dot_q5_1_rows(int64_t k, const block_q5_1* w, const void* xq, size_t xq_stride, float* out) {
+void dot_q5_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q5_1*>(vw);
   const int64_t nb = k / QK;
-  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
-  // bit for bit (two chains per row measured no faster, and would round differently)
-  constexpr int U = 1;
-  __m256 acc[U][NX];
-  float summs[U][NX] = {};
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, __m256* a, float* sm) {
-    (void)sm;
+#if defined(__AVX2__)
+  with_rows(nx, [&](auto rows) {
+    constexpr int NX = decltype(rows)::value;
+    rows_frame<NX, true>(nb, out, [&](int64_t b, __m256* a, float* sm) {
+      (void)sm;
       const float dw = h2f(w[b].d), mw = h2f(w[b].m);
       __m256i qx = bytes_from_nibbles_32(w[b].qs);
       qx = _mm256_or_si256(qx, _mm256_and_si256(bytes_from_bits_32(w[b].qh), _mm256_set1_epi8(0x10)));
@@ -353,28 +294,8 @@ void dot_q5_1_rows(int64_t k, const block_q5_1* w, const void* xq, size_t xq_str
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
         a[j] = _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), _mm256_mul_ps(dx, _mm256_set1_ps(h2f(y.d))), a[j]);
       }
-  };
-  int64_t b = 0;
-  for (; b + U <= nb; b += U)
-    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
-  for (; b < nb; ++b) block(b, acc[0], summs[0]);
-  for (int u = 1; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
-  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]) + summs[0][j];
-}
-#endif
-
-void dot_q5_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q5_1*>(vw);
-  const int64_t nb = k / QK;
-#if defined(__AVX2__)
-  switch (nx) {
-    case 1: return dot_q5_1_rows<1>(k, w, xq, xq_stride, out);
-    case 2: return dot_q5_1_rows<2>(k, w, xq, xq_stride, out);
-    case 3: return dot_q5_1_rows<3>(k, w, xq, xq_stride, out);
-    default: return dot_q5_1_rows<4>(k, w, xq, xq_stride, out);
-  }
-  (void)nb;
+    });
+  });
 #else
   for (int j = 0; j < nx; ++j) {
     const auto* y = PEFT_XQ(block_q8_1, j);
@@ -394,20 +315,14 @@ void dot_q5_1(int64_t k, const void* vw, const void* xq, size_t xq_stride, int n
 #endif
 }
 
-#if defined(__AVX2__)
-// NX activation rows at compile time: the accumulators stay in registers.
-template <int NX>
-void dot_q8_0_rows(int64_t k, const block_q8_0* w, const void* xq, size_t xq_stride, float* out) {
+void dot_q8_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  const auto* w = static_cast<const block_q8_0*>(vw);
   const int64_t nb = k / QK;
-  // one accumulator chain per row, in block order, as ggml's vec_dot: the sums are llama.cpp's
-  // bit for bit (two chains per row measured no faster, and would round differently)
-  constexpr int U = 1;
-  __m256 acc[U][NX];
-  float summs[U][NX] = {};
-  for (int u = 0; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[u][j] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, __m256* a, float* sm) {
-    (void)sm;
+#if defined(__AVX2__)
+  with_rows(nx, [&](auto rows) {
+    constexpr int NX = decltype(rows)::value;
+    rows_frame<NX, false>(nb, out, [&](int64_t b, __m256* a, float* sm) {
+      (void)sm;
       const float dw = h2f(w[b].d);
       const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
       for (int j = 0; j < NX; ++j) {
@@ -416,28 +331,8 @@ void dot_q8_0_rows(int64_t k, const block_q8_0* w, const void* xq, size_t xq_str
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs));
         a[j] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), a[j]);
       }
-  };
-  int64_t b = 0;
-  for (; b + U <= nb; b += U)
-    for (int u = 0; u < U; ++u) block(b + u, acc[u], summs[u]);
-  for (; b < nb; ++b) block(b, acc[0], summs[0]);
-  for (int u = 1; u < U; ++u)
-    for (int j = 0; j < NX; ++j) acc[0][j] = _mm256_add_ps(acc[0][j], acc[u][j]), summs[0][j] += summs[u][j];
-  for (int j = 0; j < NX; ++j) out[j] = hsum_float_8(acc[0][j]);
-}
-#endif
-
-void dot_q8_0(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q8_0*>(vw);
-  const int64_t nb = k / QK;
-#if defined(__AVX2__)
-  switch (nx) {
-    case 1: return dot_q8_0_rows<1>(k, w, xq, xq_stride, out);
-    case 2: return dot_q8_0_rows<2>(k, w, xq, xq_stride, out);
-    case 3: return dot_q8_0_rows<3>(k, w, xq, xq_stride, out);
-    default: return dot_q8_0_rows<4>(k, w, xq, xq_stride, out);
-  }
-  (void)nb;
+    });
+  });
 #else
   for (int j = 0; j < nx; ++j) {
     const auto* y = PEFT_XQ(block_q8_0, j);
@@ -470,6 +365,19 @@ inline int dot32(const uint8_t* a, const int8_t* q8) {
   return s;
 }
 
+// A q4_K / q5_K super-block's sum once its 256 values are unpacked: 6-bit scales times the
+// integer sub-block dots, minus the mins times the activations' sums.
+inline float kquant_minmax_sum(const uint8_t* a, const uint8_t* scales, uint16_t d, uint16_t dmin, const block_q8_K& y) {
+  int sumi = 0, summ = 0;
+  for (int s = 0; s < 8; ++s) {
+    int sc, m;
+    scale_min_k4(s, scales, sc, m);
+    sumi += sc * dot32(a + 32 * s, y.qs + 32 * s);
+    summ += m * (y.bsums[2 * s] + y.bsums[2 * s + 1]);
+  }
+  return h2f(d) * y.d * float(sumi) - h2f(dmin) * y.d * float(summ);
+}
+
 [[maybe_unused]] void dot_q4_K_scalar(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
   const auto* w = static_cast<const block_q4_K*>(vw);
   const int64_t nb = k / QK_K;
@@ -481,14 +389,7 @@ inline int dot32(const uint8_t* a, const int8_t* q8) {
       const uint8_t* q4 = w[b].qs;
       for (int g = 0; g < 4; ++g, q4 += 32)
         for (int l = 0; l < 32; ++l) a[g * 64 + l] = q4[l] & 0xF, a[g * 64 + 32 + l] = q4[l] >> 4;
-      int sumi = 0, summ = 0;
-      for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        scale_min_k4(s, w[b].scales, sc, m);
-        sumi += sc * dot32(a + 32 * s, y[b].qs + 32 * s);
-        summ += m * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
-      }
-      sumf += h2f(w[b].d) * y[b].d * float(sumi) - h2f(w[b].dmin) * y[b].d * float(summ);
+      sumf += kquant_minmax_sum(a, w[b].scales, w[b].d, w[b].dmin, y[b]);
     }
     out[j] = sumf;
   }
@@ -510,14 +411,7 @@ inline int dot32(const uint8_t* a, const int8_t* q8) {
           a[g * 64 + l] = uint8_t((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0));
           a[g * 64 + 32 + l] = uint8_t((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0));
         }
-      int sumi = 0, summ = 0;
-      for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        scale_min_k4(s, w[b].scales, sc, m);
-        sumi += sc * dot32(a + 32 * s, y[b].qs + 32 * s);
-        summ += m * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
-      }
-      sumf += h2f(w[b].d) * y[b].d * float(sumi) - h2f(w[b].dmin) * y[b].d * float(summ);
+      sumf += kquant_minmax_sum(a, w[b].scales, w[b].d, w[b].dmin, y[b]);
     }
     out[j] = sumf;
   }
@@ -571,35 +465,11 @@ inline __m256i scaled_dot32(__m256i u, __m256i q8, int16_t a, int16_t b) {
   return _mm256_madd_epi16(p, sc);
 }
 
-void dot_q4_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q4_K*>(vw);
-  const int64_t nb = k / QK_K;
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  for (int j = 0; j < nx; ++j) {
-    const auto* y = reinterpret_cast<const block_q8_K*>(static_cast<const char*>(xq) + size_t(j) * xq_stride);
-    float sumf = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      int sc[8], m[8];
-      for (int s = 0; s < 8; ++s) scale_min_k4(s, w[b].scales, sc[s], m[s]);
-      __m256i sumi = _mm256_setzero_si256();
-      for (int g = 0; g < 4; ++g) {
-        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * g));
-        const __m256i lo = _mm256_and_si256(bits, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        const __m256i q8l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g));
-        const __m256i q8h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g + 32));
-        sumi = _mm256_add_epi32(sumi, scaled_dot32(lo, q8l, int16_t(sc[2 * g]), int16_t(sc[2 * g])));
-        sumi = _mm256_add_epi32(sumi, scaled_dot32(hi, q8h, int16_t(sc[2 * g + 1]), int16_t(sc[2 * g + 1])));
-      }
-      int summ = 0;
-      for (int s = 0; s < 8; ++s) summ += m[s] * (y[b].bsums[2 * s] + y[b].bsums[2 * s + 1]);
-      sumf += h2f(w[b].d) * y[b].d * float(hsum_i32_8(sumi)) - h2f(w[b].dmin) * y[b].d * float(summ);
-    }
-    out[j] = sumf;
-  }
-}
-
-void dot_q5_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
-  const auto* w = static_cast<const block_q5_K*>(vw);
+// q4_K (Block = block_q4_K) and q5_K (block_q5_K: the 5th bit of each value from qh).
+template <class Block>
+void dot_q45_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
+  constexpr bool five_bits = std::is_same_v<Block, block_q5_K>;
+  const auto* w = static_cast<const Block*>(vw);
   const int64_t nb = k / QK_K;
   const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
   for (int j = 0; j < nx; ++j) {
@@ -608,15 +478,16 @@ void dot_q5_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, 
     for (int64_t b = 0; b < nb; ++b) {
       int sc[8], m[8];
       for (int s = 0; s < 8; ++s) scale_min_k4(s, w[b].scales, sc[s], m[s]);
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh));
+      __m256i qh = _mm256_setzero_si256();
+      if constexpr (five_bits) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh));
       __m256i sumi = _mm256_setzero_si256();
       for (int g = 0; g < 4; ++g) {
         const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * g));
-        // the fifth bit of the low / high nibbles of group g: qh bits 2g and 2g+1
-        const __m256i hl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), one);
-        const __m256i hh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), one);
-        const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(hl, 4));
-        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(hh, 4));
+        __m256i lo = _mm256_and_si256(bits, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        if constexpr (five_bits) {  // qh bits 2g (low nibbles) and 2g+1 (high nibbles)
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), one), 4));
+        }
         const __m256i q8l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g));
         const __m256i q8h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[b].qs + 64 * g + 32));
         sumi = _mm256_add_epi32(sumi, scaled_dot32(lo, q8l, int16_t(sc[2 * g]), int16_t(sc[2 * g])));
@@ -670,14 +541,14 @@ void dot_q6_K_avx2(int64_t k, const void* vw, const void* xq, size_t xq_stride, 
 
 void dot_q4_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
 #if defined(__AVX2__)
-  dot_q4_K_avx2(k, vw, xq, xq_stride, nx, out);
+  dot_q45_K_avx2<block_q4_K>(k, vw, xq, xq_stride, nx, out);
 #else
   dot_q4_K_scalar(k, vw, xq, xq_stride, nx, out);
 #endif
 }
 void dot_q5_K(int64_t k, const void* vw, const void* xq, size_t xq_stride, int nx, float* out) {
 #if defined(__AVX2__)
-  dot_q5_K_avx2(k, vw, xq, xq_stride, nx, out);
+  dot_q45_K_avx2<block_q5_K>(k, vw, xq, xq_stride, nx, out);
 #else
   dot_q5_K_scalar(k, vw, xq, xq_stride, nx, out);
 #endif
