@@ -60,6 +60,14 @@ std::vector<int64_t> greedy(nn::PreTrainedModel& m, const std::vector<int64_t>& 
   return {all.begin() + int64_t(ids.size()), all.end()};
 }
 
+// The goldens' llama.cpp runs kept the KV cache in float32 (peft-llama-logits ... f32kv).
+nn::PretrainedOptions f32kv(std::optional<DType> dtype = std::nullopt) {
+  nn::PretrainedOptions o;
+  o.dtype = dtype;
+  o.kv_cache_dtype = DType::float32;
+  return o;
+}
+
 bool env_unset(const char* name) {
   const char* v = std::getenv(name);
   return !v || !*v;
@@ -93,9 +101,7 @@ TEST_CASE("gguf models: dequantized tiny llama / qwen2 equal llama.cpp's float32
   Goldens g;
   for (const std::string arch : {"llama", "qwen2"}) {
     CAPTURE(arch);
-    nn::PretrainedOptions o;
-    o.dtype = DType::float32;
-    auto m = nn::load_pretrained(kDir + "tiny_" + arch + ".q8_0.gguf", o);
+    auto m = nn::load_pretrained(kDir + "tiny_" + arch + ".q8_0.gguf", f32kv(DType::float32));
     for (const auto& [n, p] : m->named_parameters()) CHECK(p.dtype() == DType::float32);
     Tensor got = logits_of(*m, g.ids());
     CHECK(max_abs_diff(got, g.logits.at(arch + ".f32")) < 1e-4);
@@ -110,7 +116,7 @@ TEST_CASE("gguf models: quantized tiny models equal llama.cpp's quantized logits
       {"llama", "tiny_llama.q8_0.gguf"}, {"llama", "tiny_llama.q4_k_m.gguf"}, {"qwen2", "tiny_qwen2.q8_0.gguf"}};
   for (const auto& [arch, file] : files) {
     CAPTURE(file);
-    auto m = nn::load_pretrained(kDir + file);
+    auto m = nn::load_pretrained(kDir + file, f32kv());
     Tensor got = logits_of(*m, g.ids());
     const Tensor& want = g.logits.at(arch + "." + file);
     const json& ref = g.meta["models"][arch]["files"][file];
@@ -128,15 +134,13 @@ TEST_CASE("gguf models: quantized tiny models equal llama.cpp's quantized logits
 
 TEST_CASE("gguf models: a PEFT LoRA adapter trained in Python loads onto the GGUF model unchanged") {
   Goldens g;
-  nn::PretrainedOptions o;
-  o.dtype = DType::float32;
-  auto m = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", o);
+  auto m = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv(DType::float32));
   LoadAdapterResult r = load_adapter(*m, kDir + "tiny_lora");
   CHECK(r.unexpected_keys.empty());
   Tensor got = logits_of(*m, g.ids());
   CHECK(max_abs_diff(got, g.logits.at("llama.peft_lora")) < 1e-4);
   // the same folder on the quantized base (QLoRA-style): lora.Linear wraps the q8_0 layers
-  auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf");
+  auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv());
   load_adapter(*q, kDir + "tiny_lora");
   CHECK(q->get_submodule("model.layers.0.self_attn.q_proj")->type_name() == "lora.Linear");
   CHECK(q->get_submodule("model.layers.0.self_attn.q_proj.base_layer")->param("weight").dtype() == DType::q8_0);
@@ -157,10 +161,8 @@ TEST_CASE("gguf models: a PEFT LoRA adapter trained in Python loads onto the GGU
 
 TEST_CASE("gguf models: LoRA trains through a quantized base (gradients through the q8_0 weights)") {
   Goldens g;
-  auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf");
-  nn::PretrainedOptions o;
-  o.dtype = DType::float32;
-  auto f = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", o);
+  auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv());
+  auto f = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv(DType::float32));
   std::map<std::string, Tensor> grads[2];
   int i = 0;
   for (auto* m : {q.get(), f.get()}) {
@@ -231,16 +233,14 @@ TEST_CASE("gguf SmolLM2: Q4_1 logits equal llama.cpp's; dequantized logits equal
           "(PEFT_SMOLLM2_GGUF; skipped unset)" * doctest::skip(env_unset("PEFT_SMOLLM2_GGUF"))) {
   const json gj = smollm2_goldens();
   const StateDict ref = io::load_safetensors(kDir + "smollm2_logits.safetensors");
-  auto q = nn::load_pretrained(smollm2());
+  auto q = nn::load_pretrained(smollm2(), f32kv());
   CHECK(q->state_dict().at("model.layers.0.self_attn.q_proj.weight").dtype() == DType::q4_1);
   CHECK(q->state_dict().at("lm_head.weight").dtype() == DType::q8_0);
   // a short sequence, where no rounding difference has yet had a chance to flip an activation
   // block (our block kernels and RMSNorm are llama.cpp's bit for bit): exact to float noise
   Tensor lq = logits_of(*q, gj["short_ids"].get<std::vector<int64_t>>());
   CHECK(max_abs_diff(lq.select(0, lq.size(0) - 1), ref.at("q4_1_short")) < 1e-4);
-  nn::PretrainedOptions o;
-  o.dtype = DType::float32;
-  auto f = nn::load_pretrained(smollm2(), o);
+  auto f = nn::load_pretrained(smollm2(), f32kv(DType::float32));
   Tensor lf = logits_of(*f, gj["ids16"].get<std::vector<int64_t>>());
   CHECK(max_abs_diff(lf.select(0, 15), ref.at("f32_last")) < 1e-3);  // measured 6.5e-5
   std::vector<int64_t> argmax;
@@ -272,8 +272,9 @@ TEST_CASE("gguf SmolLM2: greedy continuations agree with llama.cpp at least as o
           "(PEFT_SMOLLM2_GGUF; skipped unset)" * doctest::skip(env_unset("PEFT_SMOLLM2_GGUF"))) {
   // llama.cpp's own tokens change with its KV-cache precision (float16 -> float32: 4 of these 12
   // prompts keep all 16 tokens, tools/reference/compare_greedy.py): a near-tie between two
-  // tokens flips with the last bit of any activation. The exact agreement is on the short
-  // sequences above; here the guard is statistical, with the tokens themselves.
+  // tokens flips with the last bit of any activation. With llama.cpp's float16 keys / values /
+  // queries (our default for GGUF) 9 prompts keep all 16 tokens (measured); the exact agreement
+  // is on the short sequences above, here the guard is statistical, with the tokens themselves.
   const json gj = smollm2_goldens();
   auto m = nn::load_pretrained(smollm2());
   int full = 0, prefix = 0;
@@ -287,8 +288,8 @@ TEST_CASE("gguf SmolLM2: greedy continuations agree with llama.cpp at least as o
   }
   MESSAGE("greedy: " << full << " of " << gj["greedy"].size() << " prompts equal llama.cpp's 16 tokens; "
                      << prefix << " leading tokens equal in all");
-  CHECK(full >= 4);
-  CHECK(prefix >= 8 * int(gj["greedy"].size()));
+  CHECK(full >= 8);
+  CHECK(prefix >= 12 * int(gj["greedy"].size()));
 }
 
 TEST_CASE("gguf models: IA3 and AdaLoRA inject onto quantized base layers with PEFT's names") {
@@ -302,10 +303,8 @@ TEST_CASE("gguf models: IA3 and AdaLoRA inject onto quantized base layers with P
                       "total_step": 10, "lora_alpha": 8})"}};
   for (const auto& [method, text] : configs) {
     CAPTURE(method);
-    nn::PretrainedOptions o;
-    o.dtype = DType::float32;
-    auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf");
-    auto f = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", o);
+    auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv());
+    auto f = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv(DType::float32));
     Tensor base_q = logits_of(*q, g.ids());
     for (auto* m : {q.get(), f.get()}) {
       inject_adapter_in_model(*config_from_json(text), *m);

@@ -55,6 +55,16 @@ nn::PretrainedOptions model_options(const Args& a) {
   return o;
 }
 
+// --kv-cache f16|f32 (GGUF models: llama.cpp's KV-cache type; default f16 as llama.cpp).
+void apply_kv_cache_option(const Args& a, nn::PretrainedOptions& o) {
+  if (!a.has("kv-cache")) return;
+  const std::string k = a.get("kv-cache");
+  if (k == "f16" || k == "float16") o.kv_cache_dtype = DType::float16;
+  else if (k == "f32" || k == "float32") o.kv_cache_dtype = DType::float32;
+  else if (k == "bf16" || k == "bfloat16") o.kv_cache_dtype = DType::bfloat16;
+  else throw UsageError{"--kv-cache must be f16, f32 or bf16, got '" + k + "'"};
+}
+
 void apply_threads_option(const Args& a) {
   if (!a.has("threads")) return;
   const int64_t n = a.get_int("threads", 0);
@@ -171,6 +181,8 @@ options:
                        (GGUF tokenizer.chat_template) and add the assistant turn's header
   --system TEXT        with --chat: a system message first (else the template's default, if any)
   --dtype f32          dequantize a GGUF model's weights on load (default: keep them quantized)
+  --kv-cache f16|f32   a GGUF model's key/value precision in attention, as llama.cpp's KV cache
+                       type (default f16, llama.cpp's: its tokens are then followed most closely)
   --threads N          CPU threads (default: PEFT_NUM_THREADS, else all cores)
   --ids                print the prompt's and the generated token ids (one line each) instead
                        of text (for comparisons with llama.cpp)
@@ -185,7 +197,8 @@ options:
 }  // namespace
 
 int run_text_generate(const std::vector<std::string>& argv) {
-  Args a(argv, {"model", "prompt", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "system", "dtype", "threads"},
+  Args a(argv, {"model", "prompt", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "system", "dtype", "threads",
+                "kv-cache"},
          {"sample", "chat", "ids"}, {"adapter"});
   if (a.help) {
     std::printf("%s", kGenerateHelp);
@@ -205,7 +218,9 @@ int run_text_generate(const std::vector<std::string>& argv) {
   if (a.has("top-k")) o.top_k = a.get_int("top-k", 0);
   if (a.has("top-p")) o.top_p = a.get_double("top-p", 1.0);
   o.seed = uint64_t(a.get_int("seed", 0));
-  tools::TextModel tm = tools::TextModel::load(dir, model_options(a));
+  nn::PretrainedOptions popts = model_options(a);
+  apply_kv_cache_option(a, popts);
+  tools::TextModel tm = tools::TextModel::load(dir, popts);
   const Tokenizer& tok = tm.tok();
   std::vector<std::string> names = load_adapter_folders(*tm.model, a.all("adapter"));
   std::string prompt = user_prompt;
@@ -277,12 +292,13 @@ options:
   --ctx N        window length in tokens (default 512)
   --adapter DIR  a PEFT adapter folder applied to the model
   --dtype f32    dequantize a GGUF model's weights on load (default: keep them quantized)
+  --kv-cache T   a GGUF model's key/value precision, f16 (default, as llama.cpp) or f32
   --threads N    CPU threads
   --json         print one JSON object {"perplexity", "tokens", "ctx", ...} instead
 )";
 
 int run_perplexity(const std::vector<std::string>& argv) {
-  Args a(argv, {"model", "text", "ctx", "adapter", "dtype", "threads"}, {"json"});
+  Args a(argv, {"model", "text", "ctx", "adapter", "dtype", "threads", "kv-cache"}, {"json"});
   if (a.help) {
     std::printf("%s", kPerplexityHelp);
     return 0;
@@ -292,7 +308,9 @@ int run_perplexity(const std::vector<std::string>& argv) {
   const int64_t ctx = a.get_int("ctx", 512);
   if (ctx < 4) throw UsageError{"--ctx must be at least 4"};
   const std::string text = read_text_file(a.required("text"), "peft perplexity");
-  tools::TextModel tm = tools::TextModel::load(a.required("model"), model_options(a));
+  nn::PretrainedOptions popts = model_options(a);
+  apply_kv_cache_option(a, popts);
+  tools::TextModel tm = tools::TextModel::load(a.required("model"), popts);
   if (a.has("adapter")) load_adapter_folders(*tm.model, {a.get("adapter")});
   const Tokenizer& tok = tm.tok();
   // llama-perplexity: common_tokenize(ctx, text, add_special=true, parse_special=false)

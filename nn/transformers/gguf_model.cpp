@@ -202,7 +202,7 @@ std::shared_ptr<PreTrainedModel> load_gguf(const std::string& path, const Pretra
   model->load_state_dict(full, /*strict=*/true, /*assign=*/true);
   LlamaModel* body = dynamic_cast<LlamaModel*>(model.get());
   if (!body) body = &dynamic_cast<LlamaForCausalLM&>(*model).model();
-  body->set_ggml_numerics(true);
+  body->set_ggml_numerics(true, opts.kv_cache_dtype ? *opts.kv_cache_dtype : DType::float16);
   // quantized base weights are frozen storage
   for (auto& [n, p] : model->named_parameters())
     if (is_quantized(p.dtype())) p.impl().requires_grad = false;

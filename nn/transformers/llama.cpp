@@ -176,6 +176,12 @@ Tensor LlamaModel::forward(const ModelInputs& in) {
     Tensor q = rotary_embedding(split_heads(attn.child("q_proj")(h), heads_, head_dim_), cos, sin);
     Tensor k = rotary_embedding(split_heads(attn.child("k_proj")(h), kv_heads_, head_dim_), cos, sin);
     Tensor v = split_heads(attn.child("v_proj")(h), kv_heads_, head_dim_);
+    if (kv_round_ != DType::float32 && kv_round_ != x.dtype()) {
+      // llama.cpp's KV cache holds keys and values in float16 and its flash attention rounds
+      // the queries to it too (differentiable: gradients pass straight through the rounding)
+      const DType t = x.dtype();
+      q = q.to(kv_round_).to(t), k = k.to(kv_round_).to(t), v = v.to(kv_round_).to(t);
+    }
     if (in.cache) std::tie(k, v) = in.cache->append(li, k, v);
     Tensor ctx = merge_heads(scaled_dot_product_attention(q, k, v, p.mask, true));
     x = add(x, attn.child("o_proj")(ctx));
@@ -189,9 +195,12 @@ Tensor LlamaModel::forward(const ModelInputs& in) {
   return child("norm")(x);
 }
 
-void LlamaModel::set_ggml_numerics(bool on) {
+void LlamaModel::set_ggml_numerics(bool on, DType kv_round) {
+  if (kv_round != DType::float32 && kv_round != DType::float16 && kv_round != DType::bfloat16)
+    fail("[", type_name(), "] KV-cache precision ", dtype_name(kv_round), " is not float32, float16 or bfloat16");
   for (const auto& [n, m] : named_modules())
     if (auto* norm = dynamic_cast<RMSNorm*>(m.get())) norm->ggml_rstd_ = on;
+  kv_round_ = on ? kv_round : DType::float32;
 }
 
 LlamaForCausalLM::LlamaForCausalLM(const ordered_json& config, DType dt, Device dev)

@@ -63,14 +63,17 @@ class LlamaModel : public PreTrainedModel {
   int64_t max_positions() const override { return max_pos_; }
   // "Llama", "Qwen2" or "Mistral": the class-name prefix of this family.
   static std::string family_prefix(const std::string& model_type);
-  // Computes like llama.cpp where the two differ by rounding (the RMSNorm statistics): set for
-  // models loaded from GGUF, whose quantized products then get llama.cpp's exact inputs.
-  void set_ggml_numerics(bool on);
+  // Computes like llama.cpp where the two differ by rounding: the RMSNorm statistics, and with
+  // `kv_round` float16 / bfloat16 the queries, keys and values rounded through it before attention
+  // (llama.cpp's KV cache type; float32: none). Set for models loaded from GGUF, whose
+  // quantized products then see llama.cpp's inputs.
+  void set_ggml_numerics(bool on, DType kv_round = DType::float32);
 
  private:
   int64_t vocab_, layers_, max_pos_, heads_, kv_heads_, head_dim_;
   double rope_theta_;
   std::optional<int64_t> sliding_window_;
+  DType kv_round_ = DType::float32;  // set_ggml_numerics
 };
 
 class LlamaForCausalLM : public PreTrainedModel {

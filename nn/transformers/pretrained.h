@@ -23,6 +23,11 @@ struct PretrainedOptions {
   // first supported entry of config.json's "architectures", else the base model of its
   // model_type (checkpoint keys of a head it does not have are then ignored and listed).
   std::string architecture;
+  // GGUF files: the precision of the attention's keys and values, as llama.cpp's KV cache type
+  // (-ctk / -ctv). Unset: float16, llama.cpp's default, so that logits and tokens follow
+  // llama.cpp's: queries, keys and values are rounded through float16 before attention (its CPU
+  // flash attention also rounds the queries to the cache type). float32: no rounding.
+  std::optional<DType> kv_cache_dtype;
 };
 
 // What load_pretrained did, for a caller that wants to show it.
