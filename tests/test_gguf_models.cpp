@@ -159,6 +159,21 @@ TEST_CASE("gguf models: a PEFT LoRA adapter trained in Python loads onto the GGU
   CHECK(max_abs_diff(logits_of(*m, g.ids()), g.logits.at("llama.peft_lora")) < 1e-4);
 }
 
+TEST_CASE("gguf models: PEFT's default LoRA targets for llama (q_proj, v_proj) wrap the quantized layers") {
+  auto m = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf");
+  LoraConfig cfg;  // no target_modules: PEFT 0.21's defaults for model_type "llama"
+  cfg.r = 2;
+  inject_adapter_in_model(cfg, *m);
+  int wrapped = 0;
+  for (const auto& [n, mod] : m->named_modules())
+    if (mod->type_name() == "lora.Linear") {
+      ++wrapped;
+      CHECK((n.find(".q_proj") != std::string::npos || n.find(".v_proj") != std::string::npos));
+      CHECK(mod->child("base_layer").param("weight").dtype() == DType::q8_0);
+    }
+  CHECK(wrapped == 4);  // 2 layers x (q_proj, v_proj)
+}
+
 TEST_CASE("gguf models: LoRA trains through a quantized base (gradients through the q8_0 weights)") {
   Goldens g;
   auto q = nn::load_pretrained(kDir + "tiny_llama.q8_0.gguf", f32kv());
