@@ -1,5 +1,7 @@
 #include "nn/optim.h"
 
+#include <set>
+
 #include <algorithm>
 #include <cmath>
 
@@ -44,6 +46,66 @@ Tensor& state_like(Tensor& s, const Tensor& p) {
 }
 
 }  // namespace
+
+StateDict AdamW::state_dict() const {
+  NoGradGuard ng;
+  StateDict sd;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const std::string& n = params_[k].first;
+    if (m_[k].defined()) {
+      sd.set(n + ".exp_avg", m_[k].clone());
+      sd.set(n + ".exp_avg_sq", v_[k].clone());
+    }
+    sd.set(n + ".step", from_vector(std::vector<int64_t>{t_[k]}, {}));
+  }
+  sd.set("optimizer.step", from_vector(std::vector<int64_t>{steps_}, {}));
+  sd.set("optimizer.lr", from_vector(std::vector<double>{lr_}, {}));
+  return sd;
+}
+
+void AdamW::load_state_dict(const StateDict& sd) {
+  NoGradGuard ng;
+  auto need = [&](const std::string& key) -> const Tensor& {
+    const Tensor* t = sd.find(key);
+    if (!t) fail("[AdamW] load_state_dict: the state has no '", key, "'");
+    return *t;
+  };
+  std::set<std::string> known = {"optimizer.step", "optimizer.lr"};
+  // validate everything first: a refused state changes nothing
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const std::string& n = params_[k].first;
+    known.insert(n + ".step");
+    if (need(n + ".step").numel() != 1) fail("[AdamW] load_state_dict: '", n, ".step' must hold one value");
+    for (const char* part : {".exp_avg", ".exp_avg_sq"}) {
+      if (const Tensor* t = sd.find(n + part)) {
+        known.insert(n + part);
+        if (t->shape() != params_[k].second.shape())
+          fail("[AdamW] load_state_dict: '", n, part, "' is ", t->desc(), " but the parameter is ",
+               params_[k].second.desc());
+      }
+    }
+    if ((sd.find(n + ".exp_avg") == nullptr) != (sd.find(n + ".exp_avg_sq") == nullptr))
+      fail("[AdamW] load_state_dict: '", n, "' has one of exp_avg / exp_avg_sq but not the other");
+  }
+  for (const auto& [k, t] : sd)
+    if (!known.count(k)) fail("[AdamW] load_state_dict: '", k, "' is no state of this optimizer's parameters");
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const std::string& n = params_[k].first;
+    t_[k] = int64_t(need(n + ".step").item());
+    if (const Tensor* m = sd.find(n + ".exp_avg")) {
+      const Tensor& p = params_[k].second;
+      m_[k] = empty(p.shape(), p.dtype(), p.device());
+      v_[k] = empty(p.shape(), p.dtype(), p.device());
+      m_[k].copy_(*m);
+      v_[k].copy_(need(n + ".exp_avg_sq"));
+    } else {
+      m_[k] = Tensor();
+      v_[k] = Tensor();
+    }
+  }
+  steps_ = int64_t(need("optimizer.step").item());
+  set_lr(need("optimizer.lr").item());
+}
 
 // ---------------------------------------------------------------------------
 

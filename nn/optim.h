@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "io/state_dict.h"
 #include "runtime/tensor.h"
 
 namespace peft::nn {
@@ -86,6 +87,14 @@ class AdamW : public Optimizer {
   const AdamWOptions& options() const { return opts_; }
   Tensor exp_avg(size_t i) const { return m_.at(i); }
   Tensor exp_avg_sq(size_t i) const { return v_.at(i); }
+  // The optimizer's state by parameter name (torch.optim's state_dict, keyed by name instead of
+  // position): "<name>.exp_avg", "<name>.exp_avg_sq" (parameters updated at least once) and
+  // "<name>.step" (int64 scalar), plus "optimizer.step" (step() calls) and "optimizer.lr".
+  // Copies: the optimizer keeps its own buffers.
+  StateDict state_dict() const;
+  // Restores a state_dict() of an AdamW over the same parameter names and shapes; anything else
+  // (a missing or extra name, a wrong shape) is a peft::Error naming it, before any change.
+  void load_state_dict(const StateDict& sd);
 
  private:
   AdamWOptions opts_;

@@ -16,6 +16,24 @@ class Generator {
   uint64_t seed() const { return seed_; }
   uint64_t counter() const { return counter_; }
 
+  // The whole stream position (torch.Generator.get_state / set_state): a checkpoint that
+  // saves it resumes with the same random numbers.
+  struct State {
+    uint64_t seed = 0, counter = 0;
+    uint32_t buf[4] = {0, 0, 0, 0};
+    int buffered = 0;
+  };
+  State get_state() const {
+    State s;
+    s.seed = seed_, s.counter = counter_, s.buffered = buffered_;
+    for (int i = 0; i < 4; ++i) s.buf[i] = buf_[i];
+    return s;
+  }
+  void set_state(const State& s) {
+    seed_ = s.seed, counter_ = s.counter, buffered_ = s.buffered;
+    for (int i = 0; i < 4; ++i) buf_[i] = s.buf[i];
+  }
+
   uint32_t next_u32();
   double next_double();     // uniform in [0, 1), 53 bits
   float next_float();       // uniform in [0, 1), 24 bits

@@ -651,6 +651,61 @@ TEST_CASE("AdamW matches torch.optim.AdamW's update rule") {
   CHECK(AdamWOptions().eps == 1e-8);
 }
 
+TEST_CASE("AdamW state_dict: a restored optimizer continues bit-exactly; bad states are refused unchanged") {
+  for (DType dt : {DType::float64, DType::float32}) {
+    Tensor p = start_param(dt);
+    Tensor q = mul(start_param(dt).detach(), 2.0).requires_grad_(true);
+    Tensor frozen = start_param(dt);
+    AdamWOptions o;
+    o.lr = 0.05;
+    o.weight_decay = 0.1;
+    AdamW a({{"p", p}, {"q", q}, {"frozen", frozen}}, o);
+    for (int s = 0; s < 3; ++s) {
+      set_quadratic_grad(p);
+      if (s > 0) set_quadratic_grad(q);  // q's first update comes one step later: its own step count
+      a.step();
+    }
+    a.set_lr(0.02);
+    StateDict sd = a.state_dict();
+    CHECK(sd.find("p.exp_avg") != nullptr);
+    CHECK(sd.find("frozen.exp_avg") == nullptr);  // never updated: no moments
+    CHECK(sd.at("p.step").item() == 3.0);
+    CHECK(sd.at("q.step").item() == 2.0);
+    CHECK(sd.at("optimizer.step").item() == 3.0);
+
+    // a second optimizer on copies of the parameters, restored from the state
+    Tensor p2 = p.detach().clone().requires_grad_(true);
+    Tensor q2 = q.detach().clone().requires_grad_(true);
+    Tensor f2 = frozen.detach().clone();
+    AdamW b({{"p", p2}, {"q", q2}, {"frozen", f2}}, o);
+    b.load_state_dict(sd);
+    CHECK(b.lr() == 0.02);
+    for (int s = 0; s < 2; ++s) {
+      set_quadratic_grad(p), set_quadratic_grad(q), a.step();
+      set_quadratic_grad(p2), set_quadratic_grad(q2), b.step();
+    }
+    CHECK(p.to_vector<double>() == p2.to_vector<double>());
+    CHECK(q.to_vector<double>() == q2.to_vector<double>());
+    // without the state the continuation differs (the test can fail)
+    Tensor p3 = start_param(dt);
+    AdamW c({{"p", p3}}, o);
+    set_quadratic_grad(p3), c.step();
+    CHECK(max_abs_diff_gt(p3, p, 0.0));
+
+    // refused before any change: wrong shape, unknown key, missing step
+    StateDict wrong = sd;
+    wrong.set("p.exp_avg", zeros({4}, dt));
+    Tensor m_before = b.exp_avg(0).clone();
+    CHECK(contains(error_of([&] { b.load_state_dict(wrong); }), "'p.exp_avg' is"));
+    CHECK(b.exp_avg(0).to_vector<double>() == m_before.to_vector<double>());
+    StateDict extra = sd;
+    extra.set("r.step", from_vector(std::vector<int64_t>{1}, {}));
+    CHECK(contains(error_of([&] { b.load_state_dict(extra); }), "'r.step' is no state"));
+    StateDict missing;
+    CHECK(contains(error_of([&] { b.load_state_dict(missing); }), "has no 'p.step'"));
+  }
+}
+
 TEST_CASE("clip_grad_norm_ and warmup-cosine schedule") {
   Tensor a = zeros({2}, DType::float64).requires_grad_(true);
   Tensor b = zeros({1}, DType::float64).requires_grad_(true);
