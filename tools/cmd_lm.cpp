@@ -20,11 +20,9 @@
 #include "tools/args.h"
 #include "tools/charlm.h"
 #include "tools/cli.h"
-#include "tools/data_parallel.h"
-#include "tools/progress.h"
 #include "tools/plot.h"
 #include "tools/text_commands.h"
-#include "tools/train_guard.h"
+#include "train/trainer.h"
 
 namespace peft::cli {
 
@@ -80,7 +78,7 @@ int run_pretrain(const std::vector<std::string>& argv) {
   Generator gen(uint64_t(a.get_int("seed", 0)));
 
   lm::WordData words = lm::load_words(data);
-  lm::Examples train = lm::make_examples(words.train, cfg.context);
+  lm::Examples train_ex = lm::make_examples(words.train, cfg.context);
   lm::Examples held = lm::make_examples(words.heldout, cfg.context);
   lm::CharLM model(cfg, gen);
   int64_t nparams = 0;
@@ -88,25 +86,18 @@ int run_pretrain(const std::vector<std::string>& argv) {
   std::printf("pretrain: %zu train / %zu held-out words from %s, model %lld parameters\n",
               words.train.size(), words.heldout.size(), data.c_str(), (long long)nparams);
 
-  nn::AdamW opt(model.named_parameters(), {.lr = lr, .weight_decay = 0.0});
-  nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
-  Progress bar("pretrain", steps);
-  double ema = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    sched.apply(s);
-    lm::Batch b = lm::sample_batch(train, batch, gen);
-    Tensor loss = cross_entropy(model(b.ctx), b.target);
-    loss.backward();
-    opt.step();
-    opt.zero_grad();
-    double l = loss.item();
-    if (!std::isfinite(l)) fail("pretrain: loss became ", l, " at step ", s + 1, "; nothing was written");
-    ema = s == 0 ? l : 0.95 * ema + 0.05 * l;
-    char info[96];
-    std::snprintf(info, sizeof info, "loss %.3f  %.0f tok/s", ema,
-                  double((s + 1) * batch) / std::max(1e-9, bar.elapsed()));
-    bar.update(s + 1, info);
-  }
+  train::TrainerOptions topts;
+  topts.name = "pretrain";
+  topts.steps = steps, topts.lr = lr, topts.warmup_steps = steps / 20, topts.min_lr_ratio = 0.05;
+  topts.seed = uint64_t(a.get_int("seed", 0));
+  train::Trainer trainer(model, topts);
+  // the model's initialisation drew from `gen`; batches continue its stream
+  trainer.generator().set_state(gen.get_state());
+  trainer.set_loss([&](const train::MicroBatch& mb) {
+    lm::Batch b = lm::sample_batch(train_ex, batch, mb.gen);
+    return train::MicroBatchLoss{cross_entropy(model(b.ctx), b.target)};
+  });
+  trainer.fit();
   double hl = lm::evaluate(model, held);
   io::SaveOptions so;
   so.metadata = cfg.to_metadata();
@@ -154,7 +145,7 @@ int run_finetune(const std::vector<std::string>& argv) {
     std::printf("%s", kFinetuneHelp);
     return 0;
   }
-  DataParallel dp("finetune");
+  train::DataParallel dp("finetune");
   const std::string base = a.required("base"), data = a.required("data"), out = a.required("out");
   const int64_t steps = a.get_int("steps", 600), batch = a.get_int("batch", 256);
   const double lr = a.get_double("lr", 1e-2);
@@ -165,18 +156,17 @@ int run_finetune(const std::vector<std::string>& argv) {
   if (device != Device::cpu && dp.size() > 1)
     throw UsageError{"--device cuda under mpirun is not supported yet (the gradients are averaged on the CPU)"};
   if (steps <= 0 || batch <= 0 || lr <= 0) throw UsageError{"--steps, --batch and --lr must be positive"};
-  const DataParallel::Shard shard = dp.shard(batch);
-  Generator gen(uint64_t(a.get_int("seed", 0)));
+  const train::DataParallel::Shard shard = dp.shard(batch);
 
   auto model = load_charlm(base);
   lm::WordData words = lm::load_words(data);
-  lm::Examples train = lm::make_examples(words.train, model->config().context);
+  lm::Examples train_ex = lm::make_examples(words.train, model->config().context);
   lm::Examples held = lm::make_examples(words.heldout, model->config().context);
   std::vector<std::pair<std::string, std::string>> settings;
   for (const char* opt : {"target-modules", "r", "alpha", "dropout", "steps", "batch", "lr", "seed", "full"})
     settings.emplace_back(std::string("--") + opt, a.get(opt, ""));
-  settings.emplace_back("--base (the model file)", DataParallel::file_digest(base));
-  settings.emplace_back("--data (the training examples)", DataParallel::digest(train.ctx) + DataParallel::digest(train.target));
+  settings.emplace_back("--base (the model file)", train::DataParallel::file_digest(base));
+  settings.emplace_back("--data (the training examples)", train::DataParallel::digest(train_ex.ctx) + train::DataParallel::digest(train_ex.target));
   dp.require_same(settings);
   const double base_loss = dp.is_main() ? lm::evaluate(*model, held) : 0.0;
 
@@ -186,14 +176,10 @@ int run_finetune(const std::vector<std::string>& argv) {
   cfg.lora_dropout = a.get_double("dropout", 0.0);
   cfg.target_modules = TargetModules::list(split_commas(a.get("target-modules", "fc1,fc2,lm_head")));
   if (!full) inject_adapter_in_model(cfg, *model);
-  nn::NamedTensors trainable;
   int64_t n_train = 0, n_total = 0;
   for (const auto& [n, p] : model->named_parameters()) {
     n_total += p.numel();
-    if (p.requires_grad()) {
-      trainable.emplace_back(n, p);
-      n_train += p.numel();
-    }
+    if (p.requires_grad()) n_train += p.numel();
   }
   if (dp.is_main())
     std::printf("finetune: %s on %zu words of %s, %s, trainable %lld of %lld parameters (%.2f%%)%s\n",
@@ -201,40 +187,23 @@ int run_finetune(const std::vector<std::string>& argv) {
               full ? "all layers" : ("r=" + std::to_string(cfg.r) + " on " + a.get("target-modules", "fc1,fc2,lm_head")).c_str(),
               (long long)n_train, (long long)n_total, 100.0 * double(n_train) / double(n_total),
                 dp.size() > 1 ? (", " + std::to_string(dp.size()) + " ranks").c_str() : "");
-  dp.broadcast_parameters(trainable);
 
-  model->to(device);  // parameter handles stay valid: `trainable` follows
-  nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.0});
-  nn::WarmupCosineSchedule sched(opt, steps / 20, steps, 0.05);
-  DivergenceGuard guard(steps / 20);
-  model->train();
-  std::vector<double> losses, grad_norms;
-  Progress bar("finetune", steps, dp.log());
-  double ema = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    sched.apply(s);
-    lm::Batch b = lm::sample_batch(train, batch, gen);  // the global batch; this rank's rows below
-    Tensor loss = cross_entropy((*model)(b.ctx.narrow(0, shard.begin, shard.size()).contiguous().to(device)),
-                                b.target.narrow(0, shard.begin, shard.size()).contiguous().to(device));
-    loss.backward();
-    const double l = dp.average_gradients(trainable, loss.item());
-    if (!std::isfinite(l))
-      fail("finetune: loss became ", l, " at step ", s + 1, "; stopping without writing an adapter");
-    const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
-    if (std::string why = guard.check(s, l, gnorm); !why.empty())
-      fail("finetune: ", why, "; stopping without writing an adapter (try a lower --lr)");
-    opt.step();
-    opt.zero_grad();
-    losses.push_back(l);
-    grad_norms.push_back(gnorm);
-    ema = s == 0 ? l : 0.95 * ema + 0.05 * l;
-    char info[96];
-    std::snprintf(info, sizeof info, "loss %.3f  %.0f tok/s", ema,
-                  double((s + 1) * batch) / std::max(1e-9, bar.elapsed()));
-    bar.update(s + 1, info);
-  }
-  cuda_synchronize();
-  const double train_seconds = bar.elapsed();
+  model->to(device);
+  train::TrainerOptions topts;
+  topts.name = "finetune";
+  topts.steps = steps, topts.lr = lr, topts.warmup_steps = steps / 20, topts.min_lr_ratio = 0.05;
+  topts.seed = uint64_t(a.get_int("seed", 0));
+  train::Trainer trainer(*model, topts, &dp);  // rank 0's adapter on every rank
+  trainer.set_loss([&](const train::MicroBatch& mb) {
+    lm::Batch b = lm::sample_batch(train_ex, batch, mb.gen);  // the global batch; this rank's rows below
+    return train::MicroBatchLoss{
+        cross_entropy((*model)(b.ctx.narrow(0, shard.begin, shard.size()).contiguous().to(device)),
+                      b.target.narrow(0, shard.begin, shard.size()).contiguous().to(device))};
+  });
+  trainer.fit();
+  const std::vector<double>& losses = trainer.history().losses;
+  const std::vector<double>& grad_norms = trainer.history().grad_norms;
+  const double train_seconds = trainer.train_seconds();
   if (!dp.is_main()) return 0;
   model->to(Device::cpu);
   const double tuned_loss = lm::evaluate(*model, held);

@@ -6,7 +6,7 @@
 #include "tools/args.h"
 #include "tools/cli.h"
 #include "tools/merge.h"
-#include "tools/progress.h"
+#include "train/progress.h"
 
 namespace peft::cli {
 namespace {
@@ -68,10 +68,10 @@ int run_merge(const std::vector<std::string>& argv) {
   tools::MergeOptions o;
   if (a.has("dtype")) o.dtype = parse_dtype(a.get("dtype"));
   std::string base = a.required("base"), out = a.required("out");
-  Progress bar("merge", 1);
+  train::Progress bar("merge", 1);
   o.progress = [&](size_t done, size_t total, const std::string&) {
     if (total < 50) return;  // small files finish before a bar would help
-    if (done == 1) bar = Progress("merge", int64_t(total));
+    if (done == 1) bar = train::Progress("merge", int64_t(total));
     bar.update(int64_t(done), "tensors");
   };
   const bool folder = std::filesystem::is_directory(base);

@@ -14,7 +14,7 @@
 #include "runtime/ops.h"
 #include "tools/args.h"
 #include "tools/cli.h"
-#include "tools/progress.h"
+#include "train/progress.h"
 #include "tools/text_commands.h"
 #include "tools/text_model.h"
 
@@ -138,7 +138,7 @@ int run_embed(const std::vector<std::string>& argv) {
   tm.model->eval();
   NoGradGuard ng;
   std::vector<Tensor> parts;
-  Progress bar("embed", int64_t(texts.size()));
+  train::Progress bar("embed", int64_t(texts.size()));
   for (size_t i = 0; i < texts.size(); i += size_t(batch)) {
     std::vector<std::string> chunk(texts.begin() + ptrdiff_t(i),
                                    texts.begin() + ptrdiff_t(std::min(texts.size(), i + size_t(batch))));
@@ -320,7 +320,7 @@ int run_perplexity(const std::vector<std::string>& argv) {
   if (const Encoding e = tok.encode("", true, false); e.size() == 1 && tok.encode("", false, false).size() == 0)
     bos = e.ids[0];
   const bool json_out = a.has("json");
-  Progress bar("perplexity", int64_t(ids.size()) / ctx);
+  train::Progress bar("perplexity", int64_t(ids.size()) / ctx);
   nn::PerplexityResult r = nn::perplexity(*tm.model, ids, ctx, bos, [&](int64_t done, int64_t total, double ppl) {
     if (json_out) bar.update(done, "windows");
     else std::printf("[%lld/%lld] %.4f\n", (long long)done, (long long)total, ppl), std::fflush(stdout);

@@ -20,11 +20,11 @@
 #include "runtime/ops.h"
 #include "tools/args.h"
 #include "tools/cli.h"
-#include "tools/data_parallel.h"
 #include "tools/plot.h"
-#include "tools/progress.h"
 #include "tools/text_model.h"
-#include "tools/train_guard.h"
+#include "train/progress.h"
+#include "train/sampler.h"
+#include "train/trainer.h"
 #include "tools/wordnet.h"
 
 namespace peft::cli {
@@ -37,14 +37,7 @@ void write_file_atomic(const fs::path& path, const std::string& text) { io::writ
 
 // save_pretrained into DIR.tmp, then DIR.tmp replaces DIR: a crash leaves the old DIR.
 void save_adapter_atomic(const nn::Module& model, const fs::path& dir) {
-  const fs::path tmp = dir.string() + ".tmp", old = dir.string() + ".old";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  save_pretrained(model, tmp.string());
-  fs::remove_all(old, ec);
-  if (fs::exists(dir)) fs::rename(dir, old);
-  fs::rename(tmp, dir);
-  fs::remove_all(old, ec);
+  train::replace_dir_atomic(dir.string(), [&](const std::string& tmp) { save_pretrained(model, tmp); });
 }
 
 // Normalised embeddings of `texts`, `batch` at a time, without autograd.
@@ -52,7 +45,7 @@ Tensor embed_all(tools::TextModel& tm, const std::vector<std::string>& texts, si
                  const char* what) {
   NoGradGuard ng;
   std::vector<Tensor> parts;
-  Progress bar(what, int64_t(texts.size()));
+  train::Progress bar(what, int64_t(texts.size()));
   for (size_t i = 0; i < texts.size(); i += batch) {
     std::vector<std::string> chunk(texts.begin() + ptrdiff_t(i), texts.begin() + ptrdiff_t(std::min(texts.size(), i + batch)));
     nn::ModelInputs in = tm.batch(chunk, max_len);
@@ -141,8 +134,10 @@ normalised), scores = scale * cosine, cross-entropy against the matching pair
 (MultipleNegativesRankingLoss). AdamW (weight decay 0.01) with linear warm-up and cosine
 decay. Before and after, every held-out query retrieves among all held-out docs: recall@1
 and recall@10 are printed with example queries. Writes DIR/adapter (a PEFT folder),
-DIR/checkpoint (every --checkpoint-every steps, replaced atomically), DIR/loss.svg and
-DIR/report.json. A non-finite loss stops the run with a message; the last checkpoint stays.
+DIR/checkpoint (every --checkpoint-every steps, replaced atomically: the adapter, the
+optimizer and generator state and the step), DIR/loss.svg and DIR/report.json. A non-finite
+or diverging loss stops the run with a message; the last checkpoint stays, and --resume
+continues from it with the bits of an uninterrupted run.
 
 options:
   --steps N              optimizer steps (default 200)
@@ -158,6 +153,7 @@ options:
   --seed S               batch order (default 0)
   --checkpoint-every N   (default 50; 0: none)
   --examples N           example queries to print (default 5)
+  --resume               continue from DIR/checkpoint (same options and data)
 
 Data parallel: `mpirun -n N peft finetune-embed ...` (a build with MPI) splits each batch of
 --batch pairs into N equal shards (--batch must be a multiple of N). Each rank embeds its
@@ -170,13 +166,14 @@ evaluates, prints and writes DIR/. See docs/distributed.md.
 
 int run_finetune_embed(const std::vector<std::string>& argv) {
   Args a(argv, {"model", "train", "heldout", "out", "steps", "batch", "lr", "warmup", "r", "alpha", "dropout",
-                "target-modules", "max-query", "max-doc", "scale", "seed", "checkpoint-every", "examples"});
+                "target-modules", "max-query", "max-doc", "scale", "seed", "checkpoint-every", "examples"},
+         {"resume"});
   if (a.help) {
     std::printf("%s", kFinetuneHelp);
     return 0;
   }
   if (!a.positional.empty()) throw UsageError{"unexpected argument '" + a.positional[0] + "'"};
-  DataParallel dp("finetune-embed");
+  train::DataParallel dp("finetune-embed");
   const fs::path out = a.required("out");
   const int64_t steps = a.get_int("steps", 200), batch = a.get_int("batch", 64), warmup = a.get_int("warmup", 20);
   const int64_t max_q = a.get_int("max-query", 48), max_d = a.get_int("max-doc", 16);
@@ -185,9 +182,9 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   if (steps <= 0 || batch < 2 || warmup < 0 || max_q < 2 || max_d < 2 || ckpt_every < 0 || n_examples < 0)
     throw UsageError{"--steps and --batch (>= 2) must be positive, --max-query/--max-doc >= 2"};
   if (!(lr > 0) || !(scale > 0)) throw UsageError{"--lr and --scale must be positive"};
-  const DataParallel::Shard shard = dp.shard(batch);
-  std::vector<TextPair> train = read_pairs_tsv(a.required("train")), held = read_pairs_tsv(a.required("heldout"));
-  if (int64_t(train.size()) < batch) fail("finetune-embed: ", train.size(), " training pairs for batches of ", batch);
+  const train::DataParallel::Shard shard = dp.shard(batch);
+  std::vector<TextPair> train_pairs = read_pairs_tsv(a.required("train")), held = read_pairs_tsv(a.required("heldout"));
+  if (int64_t(train_pairs.size()) < batch) fail("finetune-embed: ", train_pairs.size(), " training pairs for batches of ", batch);
   tools::TextModel tm = tools::TextModel::load(a.required("model"));
   (void)tm.tok();
   std::vector<std::pair<std::string, std::string>> settings;
@@ -195,16 +192,16 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
                           "max-doc", "scale", "seed"})
     settings.emplace_back(std::string("--") + opt, a.get(opt, ""));
   std::string train_text;
-  for (const TextPair& p : train) train_text += p.query + '\t' + p.doc + '\n';
-  settings.emplace_back("--train (the pairs)", DataParallel::digest(train_text));
+  for (const TextPair& p : train_pairs) train_text += p.query + '\t' + p.doc + '\n';
+  settings.emplace_back("--train (the pairs)", train::DataParallel::digest(train_text));
   for (const char* file : {"config.json", "model.safetensors"})
     if (fs::exists(fs::path(a.get("model")) / file))
       settings.emplace_back(std::string("--model (") + file + ")",
-                            DataParallel::file_digest((fs::path(a.get("model")) / file).string()));
+                            train::DataParallel::file_digest((fs::path(a.get("model")) / file).string()));
   dp.require_same(settings);
   if (dp.is_main())
     std::printf("finetune-embed: %s (%s), %zu train pairs, %zu held out%s\n", a.get("model").c_str(),
-                tm.model->type_name().c_str(), train.size(), held.size(),
+                tm.model->type_name().c_str(), train_pairs.size(), held.size(),
                 dp.size() > 1 ? (", " + std::to_string(dp.size()) + " ranks").c_str() : "");
 
   // rank 0 evaluates; the others wait for it in broadcast_parameters
@@ -217,82 +214,47 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   cfg.lora_dropout = a.get_double("dropout", 0.0);
   cfg.target_modules = TargetModules::list(split_commas(a.get("target-modules", "query,key,value,dense")));
   inject_adapter_in_model(cfg, *tm.model, "default");
-  nn::NamedTensors trainable;
   int64_t n_train = 0, n_total = 0;
   for (auto& [n, p] : tm.model->named_parameters()) {
     n_total += p.numel();
-    if (p.requires_grad()) trainable.emplace_back(n, p), n_train += p.numel();
+    if (p.requires_grad()) n_train += p.numel();
   }
-  dp.broadcast_parameters(trainable);
-  nn::AdamW opt(trainable, {.lr = lr, .weight_decay = 0.01});
-  nn::WarmupCosineSchedule sched(opt, warmup, steps);
-  tm.model->train();
+  train::TrainerOptions topts;
+  topts.name = "finetune-embed";
+  topts.steps = steps, topts.lr = lr, topts.weight_decay = 0.01, topts.warmup_steps = warmup;
+  topts.seed = uint64_t(a.get_int("seed", 0));
+  if (ckpt_every > 0) topts.checkpoint_every = ckpt_every, topts.checkpoint_dir = (out / "checkpoint").string();
+  train::Trainer trainer(*tm.model, topts, &dp);  // rank 0's adapter on every rank
   if (dp.is_main()) fs::create_directories(out);
 
   // batches: the training pairs in a seeded order, reshuffled each epoch
-  Generator gen(uint64_t(a.get_int("seed", 0)));
-  std::vector<size_t> order(train.size());
-  size_t cursor = order.size();
-  auto next_batch = [&] {
-    std::vector<size_t> b;
-    while (int64_t(b.size()) < batch) {
-      if (cursor == order.size()) {
-        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-        for (size_t i = order.size() - 1; i > 0; --i)
-          std::swap(order[i], order[std::min(i, size_t(gen.next_double() * double(i + 1)))]);
-        cursor = 0;
-      }
-      b.push_back(order[cursor++]);
-    }
-    return b;
-  };
-
-  std::vector<double> losses, grad_norms, step_seconds;
-  DivergenceGuard guard(warmup);
-  Progress bar("finetune-embed", steps, dp.log());
+  train::EpochSampler sampler(train_pairs.size(), topts.seed);
   Tensor labels = arange(0, double(batch), 1, DType::int64);
-  for (int64_t s = 0; s < steps; ++s) {
-    const double t0 = bar.elapsed();
-    sched.apply(s);
-    const std::vector<size_t> global = next_batch();
+  trainer.set_loss([&](const train::MicroBatch& mb) {
+    const std::vector<size_t> global = sampler.take(mb.step * batch, batch);
     std::vector<std::string> qs, ds;  // this rank's shard
     for (int64_t i = shard.begin; i < shard.end; ++i)
-      qs.push_back(train[global[size_t(i)]].query), ds.push_back(train[global[size_t(i)]].doc);
+      qs.push_back(train_pairs[global[size_t(i)]].query), ds.push_back(train_pairs[global[size_t(i)]].doc);
     nn::ModelInputs iq = tm.batch(qs, size_t(max_q)), id = tm.batch(ds, size_t(max_d));
     iq.skip_padding = id.skip_padding = true;  // padded positions are never pooled
     // every query against every doc of the global batch: the shard's rows keep their history
     Tensor eq = dp.gather_rows(nn::l2_normalize(nn::mean_pooling(tm.model->forward(iq), iq.attention_mask)));
     Tensor ed = dp.gather_rows(nn::l2_normalize(nn::mean_pooling(tm.model->forward(id), id.attention_mask)));
-    Tensor loss = cross_entropy(mul(matmul(eq, ed.t()), scale), labels);
-    const double l = loss.item();  // the global batch's loss, the same on every rank
-    auto stop = [&](const std::string& why) {
-      fail("finetune-embed: ", why, "; stopping (",
-           fs::exists(out / "checkpoint") ? "the last checkpoint in " + (out / "checkpoint").string() + " is intact"
-                                          : "no checkpoint was written yet",
-           "); try a lower --lr");
-    };
-    if (!std::isfinite(l)) stop(guard.check(s, l));
-    // backward reaches only this rank's rows: x size so that the mean over ranks is the gradient
-    (dp.size() > 1 ? mul(loss, double(dp.size())) : loss).backward();
-    dp.average_gradients(trainable, l);
-    const double gnorm = nn::clip_grad_norm_(trainable, INFINITY);  // measured, not clipped
-    if (std::string why = guard.check(s, l, gnorm); !why.empty()) stop(why);
-    opt.step();
-    opt.zero_grad();
-    losses.push_back(l);
-    grad_norms.push_back(gnorm);
-    step_seconds.push_back(bar.elapsed() - t0);
-    char info[96];
-    std::snprintf(info, sizeof info, "loss %.4f  %.2f s/step", l, step_seconds.back());
-    bar.update(s + 1, info);
-    if (dp.is_main() && ckpt_every > 0 && (s + 1) % ckpt_every == 0 && s + 1 < steps) {
-      save_adapter_atomic(*tm.model, out / "checkpoint");
-      write_file_atomic(out / "checkpoint" / "trainer_state.json",
-                        nlohmann::json({{"step", s + 1}, {"loss", l}, {"lr", opt.lr()}}).dump(2) + "\n");
-    }
+    // the global batch's loss on every rank; backward reaches only this rank's rows, so x size
+    // makes the mean over ranks the gradient
+    return train::MicroBatchLoss{cross_entropy(mul(matmul(eq, ed.t()), scale), labels), 1.0, double(dp.size())};
+  });
+  if (a.has("resume")) {
+    const std::string ck = (out / "checkpoint").string();
+    if (!train::Trainer::has_checkpoint(ck)) fail("finetune-embed: --resume: ", ck, " holds no checkpoint");
+    trainer.resume(ck);
+    if (dp.is_main()) std::printf("resuming at step %lld of %lld from %s\n", (long long)trainer.step(), (long long)steps, ck.c_str());
   }
-  const double train_seconds = bar.elapsed();
-  std::vector<double> sorted = step_seconds;
+  trainer.fit();
+  const std::vector<double>& losses = trainer.history().losses;
+  const std::vector<double>& grad_norms = trainer.history().grad_norms;
+  const double train_seconds = trainer.train_seconds();
+  std::vector<double> sorted = trainer.history().step_seconds;
   std::sort(sorted.begin(), sorted.end());
   const double median_step = sorted[sorted.size() / 2];
   if (!dp.is_main()) return 0;
@@ -325,7 +287,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
                            {"recall_at_1_tuned", tuned.recall_at_1},
                            {"recall_at_10_base", base.recall_at_10},
                            {"recall_at_10_tuned", tuned.recall_at_10},
-                           {"train_pairs", train.size()},
+                           {"train_pairs", train_pairs.size()},
                            {"heldout_pairs", held.size()},
                            {"steps", steps},
                            {"batch", batch},
@@ -333,7 +295,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
                            {"seconds", train_seconds},
                            {"seconds_per_step_median", median_step},
                            {"ranks", dp.size()},
-                           {"gradient_bytes_per_step", dp.size() > 1 ? DataParallel::gradient_bytes(trainable) : 0},
+                           {"gradient_bytes_per_step", dp.size() > 1 ? train::DataParallel::gradient_bytes(trainer.trainable()) : 0},
                            {"trainable_parameters", n_train},
                            {"total_parameters", n_total},
                            {"final_loss", losses.back()},

@@ -1,23 +1,25 @@
-#include "tools/train_guard.h"
+#include "train/guard.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
-namespace peft::cli {
+namespace peft::train {
 
 DivergenceGuard::DivergenceGuard(int64_t warmup_steps, double loss_factor, double grad_factor)
     : warmup_(warmup_steps), loss_factor_(loss_factor), grad_factor_(grad_factor) {}
 
 std::string DivergenceGuard::check(int64_t step, double loss, std::optional<double> grad_norm) {
   char buf[256];
+  // NaN prints as "nan" whatever its sign bit ("-nan" reads like a negative number)
   if (!std::isfinite(loss)) {
-    std::snprintf(buf, sizeof buf, "the loss became %g at step %lld", loss, (long long)step + 1);
+    std::snprintf(buf, sizeof buf, "the loss became %g at step %lld", std::isnan(loss) ? NAN : loss, (long long)step + 1);
     return buf;
   }
   if (grad_norm && !std::isfinite(*grad_norm)) {
-    std::snprintf(buf, sizeof buf, "the gradient norm became %g at step %lld", *grad_norm, (long long)step + 1);
+    std::snprintf(buf, sizeof buf, "the gradient norm became %g at step %lld", std::isnan(*grad_norm) ? NAN : *grad_norm,
+                  (long long)step + 1);
     return buf;
   }
   ema_ = started_ ? 0.9 * ema_ + 0.1 * loss : loss;
@@ -48,4 +50,4 @@ std::string DivergenceGuard::check(int64_t step, double loss, std::optional<doub
   return "";
 }
 
-}  // namespace peft::cli
+}  // namespace peft::train

@@ -6,8 +6,9 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <vector>
 
-namespace peft::cli {
+namespace peft::train {
 
 class DivergenceGuard {
  public:
@@ -18,6 +19,18 @@ class DivergenceGuard {
   // Returns "" while training is healthy, else why it must stop.
   std::string check(int64_t step, double loss, std::optional<double> grad_norm = std::nullopt);
 
+  // What it has seen so far, for a checkpoint: a resumed run judges as the uninterrupted one.
+  struct State {
+    double ema = 0, best = 0;
+    bool started = false;
+    std::vector<double> recent_grad_norms;
+  };
+  State state() const { return {ema_, best_, started_, {norms_.begin(), norms_.end()}}; }
+  void set_state(const State& s) {
+    ema_ = s.ema, best_ = s.best, started_ = s.started;
+    norms_.assign(s.recent_grad_norms.begin(), s.recent_grad_norms.end());
+  }
+
  private:
   int64_t warmup_;
   double loss_factor_, grad_factor_;
@@ -26,4 +39,4 @@ class DivergenceGuard {
   std::deque<double> norms_;
 };
 
-}  // namespace peft::cli
+}  // namespace peft::train

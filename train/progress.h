@@ -7,20 +7,21 @@
 #include <cstdio>
 #include <string>
 
-namespace peft::cli {
+namespace peft::train {
 
 class Progress {
  public:
-  // out nullptr: silent (the ranks of a data-parallel job other than rank 0)
-  Progress(std::string label, int64_t total, FILE* out = stderr)
-      : label_(std::move(label)), total_(total), out_(out), tty_(out && isatty(fileno(out)) != 0),
+  // out nullptr: silent (the ranks of a data-parallel job other than rank 0). `first`: the
+  // count already done before this display started (a resumed run), left out of the ETA.
+  Progress(std::string label, int64_t total, FILE* out = stderr, int64_t first = 0)
+      : label_(std::move(label)), total_(total), first_(first), out_(out), tty_(out && isatty(fileno(out)) != 0),
         start_(std::chrono::steady_clock::now()) {}
 
   // `info` is appended (e.g. "loss 2.31  41k tok/s").
   void update(int64_t done, const std::string& info) {
     if (!out_) return;
     double el = elapsed();
-    double eta = done > 0 ? el / double(done) * double(total_ - done) : 0;
+    double eta = done > first_ ? el / double(done - first_) * double(total_ - done) : 0;
     if (tty_) {
       if (done != total_ && el - last_draw_ < 0.1) return;
       last_draw_ = el;
@@ -47,11 +48,11 @@ class Progress {
 
  private:
   std::string label_;
-  int64_t total_;
+  int64_t total_, first_;
   FILE* out_;
   bool tty_;
   std::chrono::steady_clock::time_point start_;
   double last_draw_ = -1;
 };
 
-}  // namespace peft::cli
+}  // namespace peft::train

@@ -12,12 +12,13 @@
 #include "nn/optim.h"
 #include "runtime/comm.h"
 
-namespace peft::cli {
+namespace peft::train {
 
 class DataParallel {
  public:
-  // `command` prefixes messages ("finetune-embed").
-  explicit DataParallel(std::string command);
+  // `command` prefixes messages ("finetune-embed"). The ranks are `comm`'s: comm::world()
+  // (every process mpirun started) or comm::single_process() (this one alone).
+  explicit DataParallel(std::string command, comm::Communicator& comm = comm::world());
   int rank() const { return comm_.rank(); }
   int size() const { return comm_.size(); }
   // Rank 0 prints progress and writes checkpoints and results; the others compute.
@@ -35,7 +36,7 @@ class DataParallel {
   // drop the same positions in every rank's shard; rank 0 keeps its stream.
   void broadcast_parameters(const nn::NamedTensors& params);
 
-  // Rows [begin, end) of a global batch of `batch` rows are this rank's. Throws a UsageError
+  // Rows [begin, end) of a global batch of `batch` rows are this rank's. Throws a peft::Error
   // unless the batch splits evenly (a mean over equal shards is the global mean).
   struct Shard {
     int64_t begin = 0, end = 0;
@@ -52,10 +53,12 @@ class DataParallel {
 
   // After backward of this rank's loss: every rank's gradients of `params` become their mean
   // over the ranks, in one allreduce of one flat buffer that also carries `local_loss`; returns
-  // the mean loss. A parameter without a gradient counts as zero.
-  double average_gradients(const nn::NamedTensors& params, double local_loss);
+  // the mean loss. A parameter without a gradient counts as zero. `local_weight` (> 0) weights
+  // this rank in both means (the tokens its loss averages over, when ranks hold different
+  // numbers): ranks of equal weight give the plain mean.
+  double average_gradients(const nn::NamedTensors& params, double local_loss, double local_weight = 1.0);
 
-  // Bytes one rank sends into average_gradients' allreduce: float32 gradients plus the loss.
+  // Bytes one rank sends into average_gradients' allreduce: float32 gradients, loss and weight.
   static int64_t gradient_bytes(const nn::NamedTensors& params);
 
   // A short fingerprint of `bytes` (FNV-1a, 64 bits, hex) for require_same.
@@ -73,4 +76,4 @@ class DataParallel {
   comm::Communicator& comm_;
 };
 
-}  // namespace peft::cli
+}  // namespace peft::train

@@ -1,5 +1,6 @@
-#include "tools/data_parallel.h"
+#include "train/data_parallel.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -7,9 +8,8 @@
 #include "runtime/error.h"
 #include "runtime/generator.h"
 #include "runtime/ops.h"
-#include "tools/cli.h"
 
-namespace peft::cli {
+namespace peft::train {
 
 namespace {
 
@@ -26,7 +26,7 @@ void append_hash(std::vector<float>& out, uint64_t h) {
 
 }  // namespace
 
-DataParallel::DataParallel(std::string command) : command_(std::move(command)), comm_(comm::world()) {}
+DataParallel::DataParallel(std::string command, comm::Communicator& comm) : command_(std::move(command)), comm_(comm) {}
 
 std::string DataParallel::digest(const std::string& bytes) {
   char hex[17];
@@ -115,8 +115,8 @@ void DataParallel::broadcast_parameters(const nn::NamedTensors& params) {
 
 DataParallel::Shard DataParallel::shard(int64_t batch) const {
   if (batch % size() != 0)
-    throw UsageError{"--batch " + std::to_string(batch) + " does not split evenly over " + std::to_string(size()) +
-                     " ranks; use a multiple of " + std::to_string(size())};
+    fail(command_, ": a batch of ", batch, " does not split evenly over ", size(), " ranks; use a multiple of ",
+         size());
   const int64_t per = batch / size();
   return {rank() * per, (rank() + 1) * per};
 }
@@ -132,30 +132,37 @@ Tensor DataParallel::gather_rows(const Tensor& local) const {
   return cat(parts, 0);
 }
 
-double DataParallel::average_gradients(const nn::NamedTensors& params, double local_loss) {
+double DataParallel::average_gradients(const nn::NamedTensors& params, double local_loss, double local_weight) {
+  PEFT_CHECK(std::isfinite(local_weight) && local_weight > 0, command_, ": a rank's weight must be positive, not ",
+             local_weight);
   if (size() == 1) return local_loss;
   const int64_t n = total_numel(params);
-  Tensor flat = zeros({n + 1});
+  Tensor flat = zeros({n + 2});
   float* f = flat.data_ptr<float>();
+  const float w = float(local_weight);
   for (const auto& [name, p] : params) {
     if (Tensor g = p.grad(); g.defined()) {
       const std::vector<float> v = g.to(DType::float32).to_vector<float>();
-      std::copy(v.begin(), v.end(), f);
+      if (w == 1.0f) std::copy(v.begin(), v.end(), f);
+      else for (size_t i = 0; i < v.size(); ++i) f[i] = v[i] * w;
     }
     f += p.numel();
   }
-  *f = float(local_loss);
-  comm_.allreduce(flat, comm::Reduce::average);
+  f[0] = float(local_loss) * w;
+  f[1] = w;
+  comm_.allreduce(flat, comm::Reduce::sum);
+  const float total_weight = flat.data_ptr<float>()[n + 1];
+  const Tensor mean = div(flat.narrow(0, 0, n + 1), double(total_weight));
   int64_t at = 0;
   for (const auto& [name, p] : params) {
-    Tensor(p).set_grad(flat.narrow(0, at, p.numel()).view(p.shape()).clone());
+    Tensor(p).set_grad(mean.narrow(0, at, p.numel()).view(p.shape()).clone());
     at += p.numel();
   }
-  return double(flat.data_ptr<float>()[n]);
+  return double(mean.data_ptr<float>()[n]);
 }
 
 int64_t DataParallel::gradient_bytes(const nn::NamedTensors& params) {
-  return (total_numel(params) + 1) * int64_t(sizeof(float));
+  return (total_numel(params) + 2) * int64_t(sizeof(float));
 }
 
-}  // namespace peft::cli
+}  // namespace peft::train

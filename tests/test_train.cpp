@@ -1,0 +1,354 @@
+// train/: the Trainer (accumulation, schedules, guard, checkpoints, bit-exact resume), the
+// epoch sampler and the atomic folder writer.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "adapters/peft.h"
+#include "io/safetensors.h"
+#include "runtime/generator.h"
+#include "runtime/ops.h"
+#include "tests/testing.h"
+#include "tools/host_models.h"
+#include "train/sampler.h"
+#include "train/trainer.h"
+
+using namespace peft;
+namespace fs = std::filesystem;
+using testing::error_of;
+
+namespace {
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A fresh temporary folder, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("peft_train_test_" + std::to_string(::getpid()) + "_" +
+                                        std::to_string(Generator(uint64_t(clock())).next_u32()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+// An MLP (10 -> 20 -> 2) with a LoRA adapter (dropout 0.2, so the dropout stream matters) on
+// every linear layer: the same bits for the same seed.
+std::shared_ptr<nn::Module> lora_mlp(double dropout = 0.2) {
+  Generator g(3);
+  tools::HostOptions o;
+  o.gen = &g;
+  auto model = tools::build_host_model("mlp", {{"in", 10}, {"hidden", 20}, {"out", 2}}, o);
+  manual_seed(17);
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.lora_alpha = 8;
+  cfg.lora_dropout = dropout;
+  cfg.target_modules = TargetModules::list({"lin0", "lin1", "lin2"});
+  cfg.init_lora_weights = false;  // B random too: every parameter moves from step 1
+  inject_adapter_in_model(cfg, *model);
+  return model;
+}
+
+// A regression task: a fixed data set of 64 rows.
+struct Data {
+  Tensor x, y;
+  Data() {
+    Generator g(99);
+    x = randn({64, 10}, g);
+    y = randn({64, 2}, g);
+  }
+  // rows [begin, begin + n) of the step's shuffled order
+  std::pair<Tensor, Tensor> rows(train::EpochSampler& s, int64_t first, int64_t n) const {
+    std::vector<int64_t> idx;
+    for (size_t i : s.take(first, n)) idx.push_back(int64_t(i));
+    Tensor ix = from_vector(idx, {n});
+    return {index_select(x, 0, ix), index_select(y, 0, ix)};
+  }
+};
+
+Tensor mse(const Tensor& a, const Tensor& b) { return mean(mul(sub(a, b), sub(a, b))); }
+
+train::TrainerOptions options(const std::string& ckpt_dir = "") {
+  train::TrainerOptions o;
+  o.name = "test";
+  o.steps = 10;
+  o.grad_accum = 2;
+  o.lr = 1e-2;
+  o.weight_decay = 0.01;
+  o.warmup_steps = 2;
+  o.max_grad_norm = 1.0;
+  o.seed = 5;
+  o.log = nullptr;
+  if (!ckpt_dir.empty()) o.checkpoint_every = 4, o.checkpoint_dir = ckpt_dir;
+  return o;
+}
+
+// Micro-batches of 8 rows then 4 rows (weights 8 and 4): the loss function of every run below.
+void set_loss(train::Trainer& t, nn::Module& model, const Data& d, train::EpochSampler& s,
+              int64_t crash_at_step = -1) {
+  t.set_loss([&, crash_at_step](const train::MicroBatch& mb) {
+    if (mb.step == crash_at_step) throw std::runtime_error("simulated crash");
+    const int64_t n = mb.micro == 0 ? 8 : 4;
+    auto [x, y] = d.rows(s, mb.step * 12 + mb.micro * 8, n);
+    // a draw from the trainer's generator (as batch sampling would): resume must restore it
+    const double jitter = 1.0 + 0.5 * mb.gen.next_double();
+    return train::MicroBatchLoss{mul(mse(model.forward(x), y), jitter), double(n)};
+  });
+}
+
+std::vector<std::vector<float>> trainable_values(const train::Trainer& t) {
+  std::vector<std::vector<float>> v;
+  for (const auto& [n, p] : t.trainable()) v.push_back(p.to_vector<float>());
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("Trainer: a run resumed from a checkpoint ends with the bits of an uninterrupted run") {
+  TempDir tmp;
+  Data d;
+  // uninterrupted
+  auto m1 = lora_mlp();
+  train::EpochSampler s1(64, 5);
+  train::Trainer t1(*m1, options());
+  set_loss(t1, *m1, d, s1);
+  t1.fit();
+  CHECK(t1.step() == 10);
+  CHECK(t1.history().losses.size() == 10);
+
+  // interrupted after step 6 (checkpoint at step 4), then resumed in a new process's objects
+  const std::string ckpt = tmp / "ckpt";
+  {
+    auto m2 = lora_mlp();
+    train::EpochSampler s2(64, 5);
+    train::Trainer t2(*m2, options(ckpt));
+    set_loss(t2, *m2, d, s2, /*crash_at_step=*/6);
+    CHECK_THROWS_WITH_AS(t2.fit(), "simulated crash", std::runtime_error);
+    CHECK(t2.step() == 6);
+  }
+  REQUIRE(train::Trainer::has_checkpoint(ckpt));
+  CHECK(fs::exists(fs::path(ckpt) / "adapter" / "adapter_config.json"));  // a PEFT folder too
+  auto m3 = lora_mlp();
+  for (auto& [n, p] : m3->named_parameters())  // the checkpoint, not the init, must set these
+    if (p.requires_grad()) Tensor(p).fill_(0.5);
+  train::EpochSampler s3(64, 5);
+  train::Trainer t3(*m3, options(ckpt));
+  set_loss(t3, *m3, d, s3);
+  t3.resume(ckpt);
+  CHECK(t3.step() == 4);
+  t3.fit();
+  CHECK(t3.step() == 10);
+  CHECK(trainable_values(t3) == trainable_values(t1));
+  CHECK(t3.history().losses == t1.history().losses);
+  CHECK(t3.history().grad_norms == t1.history().grad_norms);
+
+  // without the optimizer state (a fresh AdamW) the same resume gives other bits
+  auto m4 = lora_mlp();
+  train::EpochSampler s4(64, 5);
+  train::Trainer t4(*m4, options(ckpt));
+  set_loss(t4, *m4, d, s4);
+  t4.resume(ckpt);
+  t4.optimizer().load_state_dict([&] {
+    StateDict sd;
+    for (const auto& [n, p] : t4.trainable()) sd.set(n + ".step", from_vector(std::vector<int64_t>{0}, {}));
+    sd.set("optimizer.step", from_vector(std::vector<int64_t>{0}, {}));
+    sd.set("optimizer.lr", from_vector(std::vector<double>{1e-2}, {}));
+    return sd;
+  }());
+  t4.fit();
+  CHECK(trainable_values(t4) != trainable_values(t1));
+}
+
+TEST_CASE("Trainer: resume refuses another run's checkpoint and changes nothing") {
+  TempDir tmp;
+  Data d;
+  const std::string ckpt = tmp / "ckpt";
+  {
+    auto m = lora_mlp();
+    train::EpochSampler s(64, 5);
+    train::Trainer t(*m, options(ckpt));
+    set_loss(t, *m, d, s);
+    t.fit();
+  }
+  REQUIRE(train::Trainer::has_checkpoint(ckpt));
+  auto m = lora_mlp();
+  train::TrainerOptions o = options(ckpt);
+  o.lr = 2e-2;
+  train::Trainer t(*m, o);
+  const std::vector<std::vector<float>> before = trainable_values(t);
+  std::string e = error_of([&] { t.resume(ckpt); });
+  CHECK(contains(e, "was written with lr = 0.01, this run has 0.02"));
+  CHECK(trainable_values(t) == before);
+  CHECK(t.step() == 0);
+
+  // another adapter shape (r = 2): named tensor and shapes
+  Generator g(3);
+  tools::HostOptions ho;
+  ho.gen = &g;
+  auto other = tools::build_host_model("mlp", {{"in", 10}, {"hidden", 20}, {"out", 2}}, ho);
+  LoraConfig cfg;
+  cfg.r = 2;
+  cfg.target_modules = TargetModules::list({"lin0", "lin1", "lin2"});
+  inject_adapter_in_model(cfg, *other);
+  train::Trainer t2(*other, options(ckpt));
+  CHECK(contains(error_of([&] { t2.resume(ckpt); }), "lora_A.default.weight' is"));
+
+  CHECK(contains(error_of([&] { t2.resume(tmp / "nothing"); }), "holds no complete checkpoint"));
+  // a damaged state file
+  fs::create_directories(tmp / "bad");
+  for (const char* f : {"trainable.safetensors", "optimizer.safetensors"})
+    fs::copy_file(fs::path(ckpt) / f, fs::path(tmp / "bad") / f);
+  std::ofstream(tmp / "bad/trainer_state.json") << "{\"step\": 3";
+  CHECK(contains(error_of([&] { t.resume(tmp / "bad"); }), "trainer_state.json is not valid JSON"));
+}
+
+TEST_CASE("Trainer: gradient accumulation weights micro-batches by their items") {
+  Data d;
+  // one step on 12 rows at once vs 8 + 4 rows accumulated: the same mean gradient
+  auto run = [&](int64_t accum) {
+    auto m = lora_mlp(0.0);
+    train::TrainerOptions o = options();
+    o.steps = 1, o.grad_accum = accum, o.warmup_steps = 0, o.max_grad_norm = 0, o.weight_decay = 0;
+    train::Trainer t(*m, o);
+    t.set_loss([&](const train::MicroBatch& mb) {
+      const int64_t first = accum == 1 ? 0 : (mb.micro == 0 ? 0 : 8), n = accum == 1 ? 12 : (mb.micro == 0 ? 8 : 4);
+      Tensor x = d.x.narrow(0, first, n), y = d.y.narrow(0, first, n);
+      return train::MicroBatchLoss{mse(m->forward(x), y), double(n)};
+    });
+    t.fit();
+    return std::make_pair(t.history().grad_norms[0], t.history().losses[0]);
+  };
+  auto [g1, l1] = run(1);
+  auto [g2, l2] = run(2);
+  CHECK(g2 == doctest::Approx(g1).epsilon(1e-6));
+  CHECK(l2 == doctest::Approx(l1).epsilon(1e-6));
+  // an unweighted mean of the two micro-batch means would differ
+  auto m = lora_mlp(0.0);
+  NoGradGuard ng;
+  const double a = mse(m->forward(d.x.narrow(0, 0, 8)), d.y.narrow(0, 0, 8)).item();
+  const double b = mse(m->forward(d.x.narrow(0, 8, 4)), d.y.narrow(0, 8, 4)).item();
+  CHECK(std::fabs((a + b) / 2 - l1) > 1e-4);
+}
+
+TEST_CASE("Trainer: schedules, evaluation every N steps, the divergence guard") {
+  using train::Schedule;
+  CHECK(train::lr_multiplier(Schedule::linear, 0, 2, 10) == 0.0);
+  CHECK(train::lr_multiplier(Schedule::linear, 1, 2, 10) == 0.5);
+  CHECK(train::lr_multiplier(Schedule::linear, 2, 2, 10) == 1.0);
+  CHECK(train::lr_multiplier(Schedule::linear, 6, 2, 10) == 0.5);
+  CHECK(train::lr_multiplier(Schedule::linear, 10, 2, 10) == 0.0);
+  CHECK(train::lr_multiplier(Schedule::linear, 10, 2, 10, 0.1) == 0.1);
+  CHECK(train::lr_multiplier(Schedule::constant, 1, 4, 10) == 0.25);
+  CHECK(train::lr_multiplier(Schedule::constant, 9, 4, 10) == 1.0);
+  CHECK(train::lr_multiplier(Schedule::cosine, 6, 2, 10) == doctest::Approx(0.5));
+  CHECK(train::parse_schedule("linear") == Schedule::linear);
+  CHECK(contains(error_of([] { train::parse_schedule("step"); }), "use constant, linear or cosine"));
+
+  Data d;
+  auto m = lora_mlp();
+  train::TrainerOptions o = options();
+  o.eval_every = 3;
+  o.schedule = Schedule::linear;
+  train::Trainer t(*m, o);
+  train::EpochSampler s(64, 1);
+  set_loss(t, *m, d, s);
+  std::vector<int64_t> eval_steps;
+  t.set_eval([&] {
+    CHECK(!m->is_training());
+    CHECK(!is_grad_enabled());
+    return mse(m->forward(d.x), d.y).item();
+  });
+  int64_t reports = 0;
+  t.on_step([&](const train::StepReport& r) {
+    ++reports;
+    if (r.eval_loss) eval_steps.push_back(r.step);
+    CHECK(r.weight == 12.0);
+  });
+  t.fit();
+  CHECK(reports == 10);
+  CHECK(eval_steps == std::vector<int64_t>{3, 6, 9});
+  CHECK(t.history().evals.size() == 3);
+  CHECK(m->is_training());
+  // the learning rates follow the linear schedule: lr x multiplier(step)
+  for (int64_t k = 0; k < 10; ++k)
+    CHECK(t.history().learning_rates[size_t(k)] == 1e-2 * train::lr_multiplier(Schedule::linear, k, 2, 10));
+
+  // a loss that turns NaN stops the run with the step and the checkpoint's fate
+  auto m2 = lora_mlp();
+  TempDir tmp;
+  train::Trainer t2(*m2, options(tmp / "ck"));
+  t2.set_loss([&](const train::MicroBatch& mb) {
+    Tensor l = mse(m2->forward(d.x), d.y);
+    return train::MicroBatchLoss{mb.step == 5 ? mul(l, NAN) : l};
+  });
+  std::string e = error_of([&] { t2.fit(); });
+  CHECK(contains(e, "test: the loss became nan at step 6; stopping (the last checkpoint, "));
+  CHECK(contains(e, "ck, is intact)"));
+  CHECK(train::Trainer::has_checkpoint(tmp / "ck"));
+
+  // options and the loss function are checked
+  CHECK(contains(error_of([&] {
+                   train::TrainerOptions bad = options();
+                   bad.grad_accum = 0;
+                   train::Trainer x(*m, bad);
+                 }),
+                 "gradient accumulation must be >= 1"));
+  auto frozen = tools::build_host_model("mlp", {{"in", 2}, {"hidden", 2}, {"out", 2}});
+  for (auto& [n, p] : frozen->named_parameters()) Tensor(p).requires_grad_(false);
+  CHECK(contains(error_of([&] { train::Trainer x(*frozen, options()); }), "no parameter that requires grad"));
+  train::Trainer t3(*m, options());
+  CHECK(contains(error_of([&] { t3.fit(); }), "no loss function"));
+  t3.set_loss([&](const train::MicroBatch&) { return train::MicroBatchLoss{m->forward(d.x)}; });
+  CHECK(contains(error_of([&] { t3.fit(); }), "must return a scalar loss, got"));
+}
+
+TEST_CASE("EpochSampler: every example once per epoch, a new order each epoch, a pure function of the position") {
+  train::EpochSampler s(10, 42);
+  std::vector<size_t> two = s.take(0, 20);
+  std::set<size_t> e0(two.begin(), two.begin() + 10), e1(two.begin() + 10, two.end());
+  CHECK(e0.size() == 10);
+  CHECK(e1.size() == 10);
+  CHECK(std::vector<size_t>(two.begin(), two.begin() + 10) != std::vector<size_t>(two.begin() + 10, two.end()));
+  train::EpochSampler fresh(10, 42);
+  CHECK(fresh.take(13, 4) == std::vector<size_t>(two.begin() + 13, two.begin() + 17));  // across no history
+  CHECK(train::EpochSampler(10, 43).take(0, 10) != std::vector<size_t>(two.begin(), two.begin() + 10));
+  CHECK(contains(error_of([] { train::EpochSampler(0, 1); }), "no examples"));
+}
+
+TEST_CASE("replace_dir_atomic: a failed write leaves the old folder; a killed writer's leftovers are cleaned up") {
+  TempDir tmp;
+  const std::string dir = tmp / "out";
+  train::replace_dir_atomic(dir, [](const std::string& t) { std::ofstream(t + "/a") << "first"; });
+  CHECK(fs::exists(dir + "/a"));
+  CHECK(contains(error_of([&] {
+                   train::replace_dir_atomic(dir, [](const std::string& t) {
+                     std::ofstream(t + "/b") << "half";
+                     fail("disk full");
+                   });
+                 }),
+                 "disk full"));
+  CHECK(fs::exists(dir + "/a"));
+  CHECK(!fs::exists(dir + "/b"));
+  int entries = 0;
+  for (const auto& e : fs::directory_iterator(tmp.path)) ++entries, (void)e;
+  CHECK(entries == 1);
+  // a writer killed between its renames left only ".out.old.<dead pid>...": it comes back
+  fs::rename(dir, tmp / ".out.old.999999999.1.abc");
+  fs::create_directories(tmp / ".out.saving.999999999.2.def");
+  train::replace_dir_atomic(tmp / "other", [](const std::string&) {});
+  CHECK(!fs::exists(dir));  // another folder's writer leaves these alone
+  train::replace_dir_atomic(dir, [](const std::string& t) { std::ofstream(t + "/c") << "new"; });
+  CHECK(fs::exists(dir + "/c"));
+  CHECK(!fs::exists(dir + "/a"));
+  CHECK(!fs::exists(tmp / ".out.old.999999999.1.abc"));
+  CHECK(!fs::exists(tmp / ".out.saving.999999999.2.def"));
+}
