@@ -28,7 +28,7 @@ if [ "$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)" -gt 28 ]; then
 fi
 # The cli suite runs the peft program through a shell script; the program's own threads are
 # covered by the suites that link the same library.
-[ $# -eq 0 ] && set -- runtime io nn adapters tools reliability transformers
+[ $# -eq 0 ] && set -- runtime io nn adapters train tools reliability transformers
 start=$(date +%s)
 status=0
 meson test -C "$B" --print-errorlogs --num-processes 1 --timeout-multiplier 3 "${RUN[@]}" "$@" || status=$?

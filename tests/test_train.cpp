@@ -352,3 +352,233 @@ TEST_CASE("replace_dir_atomic: a failed write leaves the old folder; a killed wr
   CHECK(!fs::exists(tmp / ".out.old.999999999.1.abc"));
   CHECK(!fs::exists(tmp / ".out.saving.999999999.2.def"));
 }
+
+// ------------------------------------------------------------------------------------------
+// causal-LM data, loss and QLoRA training on the tiny GGUF llama (Q8_0 blocks, byte tokenizer)
+
+#include "io/gguf.h"
+#include "nn/transformers/pretrained.h"
+#include "train/lm_data.h"
+
+namespace {
+
+const std::string kTinyLlama = "tests/data/gguf/tiny_llama.q8_0.gguf";
+
+const Tokenizer& tiny_tokenizer() {
+  static const Tokenizer tok = Tokenizer::from_gguf(*io::GGUFFile::open(kTinyLlama));
+  return tok;
+}
+
+train::LMDataOptions tiny_data_options(int64_t max_length = 64) {
+  train::LMDataOptions o;
+  o.max_length = max_length;
+  o.eos_id = 2;
+  o.chat_template = "chatml";  // a format name: the tiny model's file has no template
+  return o;
+}
+
+std::vector<int64_t> labelled(const train::LMExample& ex) {
+  std::vector<int64_t> v;
+  for (int64_t l : ex.labels)
+    if (l != train::kIgnoreIndex) v.push_back(l);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("lm data: prompt/completion scores the completion and its EOS; messages score the assistant turns") {
+  const Tokenizer& tok = tiny_tokenizer();
+  const std::string pc = "{\"prompt\": \"Define CAT. \", \"completion\": \"A pet.\"}\n\n";
+  train::LMDataset d = train::lm_data_from_text(pc, "pc.jsonl", true, tok, tiny_data_options());
+  REQUIRE(d.examples.size() == 1);
+  CHECK(d.format == "prompt-completion");
+  const train::LMExample& ex = d.examples[0];
+  std::vector<int64_t> want = tok.encode("Define CAT. A pet.", true).ids;
+  want.push_back(2);
+  CHECK(ex.ids == want);
+  const std::vector<int64_t> p = tok.encode("Define CAT. ", true).ids;
+  for (size_t t = 0; t < ex.ids.size(); ++t) CHECK(ex.labels[t] == (t < p.size() ? train::kIgnoreIndex : ex.ids[t]));
+  std::vector<int64_t> completion = labelled(ex);
+  CHECK(completion.back() == 2);  // EOS
+  completion.pop_back();
+  CHECK(tok.decode(completion, false) == "A pet.");
+  CHECK(ex.source == "pc.jsonl:1");
+
+  const std::string chat =
+      "{\"messages\": [{\"role\": \"system\", \"content\": \"S\"}, {\"role\": \"user\", \"content\": \"Hi\"},"
+      " {\"role\": \"assistant\", \"content\": \"Yo\"}, {\"role\": \"user\", \"content\": \"Again\"},"
+      " {\"role\": \"assistant\", \"content\": \"Yes\"}]}\n";
+  train::LMDataset c = train::lm_data_from_text(chat, "chat.jsonl", true, tok, tiny_data_options(256));
+  REQUIRE(c.examples.size() == 1);
+  CHECK(c.format == "messages");
+  const train::LMExample& ce = c.examples[0];
+  CHECK(tok.decode(ce.ids, false) ==
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
+        "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\nYes<|im_end|>\n");
+  CHECK(tok.decode(labelled(ce), false) == "Yo<|im_end|>\nYes<|im_end|>\n");
+
+  // plain text: packed blocks, every token scored
+  train::LMDataset t = train::lm_data_from_text(std::string(100, 'a'), "t.txt", false, tok, tiny_data_options(32));
+  CHECK(t.format == "text");
+  CHECK(t.examples.size() == 4);  // 100 tokens + EOS = 101: 32 + 32 + 32 + 5
+  CHECK(t.examples[3].ids.size() == 5);
+  CHECK(t.examples[0].labels == t.examples[0].ids);
+}
+
+TEST_CASE("lm data: truncation is counted, examples left without scored tokens are dropped, bad lines name file:line") {
+  const Tokenizer& tok = tiny_tokenizer();
+  const std::string text = "{\"prompt\": \"Q: \", \"completion\": \"" + std::string(40, 'x') + "\"}\n" +
+                           "{\"prompt\": \"" + std::string(40, 'q') + "\", \"completion\": \"a\"}\n" +
+                           "{\"prompt\": \"Q: \", \"completion\": \"ok\"}\n";
+  train::LMDataset d = train::lm_data_from_text(text, "d.jsonl", true, tok, tiny_data_options(20));
+  CHECK(d.examples.size() == 2);
+  CHECK(d.truncated == 2);
+  CHECK(d.dropped == 1);
+  CHECK(d.examples[0].ids.size() == 20);
+  CHECK(d.max_example_tokens == 20);
+
+  auto err = [&](const std::string& t) {
+    return error_of([&] { train::lm_data_from_text(t, "bad.jsonl", true, tok, tiny_data_options()); });
+  };
+  const std::string ok = "{\"prompt\": \"a \", \"completion\": \"b\"}\n";
+  CHECK(contains(err(ok + "{\"prompt\": \"a\"\n"), "bad.jsonl:2: not valid JSON"));
+  CHECK(contains(err(ok + "\n[1, 2]\n"), "bad.jsonl:3: each line must be a JSON object"));
+  CHECK(contains(err("{\"text\": \"a\"}\n"), "bad.jsonl:1: expected {\"prompt\", \"completion\"} or {\"messages\""));
+  CHECK(contains(err("{\"prompt\": 1, \"completion\": \"b\"}\n"), "bad.jsonl:1: \"prompt\" and \"completion\" must be strings"));
+  CHECK(contains(err(ok + "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n"),
+                 "bad.jsonl:2: a messages line in a file of prompt-completion lines"));
+  CHECK(contains(err("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n"), "bad.jsonl:1: no \"assistant\" message"));
+  CHECK(contains(err("{\"messages\": [{\"role\": \"user\"}]}\n"), "bad.jsonl:1: messages[0] must be"));
+  CHECK(contains(err("\n\n"), "bad.jsonl: no training example"));
+  train::LMDataOptions no_template = tiny_data_options();
+  no_template.chat_template.clear();
+  CHECK(contains(error_of([&] {
+                   train::lm_data_from_text("{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}", "m.jsonl",
+                                            true, tok, no_template);
+                 }),
+                 "m.jsonl:1: \"messages\" need the model's chat template"));
+  CHECK(contains(error_of([&] { train::load_lm_data("/nonexistent/x.jsonl", tok, tiny_data_options()); }),
+                 "cannot read training data '/nonexistent/x.jsonl'"));
+}
+
+TEST_CASE("causal_lm_loss on the scored positions equals transformers' shifted cross-entropy over full logits") {
+  const Tokenizer& tok = tiny_tokenizer();
+  const std::string text = "{\"prompt\": \"Q: one \", \"completion\": \"answer\"}\n"
+                           "{\"prompt\": \"Q: a longer question \", \"completion\": \"yes\"}\n";
+  train::LMDataset d = train::lm_data_from_text(text, "d.jsonl", true, tok, tiny_data_options());
+  // dequantized: Q8_0 products take another kernel (activations quantized) below 32 rows
+  nn::PretrainedOptions f32;
+  f32.dtype = DType::float32;
+  auto model = nn::load_pretrained(kTinyLlama, f32);
+  train::LMBatch b = train::collate(d, {0, 1}, 0);
+  CHECK(b.loss_tokens == 6 + 1 + 3 + 1);  // completions + EOS
+  NoGradGuard ng;
+  const double loss = train::causal_lm_loss(*model, b).item();
+  // the reference: all [B, T, V] logits, shift by one, ignore -100 (ForCausalLMLoss)
+  auto* lm = dynamic_cast<nn::PreTrainedModel*>(model.get());
+  nn::ModelInputs in;
+  in.input_ids = b.inputs.input_ids;
+  in.attention_mask = b.inputs.attention_mask;
+  Tensor logits = lm->forward(in);  // [2, T, V]
+  const int64_t T = logits.size(1), V = logits.size(2);
+  Tensor shifted = logits.narrow(1, 0, T - 1).contiguous().reshape({2 * (T - 1), V});
+  Tensor labels = b.labels.narrow(1, 1, T - 1).contiguous().reshape({2 * (T - 1)});
+  const double ref = cross_entropy(shifted, labels, -100).item();
+  CHECK(loss == doctest::Approx(ref).epsilon(1e-6));
+  CHECK(loss > 1.0);  // an untrained model: the check compares real numbers
+}
+
+TEST_CASE("LengthBucketBatcher: full batches of similar length, each example at most once per epoch, resume-safe") {
+  train::LMDataset d;
+  d.path = "synthetic";
+  Generator g(1);
+  for (int i = 0; i < 200; ++i) {
+    train::LMExample ex;
+    ex.ids.assign(size_t(2 + g.next_u32() % 100), 5);
+    ex.labels = ex.ids;
+    d.examples.push_back(ex);
+  }
+  train::LengthBucketBatcher bb(d, 8, 3);
+  CHECK(bb.batches_per_epoch() == 25);
+  std::set<size_t> seen;
+  int64_t padded = 0, random_padded = 0;
+  train::EpochSampler plain(200, 3);
+  for (int64_t i = 0; i < 25; ++i) {
+    std::vector<size_t> r = bb.rows(i);
+    CHECK(r.size() == 8);
+    size_t longest = 0, total = 0;
+    for (size_t k : r) seen.insert(k), longest = std::max(longest, d.examples[k].ids.size()), total += d.examples[k].ids.size();
+    padded += int64_t(longest * 8 - total);
+    std::vector<size_t> rr = plain.take(i * 8, 8);
+    longest = 0, total = 0;
+    for (size_t k : rr) longest = std::max(longest, d.examples[k].ids.size()), total += d.examples[k].ids.size();
+    random_padded += int64_t(longest * 8 - total);
+  }
+  CHECK(seen.size() == 200);
+  CAPTURE(padded);
+  CAPTURE(random_padded);
+  CHECK(padded * 5 < random_padded);  // bucketing removes most padding
+  train::LengthBucketBatcher again(d, 8, 3);
+  CHECK(again.rows(27) == bb.rows(27));  // a pure function of the index
+  CHECK(bb.rows(25) != bb.rows(0));
+  CHECK(contains(error_of([&] { train::LengthBucketBatcher(d, 300, 1); }), "synthetic: 200 examples, fewer than one batch of 300"));
+}
+
+TEST_CASE("QLoRA: LoRA on the Q8_0 tiny llama learns prompt/completion data; the base stays quantized and unchanged; resume is bit-exact") {
+  const Tokenizer& tok = tiny_tokenizer();
+  std::string text;
+  for (int i = 0; i < 16; ++i)
+    text += "{\"prompt\": \"Q" + std::to_string(i) + ": \", \"completion\": \"" + std::string(size_t(3 + i % 5), char('a' + i % 7)) + "\"}\n";
+  train::LMDataset d = train::lm_data_from_text(text, "q.jsonl", true, tok, tiny_data_options());
+  TempDir tmp;
+  auto run = [&](const std::string& ckpt, int64_t crash_at, bool resume) {
+    auto m = nn::load_pretrained(kTinyLlama);
+    manual_seed(11);
+    LoraConfig cfg;  // PEFT's default targets: q_proj, v_proj
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.lora_dropout = 0.1;
+    inject_adapter_in_model(cfg, *m);
+    train::TrainerOptions o;
+    o.name = "qlora";
+    o.steps = 12, o.lr = 5e-3, o.warmup_steps = 2, o.grad_accum = 2, o.seed = 4, o.log = nullptr;
+    if (!ckpt.empty()) o.checkpoint_every = 5, o.checkpoint_dir = ckpt;
+    train::Trainer t(*m, o);
+    train::LengthBucketBatcher bb(d, 4, o.seed);
+    t.set_loss([&](const train::MicroBatch& mb) {
+      if (mb.step == crash_at) throw std::runtime_error("crash");
+      train::LMBatch b = train::collate(d, bb.rows(mb.step * 2 + mb.micro), 0);
+      return train::MicroBatchLoss{train::causal_lm_loss(*m, b), double(b.loss_tokens)};
+    });
+    if (resume) t.resume(ckpt);
+    if (crash_at >= 0) CHECK_THROWS(t.fit());
+    else t.fit();
+    std::map<std::string, std::vector<float>> lora;
+    for (const auto& [n, p] : t.trainable()) lora[n] = p.to_vector<float>();
+    return std::make_tuple(lora, t.history().losses, m);
+  };
+  auto [lora1, losses1, m1] = run("", -1, false);
+  CHECK(losses1.size() == 12);
+  CHECK(losses1.back() < 0.8 * losses1.front());  // it learns
+  // the base: still Q8_0 blocks, bit for bit the file's
+  auto fresh = nn::load_pretrained(kTinyLlama);
+  std::map<std::string, Tensor> original;
+  for (const auto& [n, p] : fresh->named_parameters()) original[n] = p;
+  int quantized = 0;
+  for (const auto& [n, p] : m1->named_parameters()) {
+    if (n.find("lora_") != std::string::npos) continue;
+    CHECK(!p.requires_grad());
+    std::string plain = n;
+    if (size_t at = plain.find(".base_layer"); at != std::string::npos) plain.erase(at, 11);
+    REQUIRE(original.count(plain));
+    CHECK(p.dtype() == original[plain].dtype());
+    if (p.dtype() == DType::q8_0) ++quantized;
+    CHECK(p.to(DType::float32).to_vector<float>() == original[plain].to(DType::float32).to_vector<float>());
+  }
+  CHECK(quantized == 15);
+  const std::string ck = tmp / "ck";
+  run(ck, 7, false);  // checkpoint at step 5, crash in step 8
+  auto [lora2, losses2, m2] = run(ck, -1, true);
+  CHECK(lora2 == lora1);
+  CHECK(losses2 == losses1);
+}

@@ -150,6 +150,16 @@ Tensor keep_last_positions(const Tensor& hidden, int64_t keep) {
   return keep == 0 || keep >= T ? hidden : hidden.narrow(1, T - keep, keep);
 }
 
+Tensor logit_rows(const Tensor& hidden, const ModelInputs& in) {
+  if (!in.logits_index.defined()) return keep_last_positions(hidden, in.logits_to_keep);
+  const Tensor& idx = in.logits_index;
+  if (in.logits_to_keep != 0) fail("logits_index and logits_to_keep are exclusive; set one");
+  if (idx.dtype() != DType::int64 || idx.dim() != 1)
+    fail("logits_index must be int64 [N] (rows of the flattened [B * T] positions), got ", idx.desc());
+  const int64_t B = hidden.size(0), T = hidden.size(1), H = hidden.size(2);
+  return index_select(hidden.reshape({B * T, H}), 0, idx.to(hidden.device()));
+}
+
 namespace {
 const ordered_json* field(const ordered_json& c, const char* key) {
   auto it = c.find(key);

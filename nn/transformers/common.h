@@ -47,6 +47,10 @@ struct ModelInputs {
   // Language-model heads: logits only for the last N positions (0: all), transformers'
   // logits_to_keep; generation needs 1, perplexity the scored half of a window.
   int64_t logits_to_keep = 0;
+  // Language-model heads: logits only for these rows of the flattened [B * T] positions
+  // (int64 [N]; the head then returns [N, V]). Training scores only the label positions:
+  // the head's [B, T, V] logits would be most of a step's memory.
+  Tensor logits_index;
 };
 
 // Keys and values of every layer for positions already seen (decoders). Storage grows by
@@ -99,6 +103,9 @@ Tensor l2_normalize(const Tensor& x);
 namespace hf_detail {
 // hidden [B, T, H] -> its last `keep` positions (keep 0 or >= T: all of it).
 Tensor keep_last_positions(const Tensor& hidden, int64_t keep);
+// The rows of the final hidden states [B, T, H] the LM head scores: in.logits_index's rows
+// ([N, H]) when set, else keep_last_positions(hidden, in.logits_to_keep).
+Tensor logit_rows(const Tensor& hidden, const ModelInputs& in);
 // Shared pieces of the family implementations.
 // Checks ids (int64 [B, T], each in [0, vocab)) and the mask/position/token-type shapes, and
 // fills the defaults; `past` = positions already in the cache.

@@ -126,7 +126,7 @@ void GPT2LMHeadModel::tie_weights() {
 }
 
 Tensor GPT2LMHeadModel::forward(const ModelInputs& in) {
-  return child("lm_head")(hf_detail::keep_last_positions(transformer().forward(in), in.logits_to_keep));
+  return child("lm_head")(hf_detail::logit_rows(transformer().forward(in), in));
 }
 int64_t GPT2LMHeadModel::num_layers() const { return transformer().num_layers(); }
 int64_t GPT2LMHeadModel::max_positions() const { return transformer().max_positions(); }

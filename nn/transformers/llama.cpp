@@ -226,7 +226,7 @@ void LlamaForCausalLM::tie_weights() {
 }
 
 Tensor LlamaForCausalLM::forward(const ModelInputs& in) {
-  return child("lm_head")(keep_last_positions(model().forward(in), in.logits_to_keep));
+  return child("lm_head")(logit_rows(model().forward(in), in));
 }
 int64_t LlamaForCausalLM::num_layers() const { return model().num_layers(); }
 int64_t LlamaForCausalLM::max_positions() const { return model().max_positions(); }
