@@ -1,5 +1,7 @@
 #include "runtime/autograd.h"
 
+#include "runtime/generator.h"
+
 #include <unordered_map>
 
 #include "runtime/backend.h"
@@ -13,6 +15,9 @@ bool is_grad_enabled() { return g_grad_enabled; }
 
 NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+EnableGradGuard::EnableGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { g_grad_enabled = prev_; }
 
 namespace autograd {
 
@@ -145,6 +150,44 @@ void run_backward(const Tensor& root, const Tensor& grad_in) {
       }
     }
   }
+}
+
+
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& x, const std::vector<Tensor>& params) {
+  std::vector<Tensor> inputs{x};
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  if (!needs_grad(inputs)) return fn(x);
+  for (const Tensor& p : params)
+    if (p.grad_fn())
+      fail("[checkpoint] params must be leaf tensors (trainable parameters); got one computed by ", p.grad_fn()->name);
+  const Generator::State rng = default_generator().get_state();
+  Tensor out;
+  {
+    NoGradGuard ng;
+    out = fn(x);
+  }
+  const bool x_needs_grad = x.requires_grad();
+  const Tensor saved_x = x.detach();
+  record("checkpoint", inputs, out, [fn, saved_x, x_needs_grad, rng, n = params.size()](const Tensor& g) {
+    // recompute with the forward's random stream, then give the caller's stream back
+    const Generator::State now = default_generator().get_state();
+    default_generator().set_state(rng);
+    Tensor xd = saved_x.detach();
+    if (x_needs_grad) xd.requires_grad_(true);
+    Tensor y;
+    {
+      EnableGradGuard eg;
+      y = fn(xd);
+    }
+    default_generator().set_state(now);
+    std::vector<Tensor> grads(1 + n);
+    if (y.requires_grad()) {
+      run_backward(y, g);  // the parameters' gradients go straight into their .grad
+      if (x_needs_grad) grads[0] = xd.grad();
+    }
+    return grads;  // undefined for the parameters: they have theirs already
+  });
+  return out;
 }
 
 }  // namespace autograd

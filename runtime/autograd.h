@@ -25,6 +25,19 @@ class NoGradGuard {
   bool prev_;
 };
 
+// Enables graph recording in its scope, also inside a NoGradGuard or a backward pass
+// (torch.enable_grad()): gradient checkpointing recomputes a forward with it.
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
 namespace autograd {
 
 // Where one input's gradient goes: into another node, or into a leaf's .grad.
@@ -54,6 +67,14 @@ void record(const char* name, const std::vector<Tensor>& inputs, Tensor& out, Ba
 
 // Runs backward from `root` with `grad` (defaults to ones for a scalar).
 void run_backward(const Tensor& root, const Tensor& grad);
+
+// Gradient checkpointing (torch.utils.checkpoint, use_reentrant=True): y = fn(x) is computed
+// without recording, so none of fn's intermediate tensors stay alive until backward; backward
+// runs fn(x) again with recording (the default generator's state restored, so dropout draws
+// the same masks) and backpropagates through that. `params`: the leaf tensors fn uses that
+// need a gradient (trainable parameters); they receive it from the recomputation. fn may read
+// other tensors only as constants (no gradient). Without any gradient to compute it is fn(x).
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& x, const std::vector<Tensor>& params);
 
 }  // namespace autograd
 }  // namespace peft

@@ -169,6 +169,12 @@ size_t cpu_allocated_bytes();
 // The most cpu_allocated_bytes() has been since the last reset (or the start).
 size_t cpu_allocated_peak_bytes();
 void reset_cpu_allocated_peak();
+// Idle blocks the reuse cache holds (mapped, resident once touched).
+size_t cpu_cached_bytes();
+// Gives idle cached blocks back to the OS: all of them, or (all = false) those not reused
+// since the previous call. The Trainer calls it once per step, so blocks sized for an earlier
+// batch's sequence length do not stay resident.
+void trim_cpu_cache(bool all = false);
 
 // ---- thread count for CPU kernels (PEFT_NUM_THREADS overrides the default) ----
 void set_num_threads(int n);

@@ -126,6 +126,30 @@ TEST_CASE("from_blob wraps memory without copying") {
 // views
 // ===========================================================================
 
+TEST_CASE("cpu block cache: best-fit reuse within a quarter, trim gives idle blocks back") {
+  trim_cpu_cache(true);
+  const void* first = nullptr;
+  {
+    Tensor a = empty({1 << 20});  // 4 MiB: a mapped block
+    first = a.data_ptr<float>();
+    a.fill_(1.f);
+  }
+  const size_t idle = cpu_cached_bytes();
+  CHECK(idle >= (size_t(4) << 20));
+  {
+    Tensor b = empty({(1 << 20) - (1 << 17)});  // 3.5 MiB: fits the idle 4 MiB block
+    CHECK(static_cast<const void*>(b.data_ptr<float>()) == first);
+    CHECK(cpu_cached_bytes() == idle - (size_t(4) << 20));
+    Tensor c = empty({1 << 19});  // 2 MiB: the idle 4 MiB block would waste half, so a new one
+    CHECK(static_cast<const void*>(c.data_ptr<float>()) != first);
+  }
+  CHECK(cpu_cached_bytes() > 0);
+  trim_cpu_cache();  // the blocks were put back since the last trim: kept
+  CHECK(cpu_cached_bytes() > 0);
+  trim_cpu_cache();  // not reused since: unmapped
+  CHECK(cpu_cached_bytes() == 0);
+}
+
 TEST_CASE("view, reshape, flatten share storage when possible") {
   Tensor a = F({0, 1, 2, 3, 4, 5}, {2, 3});
   Tensor v = a.view({3, 2});
@@ -1363,6 +1387,43 @@ TEST_CASE("autograd: no_grad, detach, requires_grad rules") {
   // comparisons and argmax are not differentiable
   CHECK(!gt(x, 0.0).requires_grad());
   CHECK(!argmax(x, 0).requires_grad());
+}
+
+TEST_CASE("autograd::checkpoint: the gradients of a recorded graph, from a recomputation; dropout replayed") {
+  Generator g(4);
+  Tensor w = randn({5, 5}, g).requires_grad_(true);
+  Tensor b = randn({5}, g).requires_grad_(true);
+  Tensor frozen = randn({5, 5}, g);
+  auto fn = [&](const Tensor& x) {
+    Generator& dg = default_generator();
+    Tensor h = dropout(tanh(add(matmul(x, w), b)), 0.3, true, dg);
+    return matmul(h, frozen);
+  };
+  Tensor x0 = randn({3, 5}, g);
+  std::vector<float> gw[2], gb[2], gx[2];
+  for (int ck = 0; ck < 2; ++ck) {
+    Tensor x = x0.clone().requires_grad_(true);
+    Tensor xin = mul(x, 2.0);  // a non-leaf input: its gradient flows on to x
+    manual_seed(21);
+    Tensor y = ck ? autograd::checkpoint(fn, xin, {w, b}) : fn(xin);
+    manual_seed(99);  // backward must not depend on the stream's position after the forward
+    sum(mul(y, y)).backward();
+    gw[ck] = w.grad().to_vector<float>(), gb[ck] = b.grad().to_vector<float>(), gx[ck] = x.grad().to_vector<float>();
+    w.set_grad(Tensor()), b.set_grad(Tensor());
+  }
+  CHECK(gw[0] == gw[1]);
+  CHECK(gb[0] == gb[1]);
+  CHECK(gx[0] == gx[1]);
+  // an input without grad: the parameters still get theirs
+  manual_seed(21);
+  sum(autograd::checkpoint(fn, mul(x0, 2.0), {w, b})).backward();
+  CHECK(w.grad().defined());
+  w.set_grad(Tensor()), b.set_grad(Tensor());
+  // nothing needs a gradient: fn itself, no node
+  Tensor c = autograd::checkpoint([&](const Tensor& x) { return matmul(x, frozen); }, x0, {});
+  CHECK(!c.requires_grad());
+  CHECK(peft::testing::error_of([&] { autograd::checkpoint(fn, x0, {mul(w, 1.0)}); }).find("must be leaf tensors") !=
+        std::string::npos);
 }
 
 TEST_CASE("autograd: diamond graphs and tensors used twice") {

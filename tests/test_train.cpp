@@ -582,3 +582,39 @@ TEST_CASE("QLoRA: LoRA on the Q8_0 tiny llama learns prompt/completion data; the
   CHECK(lora2 == lora1);
   CHECK(losses2 == losses1);
 }
+
+TEST_CASE("gradient checkpointing: the tiny llama's LoRA gradients equal the recorded graph's, dropout included") {
+  std::map<std::string, std::vector<float>> grads[2];
+  double losses[2];
+  const Tokenizer& tok = tiny_tokenizer();
+  train::LMDataset d = train::lm_data_from_text(
+      "{\"prompt\": \"Q: one \", \"completion\": \"answer\"}\n{\"prompt\": \"Q: two \", \"completion\": \"no\"}\n", "d.jsonl",
+      true, tok, tiny_data_options());
+  for (int ckpt = 0; ckpt < 2; ++ckpt) {
+    nn::PretrainedOptions f32;
+    f32.dtype = DType::float32;
+    auto m = nn::load_pretrained(kTinyLlama, f32);
+    manual_seed(3);
+    LoraConfig cfg;
+    cfg.r = 4;
+    cfg.lora_dropout = 0.3;
+    cfg.target_modules = TargetModules::regex("all-linear");
+    cfg.init_lora_weights = false;
+    inject_adapter_in_model(cfg, *m);
+    m->set_gradient_checkpointing(ckpt == 1);
+    CHECK(dynamic_cast<nn::LlamaForCausalLM&>(*m).model().gradient_checkpointing() == (ckpt == 1));
+    m->train();
+    manual_seed(8);  // the dropout masks
+    Tensor loss = train::causal_lm_loss(*m, train::collate(d, {0, 1}, 0));
+    loss.backward();
+    losses[ckpt] = loss.item();
+    for (const auto& [n, p] : m->named_parameters())
+      if (p.requires_grad()) grads[ckpt][n] = p.grad().to_vector<float>();
+  }
+  CHECK(losses[0] == losses[1]);
+  REQUIRE(grads[0].size() == 2 * 7 * 2);  // 2 layers x 7 linear layers x (A, B)
+  for (const auto& [n, g] : grads[0]) {
+    CAPTURE(n);
+    CHECK(g == grads[1][n]);
+  }
+}

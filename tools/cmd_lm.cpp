@@ -109,6 +109,8 @@ int run_pretrain(const std::vector<std::string>& argv) {
 Registrar reg_pretrain({"pretrain", "train the character-level base model on a word list", run_pretrain});
 
 const char* kFinetuneHelp = R"(usage: peft finetune --base BASE.safetensors --data WORDS --out DIR [options]
+       peft finetune --model MODEL --data TRAIN.jsonl --out DIR ...   (a decoder LLM: see
+                                                   peft finetune --model x --help)
 
 Fine-tunes the base model (written by peft pretrain) on a word list with a
 LoRA adapter (only the adapter trains), evaluates held-out loss before and
@@ -138,6 +140,8 @@ the start); rank 0 prints and writes DIR/. See docs/distributed.md.
 )";
 
 int run_finetune(const std::vector<std::string>& argv) {
+  for (const auto& s : argv)
+    if (s == "--model" || s.rfind("--model=", 0) == 0) return run_finetune_lm(argv);
   Args a(argv, {"base", "data", "out", "target-modules", "r", "alpha", "dropout", "steps", "batch",
                 "lr", "seed", "device"},
          {"full"});
@@ -287,7 +291,7 @@ int run_generate(const std::vector<std::string>& argv) {
   return 0;
 }
 
-Registrar reg_finetune({"finetune", "fine-tune the base model with LoRA on a word list", run_finetune});
+Registrar reg_finetune({"finetune", "LoRA fine-tuning: a decoder LLM (--model) or the character-level model (--base)", run_finetune});
 Registrar reg_generate({"generate", "sample words (character LM), or continue a prompt with --model (GPT-2, Llama)", run_generate});
 
 }  // namespace

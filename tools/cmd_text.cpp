@@ -41,8 +41,6 @@ std::vector<std::string> load_adapter_folders(nn::Module& model, const std::vect
   return names;
 }
 
-namespace {
-
 // --dtype f32|bf16|f16 (a GGUF model's quantized weights are dequantized; else kept).
 nn::PretrainedOptions model_options(const Args& a) {
   nn::PretrainedOptions o;
@@ -71,6 +69,8 @@ void apply_threads_option(const Args& a) {
   if (n < 1 || n > 1024) throw UsageError{"--threads must be between 1 and 1024"};
   set_num_threads(int(n));
 }
+
+namespace {
 
 std::string read_text_file(const std::string& path, const char* cmd) {
   std::ifstream in(path, std::ios::binary);

@@ -76,6 +76,19 @@ TextModel TextModel::load(const std::string& dir, const nn::PretrainedOptions& o
   }
   const fs::path tj = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tj)) t.tokenizer.emplace(Tokenizer::from_file(tj.string()));
+  // transformers keeps the chat template in tokenizer_config.json (a string, or named
+  // templates of which "default" is the one apply_chat_template uses)
+  const fs::path tc = fs::path(dir) / "tokenizer_config.json";
+  if (fs::exists(tc)) {
+    const auto j = read_json_file(tc);
+    if (auto it = j.find("chat_template"); it != j.end()) {
+      if (it->is_string()) t.chat_template = it->get<std::string>();
+      else if (it->is_array())
+        for (const auto& e : *it)
+          if (e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+            t.chat_template = e["template"].get<std::string>();
+    }
+  }
   t.sentence = read_sentence_settings(dir);
   return t;
 }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "io/chat_template.h"
+#include "runtime/autograd.h"
 #include "runtime/error.h"
 #include "runtime/generator.h"
 #include "runtime/ops.h"
@@ -18,6 +19,12 @@ int64_t LMExample::loss_tokens() const {
   int64_t n = 0;
   for (size_t t = 1; t < labels.size(); ++t) n += labels[t] != kIgnoreIndex;
   return n;
+}
+
+std::vector<int64_t> LMExample::prompt_ids() const {
+  size_t t = 0;
+  while (t < labels.size() && labels[t] == kIgnoreIndex) ++t;
+  return {ids.begin(), ids.begin() + ptrdiff_t(t)};
 }
 
 namespace {
@@ -68,6 +75,7 @@ struct Builder {
     if (completion.empty()) fail(where(line), ": the completion is empty: nothing to learn");
     LMExample ex;
     ex.source = where(line);
+    ex.prompt_text = prompt;
     // TRL: the prompt alone and prompt + completion, tokenized the same way; the prompt's
     // tokens are the start of the whole (else the boundary falls inside a token)
     const std::vector<int64_t> p = encode(tok, prompt, true);
@@ -110,6 +118,12 @@ struct Builder {
     bool any_assistant = false;
     for (size_t i = 0; i < msgs.size(); ++i) {
       if (msgs[i].role != "assistant") continue;
+      if (!any_assistant)
+        for (size_t k = i; k-- > 0;)
+          if (msgs[k].role == "user") {
+            ex.prompt_text = msgs[k].content;
+            break;
+          }
       any_assistant = true;
       // the assistant turn's tokens: between the conversation up to its header and up to its end
       const std::string before = render(i, true), upto = render(i + 1, false);
@@ -234,13 +248,32 @@ LMBatch collate(const LMDataset& data, const std::vector<size_t>& rows, int64_t 
   return out;
 }
 
-Tensor causal_lm_loss(nn::Module& model, const LMBatch& batch) {
+Tensor causal_lm_loss(nn::Module& model, const LMBatch& batch, int64_t chunk_rows) {
   auto* lm = dynamic_cast<nn::PreTrainedModel*>(&model);
-  if (!lm || !lm->is_decoder())
+  if (!lm || !lm->is_decoder() || lm->output_embeddings_name().empty())
     fail("causal_lm_loss: needs a causal language model (a decoder with an LM head), got ", model.type_name());
   PEFT_CHECK(batch.loss_tokens > 0, "causal_lm_loss: the batch has no scored token");
-  const Tensor logits = lm->forward(batch.inputs);  // [N, V]: the scored positions only
-  return cross_entropy(logits, batch.targets.to(logits.device()));
+  PEFT_CHECK(batch.inputs.logits_index.defined(), "causal_lm_loss: the batch has no logits_index (use collate)");
+  const Tensor rows = lm->forward_head_inputs(batch.inputs);  // [N, H]: the scored positions only
+  nn::Module& head = *model.get_submodule(lm->output_embeddings_name());
+  const Tensor targets = batch.targets.to(rows.device());
+  const int64_t N = rows.size(0);
+  if (chunk_rows <= 0 || N <= chunk_rows) return cross_entropy(head(rows), targets);
+  // The logits of N rows over the vocabulary would be most of the step's memory (N x V floats,
+  // and as much again for their gradient): a chunk at a time, each recomputed in backward.
+  std::vector<Tensor> head_params;
+  for (const auto& [n, p] : head.named_parameters())
+    if (p.requires_grad()) head_params.push_back(p);
+  Tensor total;
+  for (int64_t at = 0; at < N; at += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, N - at);
+    const Tensor t = targets.narrow(0, at, n);
+    Tensor part = autograd::checkpoint(
+        [&head, t, n](const Tensor& h) { return mul(cross_entropy(head(h), t), double(n)); }, rows.narrow(0, at, n),
+        head_params);
+    total = total.defined() ? add(total, part) : part;
+  }
+  return div(total, double(N));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -28,8 +28,12 @@ struct LMExample {
   std::vector<int64_t> ids;
   std::vector<int64_t> labels;  // same length; kIgnoreIndex where not scored
   std::string source;           // "FILE:LINE", for messages about it
+  std::string prompt_text;      // the prompt (the last user message before the first assistant
+                                // turn), for showing sampled completions; "" for plain text
   // labels scored by a causal LM (those after the first position)
   int64_t loss_tokens() const;
+  // the ids before the first scored token: what a model continues to produce the answer
+  std::vector<int64_t> prompt_ids() const;
 };
 
 struct LMDataOptions {
@@ -75,8 +79,11 @@ struct LMBatch {
 LMBatch collate(const LMDataset& data, const std::vector<size_t>& rows, int64_t pad_id);
 
 // The mean next-token cross-entropy over the batch's scored positions (transformers'
-// ForCausalLMLoss: shift by one, ignore -100). `model` is a causal LM (logits_index support).
-Tensor causal_lm_loss(nn::Module& model, const LMBatch& batch);
+// ForCausalLMLoss: shift by one, ignore -100). `model` is a causal LM (LlamaForCausalLM,
+// GPT2LMHeadModel). The LM head runs on chunk_rows scored positions at a time, each chunk's
+// logits recomputed in backward (0: all at once): memory for chunk_rows x vocabulary logits
+// instead of N x vocabulary.
+Tensor causal_lm_loss(nn::Module& model, const LMBatch& batch, int64_t chunk_rows = 256);
 
 // Batches of examples of similar length (less padding), a pure function of the batch's index
 // (resume-safe): each epoch shuffles the examples (seeded), sorts each run of 32 batches'

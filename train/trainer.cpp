@@ -255,6 +255,7 @@ void Trainer::fit() {
     opt_->zero_grad();
     ++step_;
     cuda_synchronize();
+    trim_cpu_cache();  // blocks sized for an earlier batch's lengths go back to the OS
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     history_.losses.push_back(loss);
     history_.grad_norms.push_back(grad_norm);

@@ -109,6 +109,16 @@ std::pair<Tensor, Tensor> KVCache::append(size_t i, const Tensor& k_new, const T
 PreTrainedModel::PreTrainedModel(std::string type_name, ordered_json config)
     : Module(std::move(type_name)), config_(std::move(config)) {}
 
+Tensor PreTrainedModel::forward_head_inputs(const ModelInputs&) {
+  fail("[", type_name(), "] has no language-model head");
+}
+
+void PreTrainedModel::set_gradient_checkpointing(bool on) {
+  for (const auto& [name, m] : named_modules())
+    if (auto* p = dynamic_cast<PreTrainedModel*>(m.get())) p->gradient_checkpointing_ = on;
+  gradient_checkpointing_ = on;
+}
+
 std::string PreTrainedModel::model_type() const {
   auto it = config_.find("model_type");
   return it != config_.end() && it->is_string() ? it->get<std::string>() : std::string("custom");

@@ -82,6 +82,10 @@ class PreTrainedModel : public Module {
   virtual std::string output_embeddings_name() const { return ""; }
   // The main output: last_hidden_state [B, T, H] for base models, logits [B, T, V] for LMs.
   virtual Tensor forward(const ModelInputs& in) = 0;
+  // Language models: the rows the LM head (output_embeddings_name()) would score, before it:
+  // [N, H] for in.logits_index, else [B, T', H] (logits_to_keep). A loss over a large
+  // vocabulary then runs the head a chunk of rows at a time. Others: a peft::Error.
+  virtual Tensor forward_head_inputs(const ModelInputs& in);
   Tensor forward(const Tensor& input_ids) override;
   // Causal decoders take a KV cache; encoders do not.
   virtual bool is_decoder() const { return false; }
@@ -89,9 +93,16 @@ class PreTrainedModel : public Module {
   virtual int64_t num_layers() const = 0;
   // Longest sequence the position embeddings allow (max_position_embeddings / n_positions).
   virtual int64_t max_positions() const = 0;
+  // Gradient checkpointing (transformers' gradient_checkpointing_enable): while recording a
+  // graph, each decoder block keeps only its input and is recomputed in backward, so the
+  // activations of one block instead of all are alive at once. Llama-family models; the
+  // setting reaches the model's inner models (LlamaForCausalLM -> LlamaModel).
+  void set_gradient_checkpointing(bool on);
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
 
  protected:
   nlohmann::ordered_json config_;
+  bool gradient_checkpointing_ = false;
 };
 
 // sentence-transformers' Pooling(mean): Σ_t h[b, t]·mask[b, t] / max(Σ_t mask[b, t], 1e-9).

@@ -125,8 +125,9 @@ void GPT2LMHeadModel::tie_weights() {
   head.register_parameter("weight", transformer().child("wte").param("weight"));
 }
 
-Tensor GPT2LMHeadModel::forward(const ModelInputs& in) {
-  return child("lm_head")(hf_detail::logit_rows(transformer().forward(in), in));
+Tensor GPT2LMHeadModel::forward(const ModelInputs& in) { return child("lm_head")(forward_head_inputs(in)); }
+Tensor GPT2LMHeadModel::forward_head_inputs(const ModelInputs& in) {
+  return hf_detail::logit_rows(transformer().forward(in), in);
 }
 int64_t GPT2LMHeadModel::num_layers() const { return transformer().num_layers(); }
 int64_t GPT2LMHeadModel::max_positions() const { return transformer().max_positions(); }

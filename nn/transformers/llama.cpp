@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "nn/transformers/models.h"
+#include "runtime/autograd.h"
 #include "runtime/ops.h"
 
 namespace peft::nn {
@@ -171,24 +172,36 @@ Tensor LlamaModel::forward(const ModelInputs& in) {
   auto [cos, sin] = rotary_cos_sin(p.positions, head_dim_, rope_theta_, x.dtype());
   size_t li = 0;
   for (const auto& [lname, layer] : child("layers").children()) {
-    Module& attn = layer->child("self_attn");
-    Tensor h = layer->child("input_layernorm")(x);
-    Tensor q = rotary_embedding(split_heads(attn.child("q_proj")(h), heads_, head_dim_), cos, sin);
-    Tensor k = rotary_embedding(split_heads(attn.child("k_proj")(h), kv_heads_, head_dim_), cos, sin);
-    Tensor v = split_heads(attn.child("v_proj")(h), kv_heads_, head_dim_);
-    if (kv_round_ != DType::float32 && kv_round_ != x.dtype()) {
-      // llama.cpp's KV cache holds keys and values in float16 and its flash attention rounds
-      // the queries to it too (differentiable: gradients pass straight through the rounding)
-      const DType t = x.dtype();
-      q = q.to(kv_round_).to(t), k = k.to(kv_round_).to(t), v = v.to(kv_round_).to(t);
+    // captures by value: a checkpointed block runs again in backward, after forward returned
+    auto block = [this, layer = layer.get(), cos = cos, sin = sin, mask = p.mask, cache = in.cache,
+                  li](const Tensor& x_in) {
+      Module& attn = layer->child("self_attn");
+      Tensor h = layer->child("input_layernorm")(x_in);
+      Tensor q = rotary_embedding(split_heads(attn.child("q_proj")(h), heads_, head_dim_), cos, sin);
+      Tensor k = rotary_embedding(split_heads(attn.child("k_proj")(h), kv_heads_, head_dim_), cos, sin);
+      Tensor v = split_heads(attn.child("v_proj")(h), kv_heads_, head_dim_);
+      if (kv_round_ != DType::float32 && kv_round_ != x_in.dtype()) {
+        // llama.cpp's KV cache holds keys and values in float16 and its flash attention rounds
+        // the queries to it too (differentiable: gradients pass straight through the rounding)
+        const DType t = x_in.dtype();
+        q = q.to(kv_round_).to(t), k = k.to(kv_round_).to(t), v = v.to(kv_round_).to(t);
+      }
+      if (cache) std::tie(k, v) = cache->append(li, k, v);
+      Tensor ctx = merge_heads(scaled_dot_product_attention(q, k, v, mask, true));
+      Tensor x1 = add(x_in, attn.child("o_proj")(ctx));
+      Module& mlp = layer->child("mlp");
+      Tensor h2 = layer->child("post_attention_layernorm")(x1);
+      Tensor m = mlp.child("down_proj")(mul(mlp.child("act_fn")(mlp.child("gate_proj")(h2)), mlp.child("up_proj")(h2)));
+      return add(x1, m);
+    };
+    if (gradient_checkpointing_ && is_grad_enabled() && !in.cache) {
+      std::vector<Tensor> trainable;
+      for (const auto& [pn, t] : layer->named_parameters())
+        if (t.requires_grad()) trainable.push_back(t);
+      x = autograd::checkpoint(block, x, trainable);
+    } else {
+      x = block(x);
     }
-    if (in.cache) std::tie(k, v) = in.cache->append(li, k, v);
-    Tensor ctx = merge_heads(scaled_dot_product_attention(q, k, v, p.mask, true));
-    x = add(x, attn.child("o_proj")(ctx));
-    Module& mlp = layer->child("mlp");
-    Tensor h2 = layer->child("post_attention_layernorm")(x);
-    Tensor m = mlp.child("down_proj")(mul(mlp.child("act_fn")(mlp.child("gate_proj")(h2)), mlp.child("up_proj")(h2)));
-    x = add(x, m);
     ++li;
   }
   if (in.cache) in.cache->length += p.T;
@@ -225,9 +238,8 @@ void LlamaForCausalLM::tie_weights() {
   head.register_parameter("weight", model().child("embed_tokens").param("weight"));
 }
 
-Tensor LlamaForCausalLM::forward(const ModelInputs& in) {
-  return child("lm_head")(logit_rows(model().forward(in), in));
-}
+Tensor LlamaForCausalLM::forward(const ModelInputs& in) { return child("lm_head")(forward_head_inputs(in)); }
+Tensor LlamaForCausalLM::forward_head_inputs(const ModelInputs& in) { return logit_rows(model().forward(in), in); }
 int64_t LlamaForCausalLM::num_layers() const { return model().num_layers(); }
 int64_t LlamaForCausalLM::max_positions() const { return model().max_positions(); }
 

@@ -43,6 +43,7 @@ class GPT2LMHeadModel : public PreTrainedModel {
  public:
   GPT2LMHeadModel(const nlohmann::ordered_json& config, DType dt = DType::float32, Device dev = Device::cpu);
   Tensor forward(const ModelInputs& in) override;
+  Tensor forward_head_inputs(const ModelInputs& in) override;
   std::string output_embeddings_name() const override { return "lm_head"; }
   bool is_decoder() const override { return true; }
   int64_t num_layers() const override;
@@ -80,6 +81,7 @@ class LlamaForCausalLM : public PreTrainedModel {
  public:
   LlamaForCausalLM(const nlohmann::ordered_json& config, DType dt = DType::float32, Device dev = Device::cpu);
   Tensor forward(const ModelInputs& in) override;
+  Tensor forward_head_inputs(const ModelInputs& in) override;
   std::string output_embeddings_name() const override { return "lm_head"; }
   bool is_decoder() const override { return true; }
   int64_t num_layers() const override;
