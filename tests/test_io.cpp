@@ -817,3 +817,45 @@ TEST_CASE("temporary files of a killed writer are removed by the next write to t
   CHECK(remove_stale_temp_files(dir.string(), "other.safetensors") == 1);
   fs::remove_all(dir);
 }
+
+// ---- dictd databases (io/dictd.h) ----
+#include "io/dictd.h"
+
+TEST_CASE("dictd: base-64 numbers, entries from .dict.dz or .dict, errors name the index line") {
+  CHECK(io::dictd_b64_decode("A") == 0);
+  CHECK(io::dictd_b64_decode("/") == 63);
+  CHECK(io::dictd_b64_decode("BdqM") == ((1u * 64 + 29) * 64 + 42) * 64 + 12);
+  CHECK_THROWS_WITH(io::dictd_b64_decode("B-q"), doctest::Contains("'B-q' is not a base-64"));
+
+  // tests/data/dictd/mini: gzip text, 11 index lines, the first dictd's own "00databaseshort"
+  const std::string mini = "tests/data/dictd/mini";
+  std::vector<io::DictdEntry> e = io::read_dictd(mini);
+  REQUIRE(e.size() == 10);
+  CHECK(e[0].headword == "abacus");
+  CHECK(e[0].text == "ABACUS, n.  In Rome, an instrument for counting\nbeads.\n\n    A verse that is not scored.\n\n");
+  CHECK(e[2].headword == "cui bono");
+  CHECK(e[9].text == "JEALOUS, adj.  Unduly concerned about the preservation of that which\ncan be lost only if not worth keeping.\n\n");
+  CHECK(io::read_dictd(mini + ".index").size() == 10);
+  CHECK(io::read_dictd(mini + ".dict.dz")[5].headword == "fork");
+
+  TempDir tmp;
+  const std::string db = tmp / "d";
+  fs::copy_file(mini + ".index", db + ".index");
+  {  // an uncompressed .dict is read as it is
+    std::ofstream(db + ".dict") << std::string(2000, 'x');
+    CHECK(io::read_dictd(db)[1].text == std::string(60, 'x'));
+  }
+  {
+    std::ofstream(db + ".index", std::ios::app) << "zebra\tZZZZ\tB\n";
+    CHECK_THROWS_WITH(io::read_dictd(db), doctest::Contains((db + ".index:12: entry 'zebra' at bytes").c_str()));
+  }
+  {
+    std::ofstream(db + ".index") << "abacus\tA\tp\nbroken line\n";
+    CHECK_THROWS_WITH(io::read_dictd(db), doctest::Contains((db + ".index:2: expected 'headword<TAB>offset<TAB>length'").c_str()));
+  }
+  fs::remove(db + ".dict");
+  CHECK_THROWS_WITH(io::read_dictd(db), doctest::Contains("cannot open"));
+  std::ofstream(db + ".dict.dz") << "not gzip at all";  // zlib reads a non-gzip file as plain
+  std::ofstream(db + ".index") << "a\tA\tp\n";
+  CHECK_THROWS_WITH(io::read_dictd(db), doctest::Contains("lies outside the 15-byte dictionary text"));
+}

@@ -78,6 +78,23 @@ check "the failed job wrote nothing" test ! -e "$tmp/dead"
 expect_failure "a batch that does not split over the ranks is refused" "does not split evenly over 2 ranks" \
   launch -n 2 "$peft" $(ft_on "$tmp/fr.txt" 6 63) --out "$tmp/odd"
 
+# --- finetune --model: causal-LM SFT of the tiny GGUF llama; the ranks' shards score different
+#     numbers of tokens, so the average must weight them (dropout 0: the ranks' masks differ)
+for i in $(seq 0 39); do
+  printf '{"prompt": "Question %d: ", "completion": "%s"}\n' "$i" "$(head -c $((2 + (i * 7) % 11)) /dev/zero | tr '\0' "$(printf "\\x$(printf %x $((97 + i % 7)))")")"
+done >"$tmp/qa.jsonl"
+dec=(finetune --model tests/data/gguf/tiny_llama.q8_0.gguf --data "$tmp/qa.jsonl" --steps 4 --batch 4 --lr 5e-3 --r 4
+  --dropout 0 --max-length 48 --samples 0)
+# every product as float32 sgemm: below 32 rows (a rank's half batch) the quantized linear would
+# otherwise quantize the activations to 8 bits, as llama.cpp does, and -n 2 would differ from -n 1
+launch_dec() { PEFT_QUANT_SGEMM_ROWS=1 launch -x PEFT_QUANT_SGEMM_ROWS "$@"; }
+check "finetune --model under mpirun -n 1" launch_dec -n 1 "$peft" "${dec[@]}" --out "$tmp/d1"
+check "finetune --model under mpirun -n 2" launch_dec -n 2 "$peft" "${dec[@]}" --out "$tmp/d2"
+check "finetune --model: -n 2 has the gradients of -n 1 (token-weighted average)" \
+  same_gradients "$tmp/d1/report.json" "$tmp/d2/report.json"
+check "finetune --model: -n 2 gives the adapter of -n 1 (1e-5 relative)" \
+  $compare "$tmp/d1/adapter/adapter_model.safetensors" "$tmp/d2/adapter/adapter_model.safetensors" 1e-5
+
 # --- finetune-embed on the real MiniLM: the in-batch-negatives loss spans the global batch
 if [ -z "${PEFT_MINILM_DIR:-}" ] || [ ! -f "${PEFT_MINILM_DIR}/model.safetensors" ]; then
   echo "skip finetune-embed under mpirun: PEFT_MINILM_DIR is not set (scripts/fetch_minilm.sh downloads the model)"

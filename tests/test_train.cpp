@@ -359,6 +359,7 @@ TEST_CASE("replace_dir_atomic: a failed write leaves the old folder; a killed wr
 #include "io/gguf.h"
 #include "nn/transformers/pretrained.h"
 #include "train/lm_data.h"
+#include "nn/transformers/generate.h"
 
 namespace {
 
@@ -385,6 +386,15 @@ std::vector<int64_t> labelled(const train::LMExample& ex) {
 }
 
 }  // namespace
+
+TEST_CASE("gguf_generation_config: the file's eos_token_id comes first (the EOS training data appends)") {
+  auto f = io::GGUFFile::open(kTinyLlama);
+  REQUIRE(f->has("tokenizer.ggml.eos_token_id"));
+  const nn::GenerateOptions g = nn::gguf_generation_config(kTinyLlama);
+  REQUIRE(!g.eos_token_ids.empty());
+  CHECK(g.eos_token_ids.front() == f->get_int("tokenizer.ggml.eos_token_id"));
+  CHECK(std::count(g.eos_token_ids.begin(), g.eos_token_ids.end(), g.eos_token_ids.front()) == 1);
+}
 
 TEST_CASE("lm data: prompt/completion scores the completion and its EOS; messages score the assistant turns") {
   const Tokenizer& tok = tiny_tokenizer();

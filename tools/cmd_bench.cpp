@@ -23,6 +23,9 @@
 #include "tools/cli.h"
 
 namespace peft::cli {
+namespace bench {
+int bench_finetune_decoder(const std::vector<std::string>& args, Report& rep);  // tools/bench_finetune_decoder.cpp
+}
 namespace {
 
 using namespace bench;
@@ -231,6 +234,8 @@ const Benchmark kBenchmarks[] = {
     {"load", "open 1, 10, 100 adapter folders, vs PyTorch+PEFT", bench_load},
     {"tokenizer", "encode 2 MB of Debian text with three tokenizer.json files, vs the tokenizers library", bench_tokenizer},
     {"decode", "a GGUF decoder's prompt and generation tokens/s, vs llama.cpp (llama-bench) and transformers", bench_decode},
+    {"finetune-decoder", "one LoRA SFT step of SmolLM2-135M (q4_1, f32, checkpointed), vs transformers + PEFT",
+     bench_finetune_decoder},
     {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
 

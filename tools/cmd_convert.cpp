@@ -1,5 +1,7 @@
 // `peft convert DIR --dtype bf16 --out DIR2`: rewrites an adapter folder (and its named
 // sub-folders) with its floating tensors in another dtype; configs are copied unchanged.
+// `peft convert DIR --to gguf --base MODEL.gguf --out ADAPTER.gguf`: llama.cpp's LoRA adapter
+// file (adapters/lora/gguf_export.h).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include "io/safetensors.h"
 #include "tools/args.h"
 #include "tools/cli.h"
+#include "adapters/lora/gguf_export.h"
 
 namespace peft::cli {
 namespace {
@@ -67,17 +70,50 @@ DType parse_dtype(const std::string& s) {
   throw UsageError{"--dtype must be float32, bfloat16 or float16, got '" + s + "'"};
 }
 
+int run_convert_gguf(const Args& a) {
+  if (a.positional.size() != 1) throw UsageError{"expects one adapter folder DIR"};
+  LoraGGUFOptions o;
+  if (a.has("dtype")) o.dtype = parse_dtype(a.get("dtype"));
+  const std::string out = a.required("out"), base = a.required("base");
+  LoraGGUFReport r = convert_lora_to_gguf(a.positional[0], base, out, o);
+  std::printf("convert: wrote %s: llama.cpp LoRA adapter for %s, %zu modules (%zu lora_b rescaled for rsLoRA / "
+              "alpha or rank patterns, %zu with llama's q/k row order), adapter.lora.alpha %g, %s\n",
+              out.c_str(), r.architecture.c_str(), r.modules, r.rescaled, r.permuted, double(r.alpha),
+              dtype_name(o.dtype));
+  return 0;
+}
+
 int run_convert(const std::vector<std::string>& argv) {
-  Args a(argv, {"dtype", "out"});
+  Args a(argv, {"dtype", "out", "to", "base"});
   if (a.help) {
     std::printf(
         "usage: peft convert DIR --dtype float32|bfloat16|float16 --out DIR2\n"
-        "  Writes the adapter folder DIR (and its named sub-folders) to DIR2 with every floating\n"
-        "  tensor converted (PEFT's layout and metadata kept; adapter_config.json copied as is).\n"
-        "  All files are written under temporary names first and renamed into place together,\n"
-        "  so a failure leaves DIR2 as it was. DIR2 may be DIR.\n");
+        "       peft convert DIR --to gguf --base MODEL.gguf --out ADAPTER.gguf [--dtype float32|float16|bfloat16]\n"
+        "\n"
+        "  The first form writes the adapter folder DIR (and its named sub-folders) to DIR2 with every\n"
+        "  floating tensor converted (PEFT's layout and metadata kept; adapter_config.json copied as\n"
+        "  is). All files are written under temporary names first and renamed into place together,\n"
+        "  so a failure leaves DIR2 as it was. DIR2 may be DIR.\n"
+        "\n"
+        "  --to gguf writes the LoRA adapter DIR as llama.cpp's LoRA adapter file (what\n"
+        "  convert_lora_to_gguf.py writes; use it with llama-cli / llama-server / llama-perplexity\n"
+        "  --lora ADAPTER.gguf on MODEL.gguf). MODEL.gguf is the base the adapter was trained on\n"
+        "  (llama or qwen2): it gives the architecture, the tensor names (blk.N.attn_q.weight ...)\n"
+        "  and shapes, and llama's q/k row order. The file holds adapter.lora.alpha = lora_alpha and\n"
+        "  per module lora_a [r, in] / lora_b [out, r] (float32 unless --dtype); llama.cpp adds\n"
+        "  (alpha/r)*B*A, so lora_b is rescaled where PEFT's scale differs (use_rslora, alpha_pattern,\n"
+        "  rank_pattern): the same delta for every module. Refused with the reason: DoRA, lora_bias,\n"
+        "  trained biases, modules_to_save, trainable tokens, other methods (IA3, AdaLoRA), LoRA\n"
+        "  variants, initialisations that change the base (pissa, olora, corda, loftq, lora_ga), and\n"
+        "  modules llama.cpp has no tensor for (lm_head or embed_tokens of a tied base). Written\n"
+        "  atomically.\n");
     return 0;
   }
+  if (a.has("to")) {
+    if (a.get("to") != "gguf") throw UsageError{"--to must be gguf, got '" + a.get("to") + "'"};
+    return run_convert_gguf(a);
+  }
+  if (a.has("base")) throw UsageError{"--base is for --to gguf"};
   if (a.positional.size() != 1) throw UsageError{"expects one adapter folder DIR"};
   DType dt = parse_dtype(a.required("dtype"));
   fs::path src = a.positional[0], dst = a.required("out");
@@ -134,7 +170,8 @@ int run_convert(const std::vector<std::string>& argv) {
   return 0;
 }
 
-Registrar reg({"convert", "rewrite an adapter folder in another dtype (float32, bfloat16, float16)", run_convert});
+Registrar reg({"convert", "rewrite an adapter folder in another dtype, or as llama.cpp's LoRA GGUF (--to gguf)",
+               run_convert});
 
 }  // namespace
 }  // namespace peft::cli

@@ -43,10 +43,10 @@ model's chat template; only the assistant turns are scored). Any other file is p
 packed into blocks of --max-length tokens. Batches group examples of similar length.
 
 Before and after training it prints the eval loss and perplexity and greedy completions of a
-few eval prompts. Writes DIR/adapter/ (a PEFT adapter folder), DIR/loss.svg and
-DIR/report.json; with --checkpoint-every, DIR/checkpoint/ (adapter, optimizer, generator,
-step; replaced atomically), from which --resume continues with the bits of an uninterrupted
-run.
+few eval prompts. Writes DIR/adapter/ (a PEFT adapter folder), DIR/loss.svg,
+DIR/samples.txt (those completions) and DIR/report.json; with --checkpoint-every,
+DIR/checkpoint/ (adapter, optimizer, generator, step; replaced atomically), from which
+--resume continues with the bits of an uninterrupted run.
 
 options:
   --eval FILE            evaluation examples (default: a seeded 5% of TRAIN, at most 200,
@@ -143,7 +143,11 @@ std::string one_line(std::string s, size_t max = 160) {
     if (c == '\n' || c == '\r' || c == '\t') c = ' ';
   const size_t b = s.find_first_not_of(' ');
   s = b == std::string::npos ? "" : s.substr(b);
-  if (s.size() > max) s = s.substr(0, max - 3) + "...";
+  if (s.size() > max) {
+    size_t cut = max - 3;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+    s = s.substr(0, cut) + "...";
+  }
   return s;
 }
 
@@ -307,10 +311,13 @@ int run_finetune_lm(const std::vector<std::string>& argv) {
   std::printf("\neval loss %.4f -> %.4f (perplexity %.2f -> %.2f) on %zu examples\n", loss_before, loss_after,
               std::exp(loss_before), std::exp(loss_after), eval_set.examples.size());
   nlohmann::json sample_json = nlohmann::json::array();
+  std::string samples_text;
   for (size_t i = 0; i < after.size(); ++i) {
     const std::string& prompt = eval_set.examples[i].prompt_text;
-    std::printf("\n  prompt: %s\n  base:   %s\n  tuned:  %s\n", one_line(prompt).c_str(), one_line(before[i]).c_str(),
-                one_line(after[i]).c_str());
+    const std::string shown = "\n  prompt: " + one_line(prompt) + "\n  base:   " + one_line(before[i], 400) +
+                              "\n  tuned:  " + one_line(after[i], 400) + "\n";
+    std::printf("%s", shown.c_str());
+    samples_text += shown;
     sample_json.push_back({{"prompt", prompt}, {"base", before[i]}, {"tuned", after[i]}});
   }
   nlohmann::json evals = nlohmann::json::array();
@@ -357,8 +364,9 @@ int run_finetune_lm(const std::vector<std::string>& argv) {
                            {"gradient_norms", trainer.history().grad_norms},
                            {"evals", evals},
                            {"samples", sample_json}};
+  io::write_file_atomic((out / "samples.txt").string(), samples_text);
   io::write_file_atomic((out / "report.json").string(), report.dump(2) + "\n");
-  std::printf("\nfinetune: %lld steps, median %.2f s/step, peak RSS %.0f MiB; wrote %s/{adapter,loss.svg,report.json}\n",
+  std::printf("\nfinetune: %lld steps, median %.2f s/step, peak RSS %.0f MiB; wrote %s/{adapter,loss.svg,samples.txt,report.json}\n",
               (long long)steps, median_step, double(peak_rss) / 1048576.0, out.string().c_str());
   return 0;
 }

@@ -18,7 +18,8 @@ struct GenerateOptions {
   int64_t top_k = 0;          // 0: off; else keep the k most likely tokens
   double top_p = 1.0;         // (0, 1]; 1: off; else the smallest set with mass >= top_p
   uint64_t seed = 0;          // sampling stream (peft's Philox generator)
-  std::vector<int64_t> eos_token_ids;  // a row stops after emitting one of these
+  std::vector<int64_t> eos_token_ids;  // a row stops after emitting one of these; the first is the
+                                       // model's own EOS (appended to completions in training data)
   std::optional<int64_t> pad_token_id; // what finished rows emit (default: the first eos id)
 };
 

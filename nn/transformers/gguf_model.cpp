@@ -78,6 +78,8 @@ Tensor unpermute_rotary(const Tensor& t, int64_t heads, const std::string& name)
 
 }  // namespace
 
+std::string gguf_tensor_hf_name(const std::string& gguf_name) { return hf_name(gguf_name); }
+
 ordered_json gguf_model_config(const io::GGUFFile& f) {
   const std::string arch = f.get_string("general.architecture");
   if (arch != "llama" && arch != "qwen2")
@@ -235,7 +237,14 @@ GenerateOptions gguf_generation_config(const std::string& path) {
     for (size_t i = 0; i < toks.size(); ++i)
       if (texts.count(toks[i])) eog.insert(int64_t(i));
   }
-  o.eos_token_ids.assign(eog.begin(), eog.end());
+  // the file's own EOS first: what ends a completion in training data (TRL appends the
+  // tokenizer's eos_token); generation stops at any of them
+  if (f->has("tokenizer.ggml.eos_token_id")) {
+    const int64_t eos = f->get_int("tokenizer.ggml.eos_token_id");
+    o.eos_token_ids.push_back(eos);
+    eog.erase(eos);
+  }
+  o.eos_token_ids.insert(o.eos_token_ids.end(), eog.begin(), eog.end());
   if (f->has("tokenizer.ggml.padding_token_id")) o.pad_token_id = f->get_int("tokenizer.ggml.padding_token_id");
   return o;
 }

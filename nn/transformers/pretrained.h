@@ -68,6 +68,11 @@ std::shared_ptr<PreTrainedModel> load_gguf(const std::string& path, const Pretra
 // The transformers config.json a GGUF file's metadata describes.
 nlohmann::ordered_json gguf_model_config(const io::GGUFFile& file);
 
+// The transformers name of a GGUF tensor of a llama / qwen2 file ("blk.3.attn_q.weight" ->
+// "model.layers.3.self_attn.q_proj.weight", "token_embd.weight" -> "model.embed_tokens.weight",
+// "output.weight" -> "lm_head.weight"); "" when it has none. The table load_gguf renames by.
+std::string gguf_tensor_hf_name(const std::string& gguf_name);
+
 // Reads and parses DIR/config.json (peft::Error naming the file on failure).
 nlohmann::ordered_json read_model_config(const std::string& dir);
 

@@ -7,12 +7,13 @@ talks to it one JSON object per line, so the two sides can run interleaved
 
   worker -> {"ok": true, "torch": "2.11.0", "peft": "0.21.0", "threads": 2}
             (or {"ok": false, "why": "..."} when torch or peft do not import)
-  bench  -> {"case": ..., <case parameters>, "reps": R, "warmup": W, "min_sample_s": S}
+  bench  -> {"case": ..., <case parameters>, "reps": R, "warmup": W, "min_sample_s": S[, "rewarm": false]}
   worker -> {"times": [seconds per call, ...], "notes": {...}, "peak_rss": bytes}   or {"error": "..."}
   bench  -> {"quit": true}
 
 Each benchmark is a module next to this file (lora_layer.py, train_step.py,
-inject.py, load.py) with make_case(request) -> Case; they also run on their own
+inject.py, load.py, tokenizer.py, decode.py, finetune_decoder.py: `peft bench NAME` imports
+NAME with - as _) with make_case(request) -> Case; they also run on their own
 (`python tools/bench/lora_layer.py`) and print PyTorch's numbers.
 """
 import importlib
@@ -39,8 +40,9 @@ class Case:
 SETTLE_S = 0.02
 
 
-def sample(case, reps, warmup, min_sample_s):
-    """Same procedure as the C++ Sampler (tools/bench_common.cpp)."""
+def sample(case, reps, warmup, min_sample_s, rewarm=True):
+    """Same procedure as the C++ Sampler (tools/bench_common.cpp). rewarm=False: no untimed call
+    before the samples of a later round (calls of many seconds: caches do not matter)."""
     time.sleep(SETTLE_S)  # the other side's OpenMP threads stop spinning first
     if case.inner == 0:
         for _ in range(warmup):
@@ -55,7 +57,7 @@ def sample(case, reps, warmup, min_sample_s):
             case.run()
             t = max(1e-7, time.perf_counter() - t0)
             case.inner = int(min(100000, max(1, math.ceil(min_sample_s / t))))
-    else:
+    elif rewarm:
         if case.prepare:
             case.prepare()
         case.run()
@@ -119,13 +121,14 @@ def serve(bench, threads):
         if req.get("quit"):
             break
         try:
-            key = json.dumps({k: v for k, v in req.items() if k not in ("reps", "warmup", "min_sample_s")},
+            key = json.dumps({k: v for k, v in req.items() if k not in ("reps", "warmup", "min_sample_s", "rewarm")},
                              sort_keys=True)
             if key not in cases:
                 cases[key] = mod.make_case(req)
             c = cases[key]
             reset_peak_rss()  # peak_rss: this process's high-water mark while it sampled
-            times = sample(c, req.get("reps", 5), req.get("warmup", 3), req.get("min_sample_s", 2e-3))
+            times = sample(c, req.get("reps", 5), req.get("warmup", 3), req.get("min_sample_s", 2e-3),
+                           req.get("rewarm", True))
             reply = {"times": times, "notes": c.notes, "peak_rss": peak_rss()}
         except Exception:  # noqa: BLE001 - reported to the C++ side, which fails with it
             reply = {"error": traceback.format_exc(limit=4)}
