@@ -498,6 +498,53 @@ TEST_CASE("causal_lm_loss on the scored positions equals transformers' shifted c
   CHECK(loss > 1.0);  // an untrained model: the check compares real numbers
 }
 
+TEST_CASE("causal_lm_loss in chunks: the loss and the LoRA gradients of one pass over all logits") {
+  const Tokenizer& tok = tiny_tokenizer();
+  const std::string text = "{\"prompt\": \"Q: one \", \"completion\": \"answer a b c\"}\n"
+                           "{\"prompt\": \"Q: a longer question \", \"completion\": \"yes, and more\"}\n"
+                           "{\"prompt\": \"Q: \", \"completion\": \"no\"}\n";
+  train::LMDataset d = train::lm_data_from_text(text, "d.jsonl", true, tok, tiny_data_options());
+  nn::PretrainedOptions f64;  // float64: the comparison is not blurred by float32 rounding
+  f64.dtype = DType::float64;
+  // chunk_rows 0: one pass; 4: chunks with the gradient taken in forward (frozen head);
+  // 4 with LoRA on lm_head too: chunks recomputed in backward (the head trains)
+  auto run = [&](int64_t chunk_rows, bool head_lora) {
+    auto model = nn::load_pretrained(kTinyLlama, f64);
+    manual_seed(5);
+    LoraConfig cfg;
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.init_lora_weights = false;  // B != 0: every LoRA matrix gets a gradient
+    cfg.target_modules = TargetModules::list(head_lora ? std::vector<std::string>{"q_proj", "v_proj", "lm_head"}
+                                                       : std::vector<std::string>{"q_proj", "v_proj"});
+    inject_adapter_in_model(cfg, *model);
+    train::LMBatch b = train::collate(d, {0, 1, 2}, 0);
+    REQUIRE(b.loss_tokens > 8);  // more than two chunks of 4
+    Tensor loss = train::causal_lm_loss(*model, b, chunk_rows);
+    loss.backward();
+    std::map<std::string, std::vector<double>> grads;
+    for (const auto& [n, p] : model->named_parameters())
+      if (p.requires_grad()) grads[n] = p.grad().to_vector<double>();
+    return std::make_pair(loss.item(), grads);
+  };
+  for (bool head_lora : {false, true}) {
+    CAPTURE(head_lora);
+    auto [l0, g0] = run(0, head_lora);
+    auto [l4, g4] = run(4, head_lora);
+    CHECK(l4 == doctest::Approx(l0).epsilon(1e-12));
+    REQUIRE(g0.size() == g4.size());
+    CHECK(g0.size() == (head_lora ? 10u : 8u));  // 2 layers x q, v x A, B (+ lm_head A, B)
+    for (const auto& [n, g] : g0) {
+      CAPTURE(n);
+      const std::vector<double>& h = g4.at(n);
+      double diff = 0, scale = 0;
+      for (size_t i = 0; i < g.size(); ++i) diff = std::max(diff, std::fabs(g[i] - h[i])), scale = std::max(scale, std::fabs(g[i]));
+      CHECK(scale > 0);
+      CHECK(diff <= 1e-10 * scale);
+    }
+  }
+}
+
 TEST_CASE("LengthBucketBatcher: full batches of similar length, each example at most once per epoch, resume-safe") {
   train::LMDataset d;
   d.path = "synthetic";

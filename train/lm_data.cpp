@@ -264,6 +264,27 @@ Tensor causal_lm_loss(nn::Module& model, const LMBatch& batch, int64_t chunk_row
   std::vector<Tensor> head_params;
   for (const auto& [n, p] : head.named_parameters())
     if (p.requires_grad()) head_params.push_back(p);
+  if (head_params.empty() && is_grad_enabled() && rows.requires_grad()) {
+    // A frozen head (the usual LoRA case): each chunk's loss and its gradient with respect to
+    // the rows are computed here, so backward needs no second pass over the vocabulary.
+    // loss = sum + (<rows, G> - <rows, G>.detach()): the value is the sum exactly, the gradient G.
+    const Tensor x = rows.detach();
+    Tensor grads = empty(rows.shape(), rows.dtype(), rows.device());
+    double loss_sum = 0;
+    for (int64_t at = 0; at < N; at += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, N - at);
+      Tensor h = x.narrow(0, at, n).clone();
+      h.requires_grad_(true);
+      const Tensor part = mul(cross_entropy(head(h), targets.narrow(0, at, n)), double(n));
+      loss_sum += part.item();
+      part.backward();
+      NoGradGuard ng;
+      Tensor slot = grads.narrow(0, at, n);
+      slot.copy_(h.grad());
+    }
+    const Tensor linear = sum(mul(rows, grads));
+    return div(add(sub(linear, linear.detach()), loss_sum), double(N));
+  }
   Tensor total;
   for (int64_t at = 0; at < N; at += chunk_rows) {
     const int64_t n = std::min(chunk_rows, N - at);
