@@ -153,10 +153,11 @@ def gguf_eos_pad(path):
             eog.add(int(get(k)))
     toks = get("tokenizer.ggml.tokens") or []
     eog |= {i for i, t in enumerate(toks) if t in EOG_TEXTS}
-    eos = min(eog) if eog else -1
+    file_eos = get("tokenizer.ggml.eos_token_id")
+    # the file's own EOS leads eos_token_ids (what a completion ends with), else the smallest
+    eos = int(file_eos) if file_eos is not None else (min(eog) if eog else -1)
     pad = get("tokenizer.ggml.padding_token_id")
     pad = int(pad) if pad is not None else (eos if eos >= 0 else 0)
-    file_eos = get("tokenizer.ggml.eos_token_id")
     return eos, pad, None if file_eos is None else int(file_eos)
 
 
