@@ -56,6 +56,10 @@ void fsync_dir(const std::string& dir) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_file_atomic_stream(path, [&](const AtomicWrite& write) { write(bytes.data(), bytes.size()); });
+}
+
+void write_file_atomic_stream(const std::string& path, const std::function<void(const AtomicWrite& write)>& body) {
   const std::filesystem::path target(path);
   const std::string dir = target.parent_path().string();
   remove_stale_temp_files(dir, target.filename().string());
@@ -65,18 +69,29 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   if (fd < 0) fail_io(path, ": cannot save: cannot create the temporary file '", tmp, "': ", std::strerror(errno));
   auto fail_removing = [&](const char* what, int e) {
     if (fd >= 0) ::close(fd);
+    fd = -1;
     ::unlink(tmp.c_str());
     fail_io(path, ": cannot save: ", what, " the temporary file '", tmp, "' failed: ", std::strerror(e),
          "; the existing file (if any) was left unchanged");
   };
-  size_t off = 0;
-  while (off < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail_removing("writing", errno);
+  const AtomicWrite write = [&](const void* data, size_t n) {
+    const auto* b = static_cast<const char*>(data);
+    while (n) {
+      const ssize_t w = ::write(fd, b, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fail_removing("writing", w < 0 ? errno : EIO);
+      b += w;
+      n -= size_t(w);
     }
-    off += size_t(n);
+  };
+  try {
+    body(write);
+  } catch (...) {
+    if (fd >= 0) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+    }
+    throw;
   }
   if (::fsync(fd) != 0) fail_removing("flushing", errno);
   const int c = ::close(fd);

@@ -1,6 +1,7 @@
 // Writing files so that a failure (or a kill) never leaves a half-written file in place:
 // the shared pieces of the safetensors writer, the adapter-folder writer and the tools.
 #pragma once
+#include <functional>
 #include <string>
 
 namespace peft::io {
@@ -22,5 +23,10 @@ void fsync_dir(const std::string& dir);
 // (".NAME.tmp.<suffix>"), fsync, rename over `path`, fsync of the folder. On failure the old
 // file is unchanged, the temporary file is removed, and the peft::Error names both.
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// The same for bytes produced piece by piece: `body(write)` calls write(data, n) any number of
+// times (GGUFWriter streams its tensors through it). An exception from `body` removes the
+// temporary file and propagates.
+using AtomicWrite = std::function<void(const void* data, size_t n)>;
+void write_file_atomic_stream(const std::string& path, const std::function<void(const AtomicWrite& write)>& body);
 
 }  // namespace peft::io

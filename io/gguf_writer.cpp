@@ -1,10 +1,5 @@
 #include "io/gguf_writer.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -93,19 +88,6 @@ void put_value(std::string& out, const std::string& key, const GGUFValue& v) {
   put<uint32_t>(out, uint32_t(v.elem_type));
   put<uint64_t>(out, v.value.size());
   for (const auto& e : v.value) put_scalar(out, v.elem_type, e, key);
-}
-
-void write_all(int fd, const void* p, size_t n, const std::string& path, const std::string& tmp) {
-  const auto* b = static_cast<const char*>(p);
-  while (n) {
-    const ssize_t w = ::write(fd, b, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0)
-      fail_io(path, ": cannot save: writing the temporary file '", tmp, "' failed: ", std::strerror(w < 0 ? errno : EIO),
-              "; the existing file (if any) was left unchanged");
-    b += w;
-    n -= size_t(w);
-  }
 }
 
 }  // namespace
@@ -267,46 +249,21 @@ std::string GGUFWriter::to_bytes() const {
 }
 
 void GGUFWriter::write(const std::string& path) const {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  if (target.filename().empty()) fail_io(path, ": cannot save: not a file name");
-  const std::string dir = target.parent_path().string();
-  remove_stale_temp_files(dir, target.filename().string());
-  const std::string tmp =
-      (target.parent_path() / ("." + target.filename().string() + ".tmp." + unique_temp_suffix())).string();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail_io(path, ": cannot save: cannot create the temporary file '", tmp, "': ", std::strerror(errno));
-  try {
-    const std::string header = header_bytes();
-    write_all(fd, header.data(), header.size(), path, tmp);
+  if (std::filesystem::path(path).filename().empty()) fail_io(path, ": cannot save: not a file name");
+  const std::string header = header_bytes();
+  write_file_atomic_stream(path, [&](const AtomicWrite& write) {
+    write(header.data(), header.size());
     static const char zeros[256] = {};
-    uint64_t written = 0;
     for (const auto& e : tensors_) {
-      write_all(fd, e.t.raw_data(), e.nbytes, path, tmp);
-      written = e.offset + e.nbytes;
+      write(e.t.raw_data(), e.nbytes);
+      const uint64_t written = e.offset + e.nbytes;
       for (uint64_t pad = pad_to(written, alignment_) - written; pad;) {
         const size_t n = size_t(std::min<uint64_t>(pad, sizeof zeros));
-        write_all(fd, zeros, n, path, tmp);
+        write(zeros, n);
         pad -= n;
       }
     }
-    if (::fsync(fd) != 0)
-      fail_io(path, ": cannot save: flushing the temporary file '", tmp, "' failed: ", std::strerror(errno),
-              "; the existing file (if any) was left unchanged");
-    const int c = ::close(fd);
-    fd = -1;
-    if (c != 0)
-      fail_io(path, ": cannot save: closing the temporary file '", tmp, "' failed: ", std::strerror(errno),
-              "; the existing file (if any) was left unchanged");
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      fail_io(path, ": cannot save: renaming the temporary file '", tmp, "' over it failed: ", std::strerror(errno),
-              "; the existing file (if any) was left unchanged");
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  fsync_dir(dir);
+  });
 }
 
 }  // namespace peft::io
