@@ -25,6 +25,7 @@
 namespace peft::cli {
 namespace bench {
 int bench_finetune_decoder(const std::vector<std::string>& args, Report& rep);  // tools/bench_finetune_decoder.cpp
+int bench_transformer(const std::vector<std::string>& args, Report& rep);       // tools/bench_transformer.cpp
 }
 namespace {
 
@@ -236,6 +237,8 @@ const Benchmark kBenchmarks[] = {
     {"decode", "a GGUF decoder's prompt and generation tokens/s, vs llama.cpp (llama-bench) and transformers", bench_decode},
     {"finetune-decoder", "one LoRA SFT step of SmolLM2-135M (q4_1, f32, checkpointed), vs transformers + PEFT",
      bench_finetune_decoder},
+    {"transformer", "the real all-MiniLM-L6-v2: forward, embed, LoRA train step, load, throughput, vs PyTorch, ONNX Runtime",
+     bench_transformer},
     {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
 

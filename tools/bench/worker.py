@@ -113,8 +113,10 @@ def serve(bench, threads):
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
     mod = importlib.import_module(bench.replace("-", "_"))
-    print(json.dumps({"ok": True, "torch": torch.__version__.split("+")[0], "peft": peft.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)
+    hello = {"ok": True, "torch": torch.__version__.split("+")[0], "peft": peft.__version__,
+             "threads": torch.get_num_threads()}
+    hello.update(getattr(mod, "versions", dict)())  # what else the module measures with
+    print(json.dumps(hello), flush=True)
     cases = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -163,6 +165,6 @@ def standalone(mod, requests, argv=None):
     for req in requests:
         c = mod.make_case(req)
         t = statistics.median(sample(c, a.reps, a.warmup, 2e-3))
-        desc = " ".join(f"{k}={v}" for k, v in req.items())
-        extra = " ".join(f"{k}={v}" for k, v in c.notes.items())
+        desc = " ".join(f"{k}={v}" for k, v in req.items() if len(str(v)) < 40)
+        extra = " ".join(f"{k}={v}" for k, v in c.notes.items() if len(str(v)) < 40)
         print(f"{desc:60s} {t * 1e3:10.3f} ms  {extra}")
