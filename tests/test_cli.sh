@@ -78,5 +78,15 @@ check "perplexity --json: windows of --ctx, the second halves scored" bash -c \
 expect_rc "perplexity of a text shorter than two windows exits 1" 1 "$peft" perplexity --model $q/tiny_llama.q8_0.gguf --text $q/tiny_models.json --ctx 4096
 expect_rc "perplexity with --ctx 2 exits 2" 2 "$peft" perplexity --model $q/tiny_llama.q8_0.gguf --text $q/ppl_glosses.txt --ctx 2
 
+# peft bench transformer (issue 30): our side only, on the real MiniLM when scripts/test.sh fetched it
+expect_rc "bench transformer with an unknown case exits 2" 2 "$peft" bench transformer --cases nope --no-python
+expect_rc "bench transformer on a folder without config.json exits 1" 1 "$peft" bench transformer --model-dir "$tmp" --no-python
+if [ -n "${PEFT_MINILM_DIR:-}" ] && [ -f "${PEFT_MINILM_DIR}/model.safetensors" ]; then
+  check "bench transformer --no-python: forward, embed and load rows of the real MiniLM" bash -c \
+    "'$peft' bench transformer --model-dir '$PEFT_MINILM_DIR' --no-python --cases forward,embed,load --rounds 1 --reps 1 --markdown > $tmp/bt.md && grep -q '^| minilm forward 32x64 |' $tmp/bt.md && grep -q '^| minilm embed 1x16 |' $tmp/bt.md && grep -q '^| minilm load |.*RSS growth' $tmp/bt.md"
+else
+  echo "skip bench transformer on MiniLM: PEFT_MINILM_DIR is not set (scripts/fetch_minilm.sh)"
+fi
+
 echo "cli: $failures failure(s)"
 exit $((failures > 0))
