@@ -13,7 +13,7 @@
 #include "tests/testing.h"
 #include "tools/merge.h"
 #include "tools/parity.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 
 using namespace peft;
 using namespace peft::testing;
@@ -435,7 +435,7 @@ TEST_CASE("generation with per-row adapters in one batch (mixed batch)") {
 TEST_CASE("text to sentence embedding on the real all-MiniLM-L6-v2 (what peft embed runs)") {
   const std::string dir = testing::minilm_dir();
   REQUIRE(fs::exists(dir + "/tokenizer.json"));
-  tools::TextModel tm = tools::TextModel::load(dir);
+  nn::TextModel tm = nn::TextModel::load(dir);
   CHECK(tm.sentence.from_sentence_transformers);
   CHECK(tm.sentence.pool == "mean");
   CHECK(tm.sentence.normalize);

@@ -18,7 +18,7 @@
 #include "tools/bench_common.h"
 #include "tools/args.h"
 #include "tools/cli.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 #include "tools/wordnet.h"
 
 namespace peft::cli::bench {
@@ -231,7 +231,7 @@ int bench_transformer(const std::vector<std::string>& args, Report& rep) {
   PyWorker* const ort_w = py_ort.get();
   PyWorker* const st_w = have_st ? py.get() : nullptr;
 
-  tools::TextModel tm = tools::TextModel::load(model_dir);
+  nn::TextModel tm = nn::TextModel::load(model_dir);
   tm.model->eval();
 
   if (want("forward")) {

@@ -20,7 +20,7 @@
 #include "tools/cli.h"
 #include "tools/plot.h"
 #include "tools/text_commands.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 #include "train/lm_data.h"
 #include "train/sampler.h"
 #include "train/trainer.h"
@@ -182,7 +182,7 @@ int run_finetune_lm(const std::vector<std::string>& argv) {
   // which is llama.cpp's inference numerics, not a training one)
   nn::PretrainedOptions mo = model_options(a);
   mo.kv_cache_dtype = DType::float32;
-  tools::TextModel tm = tools::TextModel::load(model_path, mo);
+  nn::TextModel tm = nn::TextModel::load(model_path, mo);
   auto* lm = tm.model.get();
   if (!lm->is_decoder())
     throw UsageError{model_path + " is a " + lm->type_name() + ", not a causal language model (a decoder)"};

@@ -18,7 +18,7 @@
 #include "tools/charlm.h"
 #include "tools/cli.h"
 #include "tools/text_commands.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 
 namespace peft::cli {
 
@@ -77,7 +77,7 @@ int run_model_logits(const Args& a) {
   apply_kv_cache_option(a, mo);
   apply_threads_option(a);
   const std::string model_path = a.required("model"), out = a.required("out");
-  tools::TextModel tm = tools::TextModel::load(model_path, mo);
+  nn::TextModel tm = nn::TextModel::load(model_path, mo);
   auto& lm = *tm.model;
   if (!lm.is_decoder()) throw UsageError{model_path + " is a " + lm.type_name() + ", not a decoder"};
   const std::vector<std::string> prompts = read_prompts(a.required("prompts"));

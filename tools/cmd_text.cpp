@@ -16,7 +16,7 @@
 #include "tools/cli.h"
 #include "train/progress.h"
 #include "tools/text_commands.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 
 namespace peft::cli {
 
@@ -133,7 +133,7 @@ int run_embed(const std::vector<std::string>& argv) {
     if (m < 2) throw UsageError{"--max-length must be at least 2"};
     max_len = size_t(m);
   }
-  tools::TextModel tm = tools::TextModel::load(a.required("model"));
+  nn::TextModel tm = nn::TextModel::load(a.required("model"));
   if (a.has("adapter")) load_adapter_folders(*tm.model, {a.get("adapter")});
   tm.model->eval();
   NoGradGuard ng;
@@ -220,7 +220,7 @@ int run_text_generate(const std::vector<std::string>& argv) {
   o.seed = uint64_t(a.get_int("seed", 0));
   nn::PretrainedOptions popts = model_options(a);
   apply_kv_cache_option(a, popts);
-  tools::TextModel tm = tools::TextModel::load(dir, popts);
+  nn::TextModel tm = nn::TextModel::load(dir, popts);
   const Tokenizer& tok = tm.tok();
   std::vector<std::string> names = load_adapter_folders(*tm.model, a.all("adapter"));
   std::string prompt = user_prompt;
@@ -310,7 +310,7 @@ int run_perplexity(const std::vector<std::string>& argv) {
   const std::string text = read_text_file(a.required("text"), "peft perplexity");
   nn::PretrainedOptions popts = model_options(a);
   apply_kv_cache_option(a, popts);
-  tools::TextModel tm = tools::TextModel::load(a.required("model"), popts);
+  nn::TextModel tm = nn::TextModel::load(a.required("model"), popts);
   if (a.has("adapter")) load_adapter_folders(*tm.model, {a.get("adapter")});
   const Tokenizer& tok = tm.tok();
   // llama-perplexity: common_tokenize(ctx, text, add_special=true, parse_special=false)

@@ -21,7 +21,7 @@
 #include "tools/args.h"
 #include "tools/cli.h"
 #include "tools/plot.h"
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 #include "train/progress.h"
 #include "train/sampler.h"
 #include "train/trainer.h"
@@ -41,7 +41,7 @@ void save_adapter_atomic(const nn::Module& model, const fs::path& dir) {
 }
 
 // Normalised embeddings of `texts`, `batch` at a time, without autograd.
-Tensor embed_all(tools::TextModel& tm, const std::vector<std::string>& texts, size_t max_len, size_t batch,
+Tensor embed_all(nn::TextModel& tm, const std::vector<std::string>& texts, size_t max_len, size_t batch,
                  const char* what) {
   NoGradGuard ng;
   std::vector<Tensor> parts;
@@ -63,7 +63,7 @@ struct Retrieval {
 
 // Each query against every held-out doc: a hit when a doc with the query's own text is in
 // the top k (duplicate lemma texts are the same answer).
-Retrieval evaluate(tools::TextModel& tm, const std::vector<TextPair>& held, size_t max_q, size_t max_d,
+Retrieval evaluate(nn::TextModel& tm, const std::vector<TextPair>& held, size_t max_q, size_t max_d,
                    size_t examples) {
   const bool was_training = tm.model->is_training();
   tm.model->eval();
@@ -185,7 +185,7 @@ int run_finetune_embed(const std::vector<std::string>& argv) {
   const train::DataParallel::Shard shard = dp.shard(batch);
   std::vector<TextPair> train_pairs = read_pairs_tsv(a.required("train")), held = read_pairs_tsv(a.required("heldout"));
   if (int64_t(train_pairs.size()) < batch) fail("finetune-embed: ", train_pairs.size(), " training pairs for batches of ", batch);
-  tools::TextModel tm = tools::TextModel::load(a.required("model"));
+  nn::TextModel tm = nn::TextModel::load(a.required("model"));
   (void)tm.tok();
   std::vector<std::pair<std::string, std::string>> settings;
   for (const char* opt : {"steps", "batch", "lr", "warmup", "r", "alpha", "dropout", "target-modules", "max-query",

@@ -1,4 +1,4 @@
-#include "tools/text_model.h"
+#include "nn/transformers/text_model.h"
 
 #include <malloc.h>
 
@@ -13,7 +13,7 @@
 
 namespace fs = std::filesystem;
 
-namespace peft::tools {
+namespace peft::nn {
 
 namespace {
 
@@ -137,4 +137,4 @@ Tensor TextModel::embed(const std::vector<std::string>& texts, const std::string
   return sentence.normalize ? nn::l2_normalize(e) : e;
 }
 
-}  // namespace peft::tools
+}  // namespace peft::nn

@@ -1,5 +1,5 @@
-// A Hugging Face model folder with its tokenizer, as the text commands (embed, generate,
-// finetune-embed) use it: load_pretrained + tokenizer.json + sentence-transformers' settings
+// A Hugging Face model folder (or GGUF file) with its tokenizer, as an application embeds or
+// generates with it: load_pretrained + tokenizer.json + sentence-transformers' settings
 // (modules.json, 1_Pooling/config.json, sentence_bert_config.json) when present.
 #pragma once
 #include <memory>
@@ -10,7 +10,7 @@
 #include "io/tokenizer.h"
 #include "nn/transformers/pretrained.h"
 
-namespace peft::tools {
+namespace peft::nn {
 
 struct SentenceSettings {
   std::string pool = "mean";       // "mean" or "cls" (1_Pooling/config.json)
@@ -43,4 +43,4 @@ struct TextModel {
 // Reads sentence-transformers' files in `dir` (defaults when absent).
 SentenceSettings read_sentence_settings(const std::string& dir);
 
-}  // namespace peft::tools
+}  // namespace peft::nn
