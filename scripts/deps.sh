@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PEFT_PACKAGES=(g++ meson ninja-build cmake pkg-config libeigen3-dev libdnnl-dev
   nlohmann-json3-dev doctest-dev wamerican wfrench wngerman python3 python3-pip
-  libpcre2-dev libutf8proc-dev zlib1g-dev wordnet-base dict-devil libopenmpi-dev openmpi-bin)
+  libpcre2-dev libutf8proc-dev zlib1g-dev libcpp-httplib-dev wordnet-base dict-devil libopenmpi-dev openmpi-bin)
 
 missing=()
 for p in "${PEFT_PACKAGES[@]}"; do

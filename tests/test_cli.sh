@@ -88,5 +88,41 @@ else
   echo "skip bench transformer on MiniLM: PEFT_MINILM_DIR is not set (scripts/fetch_minilm.sh)"
 fi
 
+# peft serve (issue 31) on the real MiniLM: an embedding over HTTP equals `peft embed`'s bit for
+# bit (the golden's adapter), and SIGTERM stops it with exit 0
+if [ -n "${PEFT_MINILM_DIR:-}" ] && [ -f "${PEFT_MINILM_DIR}/model.safetensors" ]; then
+  mkdir -p "$tmp/serve_adapters" && cp -r $h/hf_minilm_lora_real/peft "$tmp/serve_adapters/golden"
+  "$peft" serve --model "$PEFT_MINILM_DIR" --adapter-dir "$tmp/serve_adapters" --port 0 --served-name minilm \
+    > "$tmp/serve.out" 2> "$tmp/serve.err" &
+  serve_pid=$!
+  for _ in $(seq 1 100); do grep -q 'on http://' "$tmp/serve.out" 2>/dev/null && break; sleep 0.1; done
+  port=$(sed -n 's|.*on http://127.0.0.1:\([0-9]*\).*|\1|p' "$tmp/serve.out")
+  "$peft" embed --model "$PEFT_MINILM_DIR" --adapter $h/hf_minilm_lora_real/peft --out "$tmp/emb.safetensors" \
+    "a cat sat on the mat" "definition search" > /dev/null
+  check "serve: /v1/embeddings with an adapter is bit-equal to peft embed --adapter" python3 - "$port" "$tmp/emb.safetensors" <<'PY'
+import json, struct, sys, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/embeddings", method="POST",
+    data=json.dumps({"model": "minilm:golden", "input": ["a cat sat on the mat", "definition search"]}).encode(),
+    headers={"Content-Type": "application/json"})
+got = [d["embedding"] for d in json.load(urllib.request.urlopen(req))["data"]]
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+meta = json.loads(raw[8:8 + n])["embeddings"]
+rows, cols = meta["shape"]
+vals = struct.unpack(f"<{rows * cols}f", raw[8 + n + meta["data_offsets"][0]:8 + n + meta["data_offsets"][1]])
+want = [list(vals[i * cols:(i + 1) * cols]) for i in range(rows)]
+assert [struct.pack("<f", v) for r in got for v in r] == [struct.pack("<f", v) for r in want for v in r], "bits differ"
+PY
+  kill -TERM $serve_pid
+  wait $serve_pid
+  rc=$?
+  check "serve: SIGTERM stops it with exit 0" bash -c "[ $rc = 0 ] && grep -q 'peft serve: stopped' $tmp/serve.out"
+else
+  echo "skip serve on MiniLM: PEFT_MINILM_DIR is not set (scripts/fetch_minilm.sh)"
+fi
+expect_rc "serve without --model exits 2" 2 "$peft" serve --port 0
+expect_rc "serve of a decoder exits 1" 1 "$peft" serve --model $q/tiny_llama.q8_0.gguf --port 0
+
 echo "cli: $failures failure(s)"
 exit $((failures > 0))

@@ -126,11 +126,16 @@ nn::ModelInputs TextModel::batch(const std::vector<std::string>& texts, std::opt
   return in;
 }
 
-Tensor TextModel::embed(const std::vector<std::string>& texts, const std::string& pool, std::optional<size_t> max_len) {
+Tensor TextModel::embed(const std::vector<std::string>& texts, const std::string& pool, std::optional<size_t> max_len,
+                        bool skip_padding) {
+  nn::ModelInputs in = batch(texts, max_len);
+  in.skip_padding = skip_padding;  // pooling reads only the real tokens
+  return embed(in, pool);
+}
+
+Tensor TextModel::embed(const nn::ModelInputs& in, const std::string& pool) {
   const std::string p = pool.empty() ? sentence.pool : pool;
   if (p != "mean" && p != "cls") fail("pooling must be mean or cls, got '", p, "'");
-  nn::ModelInputs in = batch(texts, max_len);
-  in.skip_padding = true;  // pooling reads only the real tokens
   Tensor h = model->forward(in);
   if (h.dim() != 3) fail(model->type_name(), " returns ", h.desc(), ", not hidden states: embed needs a base model");
   Tensor e = p == "mean" ? nn::mean_pooling(h, in.attention_mask) : h.select(1, 0);

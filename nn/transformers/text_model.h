@@ -37,7 +37,12 @@ struct TextModel {
   nn::ModelInputs batch(const std::vector<std::string>& texts, std::optional<size_t> max_len = {}) const;
   // Sentence embeddings [B, H] as sentence-transformers computes them (pool, then normalize
   // when the folder says so); `pool` overrides the folder's setting ("mean" or "cls").
-  Tensor embed(const std::vector<std::string>& texts, const std::string& pool = "", std::optional<size_t> max_len = {});
+  // skip_padding false: padded positions are computed as transformers does (a mixed-adapter
+  // batch needs every layer's input as [B, T, ...] rows, one adapter per row).
+  Tensor embed(const std::vector<std::string>& texts, const std::string& pool = "", std::optional<size_t> max_len = {},
+               bool skip_padding = true);
+  // The same from inputs batch() made (the caller reads their attention mask, e.g. to count tokens).
+  Tensor embed(const nn::ModelInputs& in, const std::string& pool = "");
 };
 
 // Reads sentence-transformers' files in `dir` (defaults when absent).
