@@ -168,7 +168,7 @@ void AdapterRegistry::ensure_loaded(const std::vector<std::string>& names) {
     {
       QuietAdapterWarnings quiet;
       try {
-        load_adapter(model_, f, n);
+        load_adapter(model_, f, n, /*low_cpu_mem_usage=*/true);  // no random init the file overwrites
       } catch (const std::exception& e) {
         throw ServeError(500, "loading adapter '" + n + "' from " + f + " failed: " + e.what(), "model");
       }

@@ -1,6 +1,7 @@
 // Adapters: the PEFT 0.21 goldens (through the parity library), target
 // matching tables (PEFT's tuners/tuners_utils.py), every error message (PEFT's tuners/tuners_utils.py), merge/unmerge,
 // delete_adapter, several active adapters, the README's seed example.
+#include <optional>
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -763,6 +764,50 @@ TEST_CASE("mixed batch: errors as PEFT") {
   unmerge_adapters(*m);
   // after an error the layers are back to normal forwards
   CHECK_ALLCLOSE(run(*m, xs()), run(*m, xs()), 0, 0);
+}
+
+TEST_CASE("mixed batch: rows of one adapter in a run and scattered rows both match the float64 formula") {
+  // Without autograd a run of rows of one adapter takes the in-place product on that slice
+  // (serve sorts its batches so); scattered rows take index_select / index_add. Both against
+  // y = Wx + b + s·B(Ax) per row in float64.
+  Generator g(31);
+  auto host = std::make_shared<nn::Module>("Host");
+  host->register_module("lin", std::make_shared<nn::Linear>(64, 48, true, &g));
+  LoraConfig c;
+  c.r = 8;
+  c.lora_alpha = 16;
+  c.target_modules = TargetModules::list({"lin"});
+  c.init_lora_weights = "gaussian";
+  WarningCapture w;
+  for (const char* a : {"a", "b"}) {
+    inject_adapter_in_model(c, *host, a);
+    NoGradGuard ng;
+    host->child("lin").child("lora_B").child(a).param("weight").copy_(randn({48, 8}, g));
+  }
+  auto& layer = host->child("lin");
+  auto d64 = [](const Tensor& t) { return t.to(DType::float64); };
+  auto& base = static_cast<TunerLayer&>(layer).get_base_layer();
+  const Tensor W = d64(base.param("weight")), b = d64(base.param("bias"));
+  Tensor x = randn({6, 64}, g);
+  auto want_row = [&](int64_t i, const std::string& a) {
+    Tensor xi = d64(x.narrow(0, i, 1));
+    Tensor y = add(matmul(xi, W.t()), b);
+    if (a == "__base__") return y;
+    const Tensor A = d64(layer.child("lora_A").child(a).param("weight"));
+    const Tensor B = d64(layer.child("lora_B").child(a).param("weight"));
+    return add(y, mul(matmul(matmul(xi, A.t()), B.t()), 2.0));
+  };
+  for (const std::vector<std::string>& names :
+       {std::vector<std::string>{"a", "a", "a", "b", "b", "__base__"}, std::vector<std::string>{"a", "b", "a", "__base__", "a", "b"}}) {
+    for (bool grad : {false, true}) {
+      CAPTURE(names[1]);
+      CAPTURE(grad);
+      std::optional<NoGradGuard> ng;
+      if (!grad) ng.emplace();
+      Tensor got = forward_mixed_batch(*host, names, [&] { return layer.forward(x); });
+      for (int64_t i = 0; i < 6; ++i) CHECK_ALLCLOSE(d64(got.narrow(0, i, 1)), want_row(i, names[size_t(i)]), 1e-5, 1e-5);
+    }
+  }
 }
 
 TEST_CASE("lora.Linear inference fast paths match the float64 formula y = Wx + b + s·B(Ax)") {

@@ -26,6 +26,7 @@ namespace peft::cli {
 namespace bench {
 int bench_finetune_decoder(const std::vector<std::string>& args, Report& rep);  // tools/bench_finetune_decoder.cpp
 int bench_transformer(const std::vector<std::string>& args, Report& rep);       // tools/bench_transformer.cpp
+int bench_serve(const std::vector<std::string>& args, Report& rep);             // tools/bench_serve.cpp
 }
 namespace {
 
@@ -239,6 +240,7 @@ const Benchmark kBenchmarks[] = {
      bench_finetune_decoder},
     {"transformer", "the real all-MiniLM-L6-v2: forward, embed, LoRA train step, load, throughput, vs PyTorch, ONNX Runtime",
      bench_transformer},
+    {"serve", "peft serve on the real MiniLM: req/s and latency with 1, 10, 100 adapters; one mixed batch vs 8", bench_serve},
     {"all", "lora-layer, train-step, inject and load; one table (--markdown)", bench_all},
 };
 

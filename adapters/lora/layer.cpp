@@ -294,6 +294,24 @@ Tensor Linear::forward(const Tensor& x) {
     for (const auto& [a, idx] : groups) {
       if (!lora_A().contains(a)) continue;
       check_adapter_materialized(a);
+      // Rows of one adapter that are one run [r0, r0 + n) (a server sorts its batch by
+      // adapter): under NoGradGuard the product goes into that slice of `result` in place, as
+      // the one-adapter forward does, with no gather, temporary or scatter. Only then: in grad
+      // mode the choice would follow requires_grad flags, which set_adapter and delete_adapter
+      // change, and the same batch would change bits between calls.
+      if (!is_grad_enabled() && !use_dora.at(a) && !lora_B()[a].has_param("bias") && x.is_contiguous() &&
+          result.is_contiguous() &&
+          x.device() == Device::cpu && idx.device() == Device::cpu) {
+        const std::vector<int64_t> r = idx.to_vector<int64_t>();
+        bool run = true;
+        for (size_t i = 1; i < r.size() && run; ++i) run = r[i] == r[0] + int64_t(i);
+        if (run) {
+          Tensor xs = x.narrow(0, r[0], int64_t(r.size())), ys = result.narrow(0, r[0], int64_t(r.size()));
+          if (accumulate_lora_no_grad(ys, xs, weight_of(lora_A()[a]), weight_of(lora_B()[a]), lora_dropout()[a],
+                                      scaling.at(a)))
+            continue;
+        }
+      }
       Tensor sub = index_select(x, 0, idx);
       DType adt = weight_of(lora_A()[a]).dtype();
       if (is_floating(sub.dtype()) && sub.dtype() != adt) sub = sub.to(adt);
