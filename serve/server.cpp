@@ -9,8 +9,11 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <chrono>
+#include <ctime>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -23,6 +26,8 @@
 #include "adapters/lora/layer.h"
 #include "adapters/tuner.h"
 #include "adapters/utilities.h"
+#include "io/chat_template.h"
+#include "nn/transformers/generate.h"
 #include "nn/transformers/text_model.h"
 #include "runtime/autograd.h"
 #include "runtime/error.h"
@@ -76,9 +81,13 @@ std::string base64(const void* data, size_t n) {
   return out;
 }
 
+// Generated text may hold bytes that are not UTF-8 (a byte-level vocabulary decodes whatever the
+// model picks): written as U+FFFD rather than failing the reply.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(dump(body), "application/json");
 }
 
 void send_error(httplib::Response& res, const ServeError& e) {
@@ -122,6 +131,10 @@ struct Server::Impl {
   std::unique_ptr<AdapterRegistry> reg;
   std::mutex reg_mu;  // the registry's bookkeeping (handlers look names up while a batch runs)
   Metrics metrics;
+  bool decoder = false;
+  nn::GenerateOptions gen_defaults;  // EOS ids, pad (generation_config.json or the GGUF's)
+  std::string chat_template;
+  std::atomic<uint64_t> next_id{1};
   httplib::Server http;
   int port = -1;
   int listen_fd = -1;  // the listening socket (httplib's socket_t on POSIX)
@@ -136,15 +149,19 @@ struct Server::Impl {
     if (o.model.empty()) fail("peft serve: --model is required");
     if (o.max_batch < 1) fail("peft serve: --max-batch must be at least 1");
     tm = nn::TextModel::load(o.model);
-    if (tm.model->is_decoder())
-      fail("peft serve: ", o.model, " is a decoder (", tm.model->type_name(),
-           "); this version serves encoders (POST /v1/embeddings); decoding endpoints are not written yet");
     (void)tm.tok();  // a folder without tokenizer.json fails here, naming it
+    decoder = tm.model->is_decoder();
+    if (decoder) {
+      gen_defaults = nn::read_generation_config(o.model);
+      chat_template = o.chat_template.empty() ? tm.chat_template : o.chat_template;
+      if (!chat_template.empty()) (void)detect_chat_format(chat_template);  // unknown formats fail at start
+    }
     tm.model->eval();
     name = o.served_name;
     if (name.empty()) {
       fs::path p = fs::path(o.model);
-      name = (p.filename().empty() ? p.parent_path() : p).filename().string();
+      if (p.filename().empty()) p = p.parent_path();
+      name = fs::is_regular_file(p) ? p.stem().string() : p.filename().string();  // a .gguf file: without the suffix
     }
     if (name.empty() || name.find(':') != std::string::npos)
       fail("peft serve: the served name '", name, "' must be non-empty without ':' (--served-name)");
@@ -333,6 +350,9 @@ struct Server::Impl {
 
   void embeddings(const httplib::Request& req, httplib::Response& res) {
     const json body = parse_body(req);
+    if (decoder)
+      throw ServeError(400, "'" + name + "' is a decoder: it serves /v1/completions and /v1/chat/completions, not embeddings",
+                       "model");
     const std::string adapter = adapter_of(string_field(body, "model", true));
     std::vector<std::string> texts;
     auto it = body.find("input");
@@ -481,8 +501,12 @@ struct Server::Impl {
     http.Post("/v1/adapters", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, &Impl::add_adapter); });
     http.Delete(R"(/v1/adapters/([^/]+))",
                 [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, &Impl::delete_adapter_route); });
-    for (const char* p : {"/v1/completions", "/v1/chat/completions"})
-      http.Post(p, [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, &Impl::not_decoder); });
+    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) {
+      guarded(q, r, decoder ? &Impl::completions : &Impl::not_decoder);
+    });
+    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
+      guarded(q, r, decoder ? &Impl::chat_completions : &Impl::not_decoder);
+    });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
       send_json(r, 200, {{"status", "ok"}, {"model", name}});
     });
@@ -495,6 +519,289 @@ struct Server::Impl {
       }
       r.set_content(metrics.render(loads, evictions, loaded), "text/plain; version=0.0.4");
     });
+  }
+
+  // ---------------------------------------------------------------- decoding --
+  struct GenRequest {
+    std::string adapter;  // "" : the base
+    std::vector<int64_t> prompt_ids;
+    nn::GenerateOptions opts;
+    std::vector<std::string> stop;
+  };
+  struct Completion {
+    std::string text, finish_reason;
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+  };
+  struct StopGeneration {};  // thrown from generate's step callback to end early
+
+  // The request's sampling fields, validated (400 naming the field); the prompt is tokenized here
+  // (before any stream starts) so that its length can be checked against the model's context.
+  GenRequest gen_request(const json& body, const std::string& prompt, const std::string& adapter) {
+    GenRequest g;
+    g.adapter = adapter;
+    g.opts = gen_defaults;
+    auto number = [&](const char* field, double def, double lo, double hi) {
+      auto it = body.find(field);
+      if (it == body.end() || it->is_null()) return def;
+      if (!it->is_number()) throw ServeError(400, std::string("'") + field + "' must be a number, got " + it->type_name(), field);
+      const double v = it->get<double>();
+      if (!(v >= lo && v <= hi)) {
+        char range[64];
+        std::snprintf(range, sizeof range, "[%g, %g]", lo, hi);
+        throw ServeError(400, std::string("'") + field + "' must be in " + range, field);
+      }
+      return v;
+    };
+    const char* mt = body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    auto it = body.find(mt);
+    int64_t max_tokens = 16;  // OpenAI's default for completions
+    if (it != body.end() && !it->is_null()) {
+      if (!it->is_number_integer() || it->get<int64_t>() < 1)
+        throw ServeError(400, std::string("'") + mt + "' must be a positive integer", mt);
+      max_tokens = it->get<int64_t>();
+    }
+    if (max_tokens > o.max_tokens)
+      throw ServeError(400, std::string("'") + mt + "' is " + std::to_string(max_tokens) + "; this server allows at most " +
+                                std::to_string(o.max_tokens) + " (--max-tokens)",
+                       mt);
+    const double temperature = number("temperature", 1.0, 0.0, 2.0);
+    const double top_p = number("top_p", 1.0, 0.0, 1.0);
+    if (top_p <= 0) throw ServeError(400, "'top_p' must be above 0", "top_p");
+    for (const char* f : {"frequency_penalty", "presence_penalty"})
+      if (number(f, 0.0, -2.0, 2.0) != 0.0) throw ServeError(400, std::string("'") + f + "' is not supported (only 0)", f);
+    if (auto n = body.find("n"); n != body.end() && !n->is_null() && (!n->is_number_integer() || n->get<int64_t>() != 1))
+      throw ServeError(400, "'n' must be 1 (one choice per request)", "n");
+    if (auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null() && !(lp->is_boolean() && !lp->get<bool>()))
+      throw ServeError(400, "'logprobs' is not supported", "logprobs");
+    g.opts.max_new_tokens = max_tokens;
+    g.opts.do_sample = temperature > 0;  // 0: greedy, as OpenAI's deterministic setting
+    g.opts.temperature = temperature > 0 ? temperature : 1.0;
+    g.opts.top_p = top_p;
+    g.opts.top_k = 0;
+    if (auto sd = body.find("seed"); sd != body.end() && !sd->is_null()) {
+      if (!sd->is_number_integer()) throw ServeError(400, "'seed' must be an integer", "seed");
+      g.opts.seed = uint64_t(sd->get<int64_t>());
+    } else {
+      g.opts.seed = next_id.fetch_add(1) * 0x9E3779B97F4A7C15ull;  // a different stream per request
+    }
+    if (auto st = body.find("stop"); st != body.end() && !st->is_null()) {
+      if (st->is_string()) g.stop.push_back(st->get<std::string>());
+      else if (st->is_array() && st->size() <= 4) {
+        for (const auto& v : *st) {
+          if (!v.is_string()) throw ServeError(400, "'stop' must be a string or up to 4 strings", "stop");
+          g.stop.push_back(v.get<std::string>());
+        }
+      } else {
+        throw ServeError(400, "'stop' must be a string or up to 4 strings", "stop");
+      }
+      for (const auto& s : g.stop)
+        if (s.empty()) throw ServeError(400, "'stop' holds an empty string", "stop");
+    }
+    if (prompt.size() > o.max_input_bytes * 16)
+      throw ServeError(400, "the prompt has " + std::to_string(prompt.size()) + " bytes; at most " +
+                                std::to_string(o.max_input_bytes * 16),
+                       "prompt");
+    // as `peft generate`: special tokens added as the model wants, the chat markers parsed
+    g.prompt_ids = tm.tok().encode_batch({prompt}, true, std::nullopt, std::nullopt)[0].ids;
+    if (g.prompt_ids.empty()) throw ServeError(400, "the prompt encodes to no tokens", "prompt");
+    const int64_t ctx = tm.model->max_positions();
+    if (int64_t(g.prompt_ids.size()) + max_tokens > ctx)
+      throw ServeError(400, "the prompt's " + std::to_string(g.prompt_ids.size()) + " tokens plus " + mt + " " +
+                                std::to_string(max_tokens) + " exceed the model's context of " + std::to_string(ctx),
+                       mt);
+    return g;
+  }
+
+  // One generation with the model to itself. emit(delta) streams text as it becomes final (text
+  // that could still turn out to start a stop string is held back); it returns false when the
+  // client has gone, which ends the generation.
+  Completion complete(const GenRequest& g, const std::function<bool(const std::string&)>& emit) {
+    std::lock_guard<std::mutex> m(model_mu);
+    if (!g.adapter.empty()) {
+      std::lock_guard<std::mutex> r(reg_mu);
+      reg->ensure_loaded({g.adapter});
+    }
+    std::optional<DisableAdapterGuard> off;
+    if (g.adapter.empty()) {
+      if (reg->loaded_count() > 0) off.emplace(*tm.model);
+    } else {
+      set_adapter(*tm.model, g.adapter, /*inference_mode=*/true);
+    }
+    const auto t0 = Clock::now();
+    const Tokenizer& tok = tm.tok();
+    Completion c;
+    c.prompt_tokens = int64_t(g.prompt_ids.size());
+    std::vector<int64_t> gen;
+    std::string sent;  // what emit has been given
+    size_t hold = 0;   // a stop string's length - 1: the tail that may not be final yet
+    for (const auto& s : g.stop) hold = std::max(hold, s.size() - 1);
+    bool stopped = false;
+    auto text_now = [&] {
+      std::string t = tok.decode(gen, true);
+      for (const auto& s : g.stop)
+        if (size_t p = t.find(s); p != std::string::npos) t.resize(p), stopped = true;
+      return t;
+    };
+    auto flush = [&](const std::string& t, bool final) {
+      const size_t upto = final || stopped ? t.size() : (t.size() > hold ? t.size() - hold : 0);
+      if (upto > sent.size() && t.compare(0, sent.size(), sent) == 0) {
+        const std::string delta = t.substr(sent.size(), upto - sent.size());
+        // a token's bytes may end inside a UTF-8 character: wait for the rest
+        size_t cut = delta.size();
+        for (size_t back = 0; back < std::min<size_t>(4, delta.size()); ++back) {
+          const unsigned char ch = static_cast<unsigned char>(delta[delta.size() - 1 - back]);
+          if ((ch & 0xC0) == 0x80) continue;  // continuation byte
+          const size_t need = ch >= 0xF0 ? 4 : ch >= 0xE0 ? 3 : ch >= 0xC0 ? 2 : 1;
+          if (need > back + 1 && !final) cut = delta.size() - 1 - back;
+          break;
+        }
+        if (cut == 0) return true;
+        sent += delta.substr(0, cut);
+        if (emit && !emit(delta.substr(0, cut))) return false;
+      }
+      return true;
+    };
+    Tensor input = from_vector(g.prompt_ids, {1, int64_t(g.prompt_ids.size())});
+    try {
+      nn::generate(*tm.model, input, Tensor(), g.opts, [&](const std::vector<int64_t>& step) {
+        gen.push_back(step[0]);
+        const std::string t = text_now();
+        if (!flush(t, false)) throw StopGeneration{};  // the client went away
+        if (stopped) throw StopGeneration{};
+      });
+    } catch (const StopGeneration&) {
+    }
+    const std::string t = text_now();
+    flush(t, true);
+    c.text = t;
+    c.completion_tokens = int64_t(gen.size());
+    const bool eos = !gen.empty() && std::find(g.opts.eos_token_ids.begin(), g.opts.eos_token_ids.end(), gen.back()) !=
+                                         g.opts.eos_token_ids.end();
+    c.finish_reason = stopped || eos ? "stop" : "length";
+    metrics.embedded(0, c.prompt_tokens + c.completion_tokens);
+    metrics.batch(1, 1, std::chrono::duration<double>(Clock::now() - t0).count());
+    return c;
+  }
+
+  // Runs `g`, as one JSON reply or as server-sent events (OpenAI's chunks, then [DONE]).
+  void respond(const json& body, GenRequest g, bool chat, httplib::Response& res) {
+    const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id.fetch_add(1));
+    const int64_t created = int64_t(std::time(nullptr));
+    const json model = body["model"];
+    const char* object = chat ? "chat.completion" : "text_completion";
+    auto sb = body.find("stream");
+    if (sb != body.end() && !sb->is_null() && !sb->is_boolean()) throw ServeError(400, "'stream' must be a boolean", "stream");
+    if (sb == body.end() || !sb->is_boolean() || !sb->get<bool>()) {
+      Completion c = complete(g, {});
+      json choice = {{"index", 0}, {"finish_reason", c.finish_reason}, {"logprobs", nullptr}};
+      if (chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+      else choice["text"] = c.text;
+      send_json(res, 200,
+                {{"id", id},
+                 {"object", object},
+                 {"created", created},
+                 {"model", model},
+                 {"choices", json::array({choice})},
+                 {"usage",
+                  {{"prompt_tokens", c.prompt_tokens},
+                   {"completion_tokens", c.completion_tokens},
+                   {"total_tokens", c.prompt_tokens + c.completion_tokens}}}});
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    auto shared = std::make_shared<GenRequest>(std::move(g));
+    res.set_chunked_content_provider(
+        "text/event-stream", [this, shared, id, created, model, chat](size_t, httplib::DataSink& sink) {
+          const char* chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+          auto event = [&](const json& choice) {
+            const std::string s = "data: " +
+                                  dump(json({{"id", id}, {"object", chunk_object}, {"created", created}, {"model", model},
+                                             {"choices", json::array({choice})}})) +
+                                  "\n\n";
+            return sink.write(s.data(), s.size());
+          };
+          bool alive = true;
+          if (chat) alive = event({{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}});
+          try {
+            Completion c = complete(*shared, [&](const std::string& delta) {
+              json choice = {{"index", 0}, {"finish_reason", nullptr}};
+              if (chat) choice["delta"] = {{"content", delta}};
+              else choice["text"] = delta;
+              return alive = alive && event(choice);
+            });
+            if (alive) {
+              json last = {{"index", 0}, {"finish_reason", c.finish_reason}};
+              if (chat) last["delta"] = json::object();
+              else last["text"] = "";
+              event(last);
+              const std::string done = "data: [DONE]\n\n";
+              sink.write(done.data(), done.size());
+            }
+          } catch (const ServeError& e) {
+            const std::string s = "data: " + dump(json({{"error", {{"message", e.what()}, {"type", e.type()}}}})) + "\n\n";
+            sink.write(s.data(), s.size());
+          } catch (const std::exception& e) {
+            const std::string s = "data: " +
+                                  dump(json({{"error", {{"message", std::string("internal error: ") + e.what()},
+                                                        {"type", "server_error"}}}})) +
+                                  "\n\n";
+            sink.write(s.data(), s.size());
+          }
+          sink.done();
+          return true;
+        });
+  }
+
+  void completions(const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_body(req);
+    const std::string adapter = adapter_of(string_field(body, "model", true));
+    auto p = body.find("prompt");
+    if (p == body.end() || p->is_null()) throw ServeError(400, "'prompt' is required", "prompt");
+    std::string prompt;
+    if (p->is_string()) prompt = p->get<std::string>();
+    else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) prompt = (*p)[0].get<std::string>();
+    else throw ServeError(400, "'prompt' must be a string (or an array of one string; token ids are not accepted)", "prompt");
+    if (prompt.empty()) throw ServeError(400, "'prompt' is an empty string", "prompt");
+    respond(body, gen_request(body, prompt, adapter), false, res);
+  }
+
+  void chat_completions(const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_body(req);
+    const std::string adapter = adapter_of(string_field(body, "model", true));
+    auto ms = body.find("messages");
+    if (ms == body.end() || !ms->is_array() || ms->empty())
+      throw ServeError(400, "'messages' must be a non-empty array of {\"role\", \"content\"}", "messages");
+    std::vector<ChatMessage> msgs;
+    for (size_t i = 0; i < ms->size(); ++i) {
+      const json& m = (*ms)[i];
+      const std::string at = "messages[" + std::to_string(i) + "]";
+      if (!m.is_object()) throw ServeError(400, "'" + at + "' must be an object", "messages");
+      auto role = m.find("role");
+      if (role == m.end() || !role->is_string()) throw ServeError(400, "'" + at + ".role' must be a string", "messages");
+      auto content = m.find("content");
+      std::string text;
+      if (content != m.end() && content->is_string()) {
+        text = content->get<std::string>();
+      } else if (content != m.end() && content->is_array()) {  // [{"type": "text", "text": ...}, ...]
+        for (const auto& part : *content) {
+          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+            throw ServeError(400, "'" + at + ".content' parts must be {\"type\": \"text\", \"text\": ...}", "messages");
+          text += part["text"].get<std::string>();
+        }
+      } else {
+        throw ServeError(400, "'" + at + ".content' must be a string or an array of text parts", "messages");
+      }
+      msgs.push_back({role->get<std::string>(), text});
+    }
+    if (chat_template.empty())
+      throw ServeError(400, "'" + name + "' has no chat template (start the server with --chat-template NAME)", "messages");
+    std::string prompt;
+    try {
+      prompt = render_chat(chat_template, msgs, /*add_generation_prompt=*/true);
+    } catch (const std::exception& e) {
+      throw ServeError(400, std::string("the messages do not fit the chat template: ") + e.what(), "messages");
+    }
+    respond(body, gen_request(body, prompt, adapter), true, res);
   }
 
   void models_route(const httplib::Request&, httplib::Response& res) { send_json(res, 200, model_list()); }
@@ -529,6 +836,7 @@ Server::Server(ServerOptions opts) : impl_(std::make_unique<Impl>(std::move(opts
 Server::~Server() = default;
 
 const std::string& Server::name() const { return impl_->name; }
+bool Server::is_decoder() const { return impl_->decoder; }
 
 int Server::bind() {
   Impl& s = *impl_;

@@ -9,15 +9,20 @@
 //   ...                            // POST http://127.0.0.1:PORT/v1/embeddings
 //   s.stop(); t.join();            // finishes the requests in flight first
 //
-// Endpoints (this version serves encoders; a decoder model is refused at start):
-//   POST /v1/embeddings       {"model": "BASE" | "BASE:ADAPTER", "input": "text" | ["text", ...],
+// Endpoints:
+//   POST /v1/embeddings       encoders: {"model": "BASE" | "BASE:ADAPTER", "input": "text" | ["text", ...],
 //                              "encoding_format": "float" | "base64"}
+//   POST /v1/completions      decoders: {"model", "prompt", "max_tokens", "temperature" (0: greedy),
+//                              "top_p", "seed", "stop", "stream" (server-sent events)}
+//   POST /v1/chat/completions decoders: {"model", "messages": [{"role", "content"}], ...} rendered
+//                              with the model's chat template (or --chat-template)
 //   GET  /v1/models           the base and every adapter known (loaded or not)
 //   POST /v1/adapters         {"name", "path"}: registers a folder inside the adapter directory
 //   DELETE /v1/adapters/NAME  unloads and forgets it
 //   GET  /health, GET /metrics (Prometheus text)
-// Requests that arrive within batch_window_ms of each other run as one forward of up to
-// max_batch texts, each row with its own adapter (a mixed batch). Adapters under adapter_dir
+// Embedding requests that arrive within batch_window_ms of each other run as one forward of up
+// to max_batch texts, each row with its own adapter (a mixed batch). Generations run one at a
+// time, in arrival order (not batched yet). Adapters under adapter_dir
 // load on first use into an LRU of max_loaded_adapters (`pinned` never evicted).
 // Errors are OpenAI's {"error": {"message", "type", "param", "code"}} with 400 (malformed
 // request, naming the field), 401 (api_key set and missing), 403 (a path outside the adapter
@@ -44,6 +49,8 @@ struct ServerOptions {
   size_t max_input_bytes = 1 << 16;  // bytes per text (longer ones are refused, not cut)
   int http_threads = 32;      // connections served at once
   std::string served_name;    // the base's name in "model" (default: the folder's name)
+  int64_t max_tokens = 4096;  // decoders: the most "max_tokens" a request may ask for
+  std::string chat_template;  // decoders: a template (or llama.cpp format name) instead of the model's
 };
 
 class Server {
@@ -54,6 +61,7 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   const std::string& name() const;  // the base's name in requests and /v1/models
+  bool is_decoder() const;          // serves completions (else embeddings)
   int bind();   // binds host:port; returns the port. Throws peft::Error when it cannot.
   void run();   // serves until stop(); bind() first
   void stop();  // stops accepting, finishes the requests in flight, then returns run()

@@ -122,7 +122,7 @@ else
   echo "skip serve on MiniLM: PEFT_MINILM_DIR is not set (scripts/fetch_minilm.sh)"
 fi
 expect_rc "serve without --model exits 2" 2 "$peft" serve --port 0
-expect_rc "serve of a decoder exits 1" 1 "$peft" serve --model $q/tiny_llama.q8_0.gguf --port 0
+expect_rc "serve with an unknown --chat-template exits 1" 1 "$peft" serve --model $q/tiny_llama.q8_0.gguf --port 0 --chat-template nonsense
 
 echo "cli: $failures failure(s)"
 exit $((failures > 0))

@@ -16,6 +16,8 @@
 #include "adapters/folder.h"
 #include "adapters/lora/config.h"
 #include "adapters/peft.h"
+#include "io/chat_template.h"
+#include "nn/transformers/generate.h"
 #include "nn/transformers/text_model.h"
 #include "runtime/autograd.h"
 #include "runtime/generator.h"
@@ -370,7 +372,7 @@ TEST_CASE("serve: API key, path confinement, malformed requests, limits") {
   post(c, "/v1/embeddings", {{"model", "tiny-bert"}, {"input", "hello"}}, 200);
 }
 
-TEST_CASE("serve: stop() answers the requests in flight; a decoder model is refused with a reason") {
+TEST_CASE("serve: stop() answers the requests in flight") {
   serve::ServerOptions o = options();
   o.batch_window_ms = 300;  // the request waits in the batcher when stop() comes
   auto s = std::make_unique<Running>(o);
@@ -385,8 +387,186 @@ TEST_CASE("serve: stop() answers the requests in flight; a decoder model is refu
   s.reset();  // stop() + join
   client.join();
   CHECK(status == 200);
+}
 
-  serve::ServerOptions d;
-  d.model = "tests/data/gguf/tiny_llama.q8_0.gguf";
-  CHECK_THROWS_WITH_AS(serve::Server{d}, doctest::Contains("is a decoder"), peft::Error);
+namespace {
+
+const char* kTinyLlama = "tests/data/gguf/tiny_llama.q8_0.gguf";
+
+// A LoRA for the tiny GGUF llama (random B), once.
+std::string llama_adapter_dir() {
+  static const std::string dir = [] {
+    const fs::path d = fixture().root / "llama_adapters";
+    nn::TextModel tm = nn::TextModel::load(kTinyLlama);
+    manual_seed(77);
+    LoraConfig cfg;
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.target_modules = TargetModules::list({"q_proj", "v_proj", "down_proj"});
+    cfg.init_lora_weights = false;
+    inject_adapter_in_model(cfg, *tm.model, "default");
+    save_pretrained(*tm.model, (d / "d0").string());
+    return d.string();
+  }();
+  return dir;
+}
+
+// What `peft generate` writes for `prompt` (greedy), as the server's JSON carries it (bytes that
+// are not UTF-8 as U+FFFD).
+std::string reference_generation(const std::string& prompt, const std::string& adapter, int64_t max_tokens) {
+  nn::TextModel tm = nn::TextModel::load(kTinyLlama);
+  if (!adapter.empty()) load_adapter(*tm.model, llama_adapter_dir() + "/" + adapter, adapter);
+  nn::GenerateOptions g = nn::read_generation_config(kTinyLlama);
+  g.max_new_tokens = max_tokens;
+  const auto ids = tm.tok().encode_batch({prompt}, true, std::nullopt, std::nullopt)[0].ids;
+  Tensor out = nn::generate(*tm.model, from_vector(ids, {1, int64_t(ids.size())}), Tensor(), g);
+  std::vector<int64_t> all = out.to_vector<int64_t>();
+  const std::string text = tm.tok().decode(std::vector<int64_t>(all.begin() + int64_t(ids.size()), all.end()), true);
+  return json::parse(json(text).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
+
+// The text of a server-sent-events stream and its last finish_reason; [DONE] must end it.
+std::pair<std::string, std::string> read_stream(httplib::Client& c, const std::string& path, const json& body, bool chat) {
+  auto r = c.Post(path, body.dump(), "application/json");
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  CHECK(r->get_header_value("Content-Type").find("text/event-stream") == 0);
+  std::string text, finish;
+  size_t pos = 0;
+  bool done = false;
+  while ((pos = r->body.find("data: ", pos)) != std::string::npos) {
+    const size_t end = r->body.find("\n\n", pos);
+    REQUIRE(end != std::string::npos);
+    const std::string payload = r->body.substr(pos + 6, end - pos - 6);
+    pos = end + 2;
+    if (payload == "[DONE]") {
+      done = true;
+      break;
+    }
+    json ev = json::parse(payload);
+    REQUIRE(ev.contains("choices"));
+    const json& ch = ev["choices"][0];
+    if (chat && ch["delta"].contains("content")) text += ch["delta"]["content"].get<std::string>();
+    if (!chat) text += ch["text"].get<std::string>();
+    if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+  }
+  CHECK(done);
+  return {text, finish};
+}
+
+}  // namespace
+
+TEST_CASE("serve: completions and chat on a GGUF decoder equal peft generate; streaming; stop; errors") {
+  serve::ServerOptions o;
+  o.model = kTinyLlama;
+  o.adapter_dir = llama_adapter_dir();
+  o.port = 0;
+  o.served_name = "tiny";
+  o.chat_template = "chatml";
+  o.max_tokens = 64;
+  Running s(o);
+  auto c = s.client();
+  const std::string prompt = "hello world";
+  for (const std::string adapter : {"", "d0"}) {
+    CAPTURE(adapter);
+    const std::string model = adapter.empty() ? "tiny" : "tiny:d0";
+    const std::string want = reference_generation(prompt, adapter, 12);
+    json r = post(c, "/v1/completions", {{"model", model}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}}, 200);
+    CHECK(r["object"] == "text_completion");
+    CHECK(r["choices"][0]["text"] == want);
+    CHECK(r["usage"]["completion_tokens"].get<int64_t>() >= 1);
+    CHECK(r["usage"]["total_tokens"].get<int64_t>() ==
+          r["usage"]["prompt_tokens"].get<int64_t>() + r["usage"]["completion_tokens"].get<int64_t>());
+    // streamed: the same text in pieces, [DONE] at the end
+    auto [streamed, finish] = read_stream(
+        c, "/v1/completions", {{"model", model}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}, {"stream", true}},
+        false);
+    CHECK(streamed == want);
+    CHECK(finish == r["choices"][0]["finish_reason"]);
+  }
+  // a stop string: the text up to it, finish_reason "stop"
+  const std::string full = reference_generation(prompt, "", 24);
+  // two printable ASCII characters after the start (a request's JSON must be UTF-8)
+  size_t at = std::string::npos;
+  for (size_t i = 2; i + 1 < full.size() && at == std::string::npos; ++i)
+    if (full[i] >= 0x21 && full[i] <= 0x7E && full[i + 1] >= 0x21 && full[i + 1] <= 0x7E) at = i;
+  if (at != std::string::npos) {
+    const std::string stop = full.substr(at, 2);
+    json r = post(c, "/v1/completions",
+                  {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}, {"stop", stop}}, 200);
+    CHECK(r["choices"][0]["text"] == full.substr(0, full.find(stop)));
+    CHECK(r["choices"][0]["finish_reason"] == "stop");
+    auto [streamed, finish] = read_stream(c, "/v1/completions",
+                                          {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0},
+                                           {"stop", json::array({stop})}, {"stream", true}},
+                                          false);
+    CHECK(streamed == full.substr(0, full.find(stop)));
+    CHECK(finish == "stop");
+  } else {
+    MESSAGE("the tiny model's continuation is too short for the stop check: " << full);
+  }
+  // chat: the chatml rendering of the messages, generated as a completion of that text
+  const std::vector<ChatMessage> msgs = {{"system", "be brief"}, {"user", "hi there"}};
+  const std::string want_chat = reference_generation(render_chat("chatml", msgs, true), "d0", 10);
+  json chat = post(c, "/v1/chat/completions",
+                   {{"model", "tiny:d0"},
+                    {"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi there"}}}},
+                    {"max_tokens", 10},
+                    {"temperature", 0}},
+                   200);
+  CHECK(chat["object"] == "chat.completion");
+  CHECK(chat["choices"][0]["message"]["role"] == "assistant");
+  CHECK(chat["choices"][0]["message"]["content"] == want_chat);
+  auto [chat_streamed, chat_finish] = read_stream(
+      c, "/v1/chat/completions",
+      {{"model", "tiny:d0"},
+       {"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi there"}}}},
+       {"max_tokens", 10},
+       {"temperature", 0},
+       {"stream", true}},
+      true);
+  CHECK(chat_streamed == want_chat);
+  CHECK(!chat_finish.empty());
+  // seeded sampling is reproducible
+  json s1 = post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0.9}, {"seed", 5}}, 200);
+  json s2 = post(c, "/v1/completions", {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0.9}, {"seed", 5}}, 200);
+  CHECK(s1["choices"][0]["text"] == s2["choices"][0]["text"]);
+
+  struct Bad {
+    const char* path;
+    json body;
+    const char* param;
+  };
+  const std::vector<Bad> bad = {
+      {"/v1/completions", {{"model", "tiny"}}, "prompt"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", {1, 2}}}, "prompt"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 0}}, "max_tokens"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 65}}, "max_tokens"},  // over --max-tokens
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"temperature", 3}}, "temperature"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"n", 2}}, "n"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"stop", {"a", "b", "c", "d", "e"}}}, "stop"},
+      {"/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"stream", "yes"}}, "stream"},
+      {"/v1/chat/completions", {{"model", "tiny"}, {"messages", "hi"}}, "messages"},
+      {"/v1/chat/completions", {{"model", "tiny"}, {"messages", {{{"role", "user"}}}}}, "messages"},
+      {"/v1/embeddings", {{"model", "tiny"}, {"input", "x"}}, "model"},
+  };
+  for (const Bad& b : bad) {
+    CAPTURE(b.body.dump());
+    CHECK(post(c, b.path, b.body, 400)["error"]["param"] == b.param);
+  }
+  // the context: prompt + max_tokens beyond the model's positions
+  serve::ServerOptions big = o;
+  big.max_tokens = 1 << 20;
+  Running sbig(big);
+  auto c2 = sbig.client();
+  CHECK(post(c2, "/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 1 << 19}}, 400)["error"]["message"]
+            .get<std::string>()
+            .find("context") != std::string::npos);
+  // no chat template of its own, none given: chat is a 400 naming messages
+  serve::ServerOptions plain = o;
+  plain.chat_template.clear();
+  Running splain(plain);
+  auto c3 = splain.client();
+  CHECK(post(c3, "/v1/chat/completions", {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}}, 400)
+            ["error"]["param"] == "messages");
 }
